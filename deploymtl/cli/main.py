@@ -1,0 +1,81 @@
+"""`deploymtl` entry point: builds the typer app and maps exceptions to one-line messages in one place.
+
+Exit codes: 0 success, 1 verification failed, 2 bad input or usage, 3 internal error (a deploymtl bug).
+`DEPLOYMTL_DEBUG=1` re-raises so the traceback shows.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from .. import __version__
+from ..env import debug_enabled
+from ..errors import EXIT_USAGE, DeploymtlError
+
+EXIT_INTERNAL = 3
+
+app = typer.Typer(
+    name="deploymtl", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    help="Deploy searched multi-task vision models: train -> prune -> export -> verify -> profile.",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"deploymtl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """deploymtl: searched multi-task models to fast, verified deployment artifacts."""
+
+
+def _register() -> None:
+    from . import train as train_cmd
+
+    train_cmd.register(app)
+    for name in ("prune", "export", "profile", "pipeline"):
+        try:
+            module = __import__(f"deploymtl.cli.{name}", fromlist=["register"])
+        except ModuleNotFoundError as exc:
+            if exc.name == f"deploymtl.cli.{name}":
+                continue  # command group not part of this build
+            raise
+        module.register(app)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        app(args=argv, standalone_mode=True)
+    except SystemExit as exc:
+        return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_USAGE
+    except DeploymtlError as exc:
+        if debug_enabled():
+            raise
+        typer.echo(f"error: {exc.one_line()}", err=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        typer.echo("error: interrupted; no artifact was half-written", err=True)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the one place that turns our bugs into a clean line
+        if debug_enabled():
+            raise
+        typer.echo(f"internal error: {type(exc).__name__}: {exc} (a deploymtl bug; rerun with "
+                   "DEPLOYMTL_DEBUG=1 for the traceback)", err=True)
+        return EXIT_INTERNAL
+    return 0
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,36 @@
+"""`deploymtl train RECIPE`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from .common import OutDir, Quiet, default_out
+
+
+def train(
+    recipe: Path = typer.Argument(..., help="YAML recipe, e.g. recipes/adashare_tiny.yaml"),
+    out: Path | None = OutDir,
+    max_steps: int | None = typer.Option(None, "--max-steps", min=1, help="Cap optimizer steps per stage."),
+    resume: Path | None = typer.Option(None, "--resume", help="train_state.pt to continue from."),
+    device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:N or auto (overrides recipe)."),
+    quiet: bool = Quiet,
+) -> None:
+    """Run the family's search and pruning-aware training; write supernet.pt and train_report.json."""
+    from ..config import load_recipe
+    from ..train.trainer import Trainer
+
+    overrides = {"train.device": device} if device else {}
+    rec = load_recipe(recipe, overrides)
+    out_dir = out or default_out("train", rec.name)
+    report = Trainer(rec, out_dir, max_steps=max_steps, resume=resume, progress=not quiet).run()
+    typer.echo(f"wrote {out_dir / 'supernet.pt'} and {out_dir / 'train_report.json'}")
+    for task, metrics in report["metrics"]["final"].items():
+        typer.echo(f"  {task}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    if "delta_mtl" in report:
+        typer.echo(f"  delta_mtl vs single-task: {report['delta_mtl']:+.2f}%")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)

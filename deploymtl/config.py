@@ -1,0 +1,164 @@
+"""Typed recipes: one source of truth for every stage, validated on load, resolved copy written beside
+every artifact.
+
+A recipe names a family, its tasks and data, the family's `model` and `search` settings (validated by the
+family's own config classes, see `deploymtl.models.registry`), and optional sections per pipeline stage.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import DeploymtlError
+from .tasks import TaskSpec
+
+Family = Literal["adashare", "gated", "auxnas"]
+Precision = Literal["fp32", "fp16", "int8"]
+Target = Literal["onnx", "trt"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Strict):
+    source: Literal["synthetic", "nyuv2"] = "synthetic"
+    root: str | None = None
+    height: int = Field(default=48, ge=8)
+    width: int = Field(default=64, ge=8)
+    train_size: int = Field(default=384, ge=0, description="samples (synthetic) or cap, 0 = all (nyuv2)")
+    val_size: int = Field(default=96, ge=0)
+    seed: int = 0
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.25, 0.25, 0.25)
+
+
+class TrainConfig(_Strict):
+    batch_size: int = Field(default=16, ge=1)
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    arch_lr: float = Field(default=1e-2, gt=0, description="learning rate of decisions (policy/gates/alphas)")
+    device: str = "auto"
+    eval_every: int = Field(default=1, ge=1, description="validate every N epochs")
+    max_steps: int | None = Field(default=None, ge=1, description="cap on optimizer steps per stage")
+    single_task_baselines: bool = True
+    baseline_epochs: int = Field(default=4, ge=1)
+    threads: int | None = Field(default=None, ge=1)
+
+
+class PruneConfig(_Strict):
+    tasks: list[str] | None = None
+    round_channels: int = Field(default=1, ge=1, description="round kept channel counts up to a multiple")
+    accept_approximation: bool = False
+    atol: float = Field(default=1e-4, gt=0)
+    rtol: float = Field(default=1e-3, ge=0)
+    verify_samples: int = Field(default=32, ge=1)
+
+
+class ExportConfig(_Strict):
+    targets: list[Target] = ["onnx"]
+    precisions: list[Precision] = ["fp32", "int8"]
+    batch: str = "1:4:8"
+    opset: int = Field(default=17, ge=17)
+    calibration_samples: int = Field(default=64, ge=1)
+    max_metric_drop: float = Field(default=0.05, ge=0, description="allowed relative loss of a task metric")
+
+
+class ProfileConfig(_Strict):
+    batch_sizes: list[int] = [1, 2, 4, 8]
+    threads: int = Field(default=2, ge=1)
+    duration_s: float = Field(default=1.0, gt=0)
+    streams: int = Field(default=4, ge=1)
+    fps: float = Field(default=30.0, gt=0)
+    max_batch: int = Field(default=4, ge=1)
+    max_delay_ms: float = Field(default=5.0, ge=0)
+
+
+class Recipe(_Strict):
+    name: str
+    family: Family
+    seed: int = 0
+    tasks: list[TaskSpec] = Field(min_length=1)
+    data: DataConfig = DataConfig()
+    model: dict[str, Any] = {}
+    search: dict[str, Any] = {}
+    train: TrainConfig = TrainConfig()
+    prune: PruneConfig = PruneConfig()
+    export: ExportConfig = ExportConfig()
+    profile: ProfileConfig = ProfileConfig()
+
+    @field_validator("tasks")
+    @classmethod
+    def _unique_names(cls, tasks: list[TaskSpec]) -> list[TaskSpec]:
+        names = [t.name for t in tasks]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"task names must be unique, repeated: {sorted(dup)}")
+        return tasks
+
+    @model_validator(mode="after")
+    def _family_sections(self) -> Recipe:
+        from .models.registry import family_spec  # the family validates its own sections
+
+        spec = family_spec(self.family)
+        spec.model_config_cls.model_validate(self.model)
+        spec.search_config_cls.model_validate(self.search)
+        return self
+
+    def model_cfg(self) -> Any:
+        from .models.registry import family_spec
+
+        return family_spec(self.family).model_config_cls.model_validate(self.model)
+
+    def search_cfg(self) -> Any:
+        from .models.registry import family_spec
+
+        return family_spec(self.family).search_config_cls.model_validate(self.search)
+
+    def resolved(self) -> dict[str, Any]:
+        """The full recipe with every default filled in (written beside artifacts)."""
+        data = self.model_dump(mode="json")
+        data["model"] = self.model_cfg().model_dump(mode="json")
+        data["search"] = self.search_cfg().model_dump(mode="json")
+        return data
+
+
+def _format_validation_error(exc: ValidationError, path: Path | str) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    msg = err["msg"].removeprefix("Value error, ")
+    extra = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return f"{path}: {loc}: {msg}{extra}"
+
+
+def parse_recipe(data: Any, path: Path | str = "<recipe>") -> Recipe:
+    if not isinstance(data, dict):
+        raise DeploymtlError(f"{path}: a recipe must be a mapping at the top level, got {type(data).__name__}")
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise DeploymtlError(_format_validation_error(exc, path)) from None
+
+
+def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
+    """Read and validate a YAML recipe; `overrides` maps dotted keys ("train.max_steps") to values."""
+    p = Path(path)
+    if not p.is_file():
+        raise DeploymtlError(f"recipe not found: {p}", hint="expected a YAML file, e.g. recipes/adashare_tiny.yaml")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        at = f" at line {line + 1}" if line is not None else ""
+        raise DeploymtlError(f"{p}: not valid YAML{at}") from None
+    for key, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return parse_recipe(data, p)

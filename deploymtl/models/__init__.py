@@ -1,0 +1,1 @@
+"""Supernets of the three searched families and the heads and blocks they share."""

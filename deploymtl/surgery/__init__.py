@@ -1,0 +1,1 @@
+"""The surgeon: decisions -> plan -> static graph of plain layers, verified against the supernet."""

@@ -1,0 +1,1 @@
+"""Search and pruning-aware training: a generic trainer plus one schedule module per family."""

@@ -1,0 +1,302 @@
+"""The generic trainer: stages of alternating phases, validation with task metrics, resumable checkpoints.
+
+A family's schedule (`deploymtl/train/<family>.py`, function `search(trainer)`) calls `run_stage` once per
+stage. A stage runs epochs; each iteration takes one batch from every phase in turn (e.g. AdaShare's
+weight step on one split then policy step on the other). Completed (stage, epoch) pairs are recorded in the
+checkpoint, so a resumed run skips them and continues with the same optimiser states. Mutable search state
+(temperature, curriculum) must live in the supernet's buffers so that it resumes with the weights.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from .. import __version__
+from ..config import Recipe
+from ..data import MultiTaskDataset, build_datasets, make_loader
+from ..errors import DeploymtlError
+from ..io import ensure_dir, load_torch, save_torch, write_json
+from ..metrics import TaskMeter, delta_mtl
+from ..models.base import Supernet
+from ..models.registry import build_supernet
+from ..tasks import TaskSpec, task_loss
+
+SUPERNET_FORMAT = "deploymtl.supernet/1"
+STATE_FORMAT = "deploymtl.train_state/1"
+
+LossFn = Callable[[Supernet, dict[str, torch.Tensor], float], torch.Tensor]
+
+
+@dataclass
+class Phase:
+    """One optimiser step per iteration on batches of `data`, minimising `loss` (default: task losses plus
+    the supernet's regulariser)."""
+
+    name: str
+    optimizer: torch.optim.Optimizer
+    data: MultiTaskDataset
+    loss: LossFn | None = None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise DeploymtlError(f"device '{name}' requested but CUDA is not available", hint="use device: cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def multitask_loss(model: Supernet, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
+                   ) -> tuple[torch.Tensor, dict[str, float]]:
+    total = torch.zeros((), device=next(iter(outputs.values())).device)
+    parts = {}
+    for task in model.tasks:
+        loss = task_loss(task, outputs[task.name], batch[task.name])
+        parts[task.name] = float(loss.detach())
+        total = total + task.loss_weight * loss
+    return total, parts
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, tasks: list[TaskSpec], data: MultiTaskDataset, device: torch.device,
+             batch_size: int = 32) -> dict[str, dict[str, float]]:
+    """Task metrics of `model` over the whole set (eval mode; restores the previous mode)."""
+    was_training = model.training
+    model.eval()
+    meters = {t.name: TaskMeter(t) for t in tasks}
+    for batch in make_loader(data, batch_size, shuffle=False):
+        out = model(batch["image"].to(device))
+        for t in tasks:
+            meters[t.name].update(out[t.name], batch[t.name])
+    model.train(was_training)
+    return {name: m.compute() for name, m in meters.items()}
+
+
+class Trainer:
+    def __init__(self, recipe: Recipe, out_dir: str | Path, *, max_steps: int | None = None,
+                 resume: str | Path | None = None, progress: bool = True,
+                 datasets: dict[str, MultiTaskDataset] | None = None) -> None:
+        self.recipe = recipe
+        self.out_dir = ensure_dir(out_dir)
+        self.max_steps = max_steps or recipe.train.max_steps
+        self.device = resolve_device(recipe.train.device)
+        if recipe.train.threads:
+            torch.set_num_threads(recipe.train.threads)
+        seed_everything(recipe.seed)
+        self.data = datasets or build_datasets(recipe.data, recipe.tasks, where=f"recipe {recipe.name}")
+        self.model: Supernet = build_supernet(recipe.family, recipe.tasks, recipe.model, recipe.search)
+        self.model.to(self.device)
+        self.console = Console(stderr=True, quiet=not progress)
+        self.progress = progress
+        self.stages: list[dict[str, Any]] = []
+        self.done: set[tuple[str, int]] = set()
+        self.optim_states: dict[str, Any] = {}
+        self.resume_path = Path(resume) if resume else None
+        if self.resume_path:
+            self._load_state(self.resume_path)
+
+    # -- data helpers -------------------------------------------------------------------------------
+    def split_train(self) -> tuple[MultiTaskDataset, MultiTaskDataset]:
+        """Two disjoint halves of the training split (weights vs decisions, as AdaShare and Aux-NAS do)."""
+        n = len(self.data["train"])
+        return self.data["train"].subset(slice(0, n // 2)), self.data["train"].subset(slice(n // 2, n))
+
+    def weight_optimizer(self, params: list[torch.nn.Parameter] | None = None) -> torch.optim.Optimizer:
+        t = self.recipe.train
+        return torch.optim.Adam(params or self.model.weight_parameters(), lr=t.lr, weight_decay=t.weight_decay)
+
+    def arch_optimizer(self, params: list[torch.nn.Parameter] | None = None) -> torch.optim.Optimizer:
+        return torch.optim.Adam(params or self.model.arch_parameters(), lr=self.recipe.train.arch_lr,
+                                weight_decay=0.0)
+
+    # -- the loop -----------------------------------------------------------------------------------
+    def run_stage(self, name: str, epochs: int, phases: list[Phase], *, deployed: bool = False,
+                  on_epoch_end: Callable[[int], None] | None = None) -> dict[str, Any]:
+        """Train `epochs` epochs of `phases`; validate each epoch; checkpoint after each epoch."""
+        stage = next((s for s in self.stages if s["name"] == name), None)
+        if stage is None:
+            stage = {"name": name, "epochs": [], "deployed": deployed}
+            self.stages.append(stage)
+        for ph in phases:  # restore optimiser state when resuming inside this stage
+            key = f"{name}/{ph.name}"
+            if key in self.optim_states:
+                ph.optimizer.load_state_dict(self.optim_states[key])
+        loaders = [make_loader(ph.data, self.recipe.train.batch_size, True, seed=self.recipe.seed, drop_last=True)
+                   for ph in phases]
+        steps_per_epoch = min(len(ld) for ld in loaders)
+        if steps_per_epoch == 0:
+            raise DeploymtlError(f"stage {name}: not enough training samples for batch size "
+                                 f"{self.recipe.train.batch_size}",
+                                 hint="raise data.train_size or lower train.batch_size")
+        if self.max_steps:
+            steps_per_epoch = min(steps_per_epoch, math.ceil(self.max_steps / max(epochs, 1)))
+        self.model.set_deployed(deployed)
+        with self._progress() as bar:
+            task_id = bar.add_task(f"{self.recipe.name}: {name}", total=epochs * steps_per_epoch)
+            for epoch in range(epochs):
+                if (name, epoch) in self.done:
+                    bar.advance(task_id, steps_per_epoch)
+                    continue
+                t0 = time.perf_counter()
+                sums: dict[str, float] = {}
+                self.model.train()
+                for step, batches in enumerate(zip(*loaders, strict=False)):
+                    if step >= steps_per_epoch:
+                        break
+                    progress = (epoch + step / steps_per_epoch) / max(epochs, 1)
+                    for ph, batch in zip(phases, batches, strict=True):
+                        loss = self._step(ph, batch, progress)
+                        sums[ph.name] = sums.get(ph.name, 0.0) + loss
+                    bar.advance(task_id)
+                if on_epoch_end:
+                    on_epoch_end(epoch)
+                record = {"epoch": epoch, "seconds": round(time.perf_counter() - t0, 3),
+                          "loss": {k: v / steps_per_epoch for k, v in sums.items()}}
+                if (epoch + 1) % self.recipe.train.eval_every == 0 or epoch == epochs - 1:
+                    self.model.set_deployed(True)  # judge what would be deployed
+                    record["val"] = evaluate(self.model, self.model.tasks, self.data["val"], self.device)
+                    self.model.set_deployed(deployed)
+                stage["epochs"].append(record)
+                self.done.add((name, epoch))
+                self.optim_states.update({f"{name}/{ph.name}": ph.optimizer.state_dict() for ph in phases})
+                self._save_state()
+        self.model.set_deployed(False)
+        return stage
+
+    def _step(self, ph: Phase, batch: dict[str, torch.Tensor], progress: float) -> float:
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        if ph.loss is not None:
+            loss = ph.loss(self.model, batch, progress)
+        else:
+            out = self.model(batch["image"])
+            loss = multitask_loss(self.model, out, batch)[0] + self.model.regularizer(progress)
+        ph.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        ph.optimizer.step()
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise DeploymtlError(f"training diverged in phase {ph.name} (loss {value})",
+                                 hint="lower train.lr or train.arch_lr")
+        return value
+
+    def _progress(self) -> Progress:
+        return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=self.console, disable=not self.progress, transient=False)
+
+    # -- checkpoints --------------------------------------------------------------------------------
+    @property
+    def state_path(self) -> Path:
+        return self.out_dir / "train_state.pt"
+
+    def _save_state(self) -> None:
+        save_torch(self.state_path, {
+            "format": STATE_FORMAT, "family": self.recipe.family, "recipe": self.recipe.resolved(),
+            "state_dict": self.model.state_dict(), "optimizers": self.optim_states,
+            "done": [list(d) for d in sorted(self.done)], "stages": self.stages,
+        })
+
+    def _load_state(self, path: Path) -> None:
+        state = load_torch(path, what="resume checkpoint")
+        if not isinstance(state, dict) or state.get("format") not in (STATE_FORMAT, SUPERNET_FORMAT):
+            raise DeploymtlError(f"resume checkpoint {path} is not a deploymtl training state",
+                                 hint="expected train_state.pt written by deploymtl train")
+        if state.get("family") != self.recipe.family:
+            raise DeploymtlError(f"resume checkpoint {path} belongs to family '{state.get('family')}', "
+                                 f"the recipe is '{self.recipe.family}'", hint="resume with the same recipe")
+        try:
+            self.model.load_state_dict(state["state_dict"])
+        except RuntimeError:
+            raise DeploymtlError(f"resume checkpoint {path} does not match the recipe's model",
+                                 hint="resume with the recipe that wrote it") from None
+        self.optim_states = state.get("optimizers", {})
+        self.done = {(s, int(e)) for s, e in state.get("done", [])}
+        self.stages = state.get("stages", [])
+
+    # -- the whole job ------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        """Run the family's schedule, baselines and final evaluation; write supernet.pt and the report."""
+        t0 = time.perf_counter()
+        untrained = evaluate(build_supernet(self.recipe.family, self.recipe.tasks, self.recipe.model,
+                                            self.recipe.search).to(self.device).set_deployed(True),
+                             self.recipe.tasks, self.data["val"], self.device)
+        schedule = importlib.import_module(f"deploymtl.train.{self.recipe.family}")
+        schedule.search(self)
+        self.model.set_deployed(True)
+        final = evaluate(self.model, self.model.tasks, self.data["val"], self.device)
+        report: dict[str, Any] = {
+            "family": self.recipe.family, "recipe": self.recipe.name, "deploymtl_version": __version__,
+            "device": str(self.device), "seconds": None, "stages": self.stages,
+            "decisions": self.model.decisions(), "decisions_summary": summarize(self.model),
+            "metrics": {"untrained": untrained, "final": final},
+        }
+        if self.recipe.train.single_task_baselines:
+            single = self.single_task_baselines()
+            report["metrics"]["single_task"] = single
+            report["delta_mtl"] = delta_mtl(self.recipe.tasks, final, single)
+        report["seconds"] = round(time.perf_counter() - t0, 2)
+        self.save_supernet(report)
+        write_json(self.out_dir / "train_report.json", report)
+        write_json(self.out_dir / "recipe.resolved.json", self.recipe.resolved())
+        return report
+
+    def single_task_baselines(self) -> dict[str, dict[str, float]]:
+        from ..models.backbone import SingleTaskNet
+
+        results = {}
+        mcfg = self.recipe.model_cfg()
+        for task in self.recipe.tasks:
+            seed_everything(self.recipe.seed)
+            net = SingleTaskNet(task, mcfg).to(self.device)
+            opt = self.weight_optimizer(list(net.parameters()))
+            loader = make_loader(self.data["train"], self.recipe.train.batch_size, True, self.recipe.seed, True)
+            steps = 0
+            with self._progress() as bar:
+                tid = bar.add_task(f"{self.recipe.name}: single-task {task.name}",
+                                   total=self.recipe.train.baseline_epochs * len(loader))
+                for _ in range(self.recipe.train.baseline_epochs):
+                    for batch in loader:
+                        if self.max_steps and steps >= self.max_steps:
+                            break
+                        batch = {k: v.to(self.device) for k, v in batch.items()}
+                        loss = task_loss(task, net(batch["image"])[task.name], batch[task.name])
+                        opt.zero_grad(set_to_none=True)
+                        loss.backward()
+                        opt.step()
+                        steps += 1
+                        bar.advance(tid)
+            results[task.name] = evaluate(net, [task], self.data["val"], self.device)[task.name]
+        return results
+
+    def save_supernet(self, report: dict[str, Any]) -> Path:
+        path = self.out_dir / "supernet.pt"
+        save_torch(path, {
+            "format": SUPERNET_FORMAT, "family": self.recipe.family, "deploymtl_version": __version__,
+            "recipe": self.recipe.resolved(), "tasks": [t.model_dump() for t in self.recipe.tasks],
+            "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "decisions": self.model.decisions(), "metrics": report["metrics"],
+        })
+        return path
+
+
+def summarize(model: Supernet) -> dict[str, Any]:
+    """A short human summary of the decisions (the family may provide `decision_summary()`)."""
+    fn = getattr(model, "decision_summary", None)
+    return fn() if callable(fn) else {}
