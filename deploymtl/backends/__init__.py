@@ -1,0 +1,1 @@
+"""Backends behind one runner interface: torch, ONNX Runtime, TensorRT (shared/STYLE.md #5)."""
