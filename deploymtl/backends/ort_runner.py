@@ -1,0 +1,54 @@
+"""ONNX Runtime runner with explicitly chosen execution providers and no silent fallback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DeploymtlError
+from ..export.metadata import from_props
+from .base import InputSpec, Runner
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "trt": "TensorrtExecutionProvider"}
+
+
+class OrtRunner(Runner):
+    backend = "onnxruntime"
+
+    def __init__(self, path: str | Path, provider: str = "cpu", threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        if provider not in PROVIDERS:
+            raise DeploymtlError(f"unknown ONNX Runtime provider '{provider}'", hint=f"expected {', '.join(PROVIDERS)}")
+        wanted = PROVIDERS[provider]
+        if wanted not in ort.get_available_providers():
+            raise DeploymtlError(f"ONNX Runtime provider {wanted} is not available in this installation",
+                                 hint=f"available: {', '.join(ort.get_available_providers())}; install "
+                                      "onnxruntime-gpu (deploymtl[gpu]) for CUDA/TensorRT")
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=[wanted])
+        except Exception as exc:  # ORT raises its own Fail/InvalidGraph/NoSuchFile types
+            raise DeploymtlError(f"cannot load ONNX model {path}: {str(exc).splitlines()[0][:200]}",
+                                 hint="expected an ONNX file written by deploymtl export") from None
+        running = self.session.get_providers()[0]
+        if running != wanted:  # no silent CPU fallback
+            raise DeploymtlError(f"ONNX Runtime runs {running} although {wanted} was requested for {path}")
+        meta = from_props(self.session.get_modelmeta().custom_metadata_map)
+        inp = self.session.get_inputs()[0]
+        shape = inp.shape
+        batch = meta.get("batch", {})
+        spec = InputSpec(name=inp.name, channels=int(shape[1]), height=int(shape[2]), width=int(shape[3]),
+                         min_batch=int(batch.get("min", 1)), max_batch=batch.get("max"))
+        outputs = [o.name for o in self.session.get_outputs()]
+        super().__init__(spec, outputs, str(path))
+        self.meta = meta
+        self.provider = running
+
+    def _infer(self, image: np.ndarray) -> dict[str, np.ndarray]:
+        outs = self.session.run(self.output_names, {self.input_spec.name: image})
+        return dict(zip(self.output_names, outs, strict=True))
