@@ -121,8 +121,8 @@ def render_scene(seed: int, index: int, height: int, width: int) -> dict[str, np
     normals = np.where(flip, -normals, normals)
 
     light = np.array([rng.uniform(-0.6, 0.6), rng.uniform(-1.0, -0.3), rng.uniform(-1.0, -0.2)])
-    light /= np.linalg.norm(light)
-    lambert = np.clip(normals @ -light, 0.0, 1.0)[..., None]
+    light /= np.linalg.norm(light)  # unit vector towards the light: above (y < 0) and behind the camera (z < 0)
+    lambert = np.clip(normals @ light, 0.0, 1.0)[..., None]
     falloff = 1.0 / (1.0 + 0.04 * depth**2)
     image = albedo * (0.25 + 0.75 * lambert) * (0.6 + 0.4 * falloff)
     image = image + rng.normal(0.0, 0.02, image.shape)
