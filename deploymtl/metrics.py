@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -98,7 +99,8 @@ def normal_scores(angles: torch.Tensor) -> dict[str, float]:
                 "within_30": nan}
     return {
         "mean_angle": float(angles.mean()),
-        "median_angle": float(angles.median()),
+        # np.median as in MTAN's evaluation (torch.median returns the lower middle value)
+        "median_angle": float(np.median(angles.numpy())),
         "within_11.25": float((angles < 11.25).double().mean()),
         "within_22.5": float((angles < 22.5).double().mean()),
         "within_30": float((angles < 30).double().mean()),

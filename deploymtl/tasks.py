@@ -84,6 +84,8 @@ def postprocess(task: TaskSpec, out: torch.Tensor) -> torch.Tensor:
 def task_loss(task: TaskSpec, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """The training loss of one task on a batch; invalid pixels do not count."""
     if task.kind in ("segmentation", "classification"):
+        if not (target >= 0).any():  # all ignored: cross_entropy would return NaN
+            return out.sum() * 0.0
         return F.cross_entropy(out, target.long(), ignore_index=-1)
     if task.kind == "depth":
         valid = target > 0
