@@ -6,6 +6,7 @@ normals (3,H,W) with 0 invalid; classification () int64.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -112,7 +113,8 @@ def build_datasets(cfg: DataConfig, tasks: list[TaskSpec], where: str = "recipe"
         samples = [nyuv2.load_nyuv2_sample(cfg.root, split, i, kinds) for i in indices]
         shapes = {s["image"].shape for s in samples}
         if len(shapes) > 1:
-            raise DeploymtlError(f"NYUv2 {split} images differ in shape: {sorted(shapes)[:3]}",
+            raise DeploymtlError(f"NYUv2 images in {Path(cfg.root) / split / 'image'} differ in shape: "
+                                 f"{sorted(shapes)[:3]}",
                                  hint="expected one resolution per split")
         images = _normalise(np.stack([s["image"] for s in samples]), cfg)
         ds = MultiTaskDataset(images, _stack_targets(samples, tasks, lambda t: t.kind))

@@ -67,5 +67,11 @@ def load_nyuv2_sample(root: str | Path, split: str, index: int, kinds: list[str]
             raise DeploymtlError(
                 f"NYUv2 {KIND_FOLDERS[kind]} {base / KIND_FOLDERS[kind] / f'{index}.npy'} has shape "
                 f"{arr.shape} but its image is {h}x{w}", hint=f"expected {expected[kind]}")
-        out[kind] = arr.astype(np.int64) if kind == "segmentation" else arr.astype(np.float32)
+        if kind == "segmentation":
+            arr = arr.astype(np.int64)
+            if arr.size and (arr.min() < -1 or arr.max() >= NYU_SEG_CLASSES):
+                raise DeploymtlError(
+                    f"NYUv2 label {base / 'label' / f'{index}.npy'} has values {arr.min()}..{arr.max()}",
+                    hint=f"expected 0..{NYU_SEG_CLASSES - 1} and -1 = ignore")
+        out[kind] = arr if kind == "segmentation" else arr.astype(np.float32)
     return out
