@@ -105,8 +105,11 @@ class Recipe(_Strict):
         from .models.registry import family_spec  # the family validates its own sections
 
         spec = family_spec(self.family)
-        spec.model_config_cls.model_validate(self.model)
-        spec.search_config_cls.model_validate(self.search)
+        for section, cls in (("model", spec.model_config_cls), ("search", spec.search_config_cls)):
+            try:
+                cls.model_validate(getattr(self, section))
+            except ValidationError as exc:  # keep the section in the error's location
+                raise _SectionError(section, exc) from None
         return self
 
     def model_cfg(self) -> Any:
@@ -127,9 +130,17 @@ class Recipe(_Strict):
         return data
 
 
-def _format_validation_error(exc: ValidationError, path: Path | str) -> str:
+class _SectionError(DeploymtlError):
+    """A family's `model:`/`search:` section failed the family's own validation."""
+
+    def __init__(self, section: str, exc: ValidationError) -> None:
+        self.section, self.exc = section, exc
+        super().__init__(_format_validation_error(exc, "recipe", prefix=(section,)))
+
+
+def _format_validation_error(exc: ValidationError, path: Path | str, prefix: tuple[str, ...] = ()) -> str:
     err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    loc = ".".join(str(p) for p in (*prefix, *err["loc"])) or "(top level)"
     msg = err["msg"].removeprefix("Value error, ")
     extra = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
     return f"{path}: {loc}: {msg}{extra}"
@@ -140,6 +151,8 @@ def parse_recipe(data: Any, path: Path | str = "<recipe>") -> Recipe:
         raise DeploymtlError(f"{path}: a recipe must be a mapping at the top level, got {type(data).__name__}")
     try:
         return Recipe.model_validate(data)
+    except _SectionError as exc:
+        raise DeploymtlError(_format_validation_error(exc.exc, path, prefix=(exc.section,))) from None
     except ValidationError as exc:
         raise DeploymtlError(_format_validation_error(exc, path)) from None
 
@@ -155,10 +168,14 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         at = f" at line {line + 1}" if line is not None else ""
         raise DeploymtlError(f"{p}: not valid YAML{at}") from None
+    if not isinstance(data, dict):
+        raise DeploymtlError(f"{p}: a recipe must be a mapping at the top level, got {type(data).__name__}")
     for key, value in (overrides or {}).items():
         node = data
         *parents, leaf = key.split(".")
         for part in parents:
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise DeploymtlError(f"{p}: {part}: expected a mapping to set {key}, got {type(node).__name__}")
         node[leaf] = value
     return parse_recipe(data, p)
