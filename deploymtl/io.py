@@ -104,7 +104,12 @@ def load_torch(path: str | os.PathLike[str], what: str = "checkpoint") -> Any:
         raise DeploymtlError(f"{what} not found: {p}", hint="expected a file written by deploymtl")
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError, OSError) as exc:
+    except pickle.UnpicklingError:
+        raise DeploymtlError(
+            f"{what} {p} holds pickled Python objects (a module or class), not weights only; refusing to load it",
+            hint="expected a file written by deploymtl (tensors, numbers, strings, lists, dicts)",
+        ) from None
+    except (RuntimeError, EOFError, ValueError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DeploymtlError(
             f"{what} {p} is truncated, corrupt or not a weights-only torch file ({first[:160]})",
