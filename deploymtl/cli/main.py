@@ -53,7 +53,7 @@ _register()
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        app(args=argv, standalone_mode=True)
+        app(args=argv, prog_name="deploymtl", standalone_mode=True)
     except SystemExit as exc:
         return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_USAGE
     except DeploymtlError as exc:
