@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
+from deploymtl.cli.main import main
 from deploymtl.config import DataConfig
 from deploymtl.data import build_datasets
 from deploymtl.data.nyuv2 import load_nyuv2_sample, nyuv2_indices
@@ -238,3 +240,47 @@ def test_tasks_that_nyuv2_cannot_serve(tmp_path: Path) -> None:
         build_datasets(_cfg(root), [TaskSpec(name="count", kind="classification", channels=4)])
     with pytest.raises(DeploymtlError, match="task 'seg' declares 5 classes but nyuv2 data has 13"):
         build_datasets(_cfg(root), [TaskSpec(name="seg", kind="segmentation", channels=5)])
+
+
+# -- the same errors through `deploymtl train`: exit 2, one line, no traceback -------------------------------
+def _break_missing(root: Path) -> tuple[Path, str]:
+    return root / "absent", f"NYUv2 split folder not found: {root / 'absent' / 'train'}"
+
+
+def _break_empty(root: Path) -> tuple[Path, str]:
+    make_nyuv2(root)
+    for f in (root / "train" / "label").iterdir():
+        f.unlink()
+    return root, f"NYUv2 folder is empty: {root / 'train' / 'label'}"
+
+
+def _break_shape(root: Path) -> tuple[Path, str]:
+    make_nyuv2(root)
+    np.save(root / "val" / "depth" / "1.npy", np.ones((H, W + 1, 1), np.float32))
+    return root, f"NYUv2 depth {root / 'val' / 'depth' / '1.npy'} has shape (8, 13, 1) but its image is 8x12"
+
+
+def _break_sets(root: Path) -> tuple[Path, str]:
+    make_nyuv2(root)
+    np.save(root / "train" / "normal" / "7.npy", _sample(7)["normal"])
+    return root, f"NYUv2 folder {root / 'train' / 'normal'} does not match image/: samples [7] differ"
+
+
+@pytest.mark.parametrize("breaker", [_break_missing, _break_empty, _break_shape, _break_sets],
+                         ids=["missing", "empty", "shape", "sample-sets"])
+def test_cli_train_on_bad_nyuv2_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                       monkeypatch: pytest.MonkeyPatch, breaker) -> None:
+    monkeypatch.delenv("DEPLOYMTL_DEBUG", raising=False)
+    root, expected = breaker(tmp_path / "nyu")
+    recipe = tmp_path / "nyu.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "name": "nyu", "family": "adashare",
+        "tasks": [{"name": "semantic", "kind": "segmentation", "channels": 13}, {"name": "depth", "kind": "depth"},
+                  {"name": "normal", "kind": "normals"}],
+        "data": {"source": "nyuv2", "root": str(root), "height": H, "width": W},
+    }))
+    assert main(["train", str(recipe), "-o", str(tmp_path / "out"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {expected}"), err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "out" / "supernet.pt").exists()
