@@ -1,0 +1,74 @@
+"""`deploymtl inspect`: what a checkpoint's plan keeps, before anything is verified or written as a model.
+
+Writes plan.json (editable, for `deploymtl prune --plan`), plan.png (the family's picture of the decisions beside
+FLOPs and parameters per task: before / masked / after) and inspect.json.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..flops import measure_stages
+from ..io import atomic_path, ensure_dir, write_json
+from .plan import save_plan
+
+if TYPE_CHECKING:
+    from .prune import Surgery
+
+STAGES = ("before", "masked", "after")
+COLORS = {"before": "#bbbbbb", "masked": "#7fa7d9", "after": "#2b6cb0"}
+
+
+def draw_plan(s: Surgery, costs: dict[str, Any], path: str | Path) -> Path:
+    """plan.png: the family's drawing of the decisions and, beside it, FLOPs and parameters per task."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=(13, 4.8), layout="constrained")
+    grid = fig.add_gridspec(1, 3, width_ratios=[2.2, 1, 1])
+    s.surgeon.draw(s.model, s.plan.decisions, s.tasks, fig.add_subplot(grid[0]))
+    names = [*s.tasks, "total"]
+    for col, (key, unit, scale) in enumerate((("flops", "GFLOPs", 1e9), ("params", "M params", 1e6)), start=1):
+        ax = fig.add_subplot(grid[col])
+        width = 0.8 / len(STAGES)
+        for i, stage in enumerate(STAGES):
+            xs = [j + (i - 1) * width for j in range(len(names))]
+            ax.bar(xs, [costs[key][stage].get(n, 0) / scale for n in names], width, label=stage, color=COLORS[stage])
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+        ax.set_ylabel(unit)
+        ax.set_title(f"{key} per task" + (" (batch 1)" if key == "flops" else ""))
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{s.family}: plan for {', '.join(s.tasks)} (rule: {s.plan.rule})")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def inspect_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, plan_path: str | Path | None = None,
+                       tasks: list[str] | str | None = None, round_channels: int | None = None) -> dict[str, Any]:
+    """Summary of the plan of `checkpoint` with params and FLOPs per task; writes plan.json, plan.png, inspect.json."""
+    from .prune import prepare
+
+    s = prepare(checkpoint, plan_path=plan_path, tasks=tasks, round_channels=round_channels)
+    static = s.build_static()
+    spec = s.input_spec()
+    costs = measure_stages(s.model, static, s.tasks, torch.zeros(1, spec["channels"], spec["height"], spec["width"]))
+    out = ensure_dir(out_dir)
+    result = {
+        "family": s.family, "tasks": s.tasks, "rule": s.plan.rule, "edited": s.edited,
+        "options": s.plan.options.model_dump(), "input": spec,
+        "summary": s.surgeon.summary(s.model, s.plan.decisions, s.tasks),
+        "expected_params": s.expected_params(), "static_params": sum(p.numel() for p in static.parameters()),
+        "params": costs["params"], "flops": costs["flops"], "warnings": s.warnings,
+        "plan": str(out / "plan.json"), "picture": str(out / "plan.png"),
+    }
+    save_plan(out / "plan.json", s.plan)
+    draw_plan(s, costs, out / "plan.png")
+    write_json(out / "inspect.json", result)
+    return result

@@ -1,0 +1,307 @@
+"""`deploymtl prune`: supernet.pt -> plan -> static model -> verified pruned.pt and its report.
+
+Order of work (shared/DESIGN.md contract): everything that can be wrong with the input (checkpoint, plan, task subset,
+options, data) is checked before the first file is written, so bad input writes nothing (exit 2). A verification
+failure (parity, proof of removal, an unaccepted Aux-NAS approximation) writes plan.json and the report, so the
+per-task table can be read, but no pruned.pt (a stale one is removed), then raises VerificationError (exit 1).
+
+Outputs in `out_dir`: plan.json (the resolved plan), plan.png (its picture), pruned.pt (`surgery/artifact.py`),
+prune_report.json and prune_report.md.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import __version__
+from ..config import Recipe, parse_recipe
+from ..data import build_datasets
+from ..errors import DeploymtlError, VerificationError
+from ..flops import measure_stages, ratio
+from ..io import atomic_write_text, ensure_dir, sha256_file, write_json
+from ..models.base import Supernet
+from ..train.checkpoint import load_supernet
+from .artifact import StaticArtifact, save_static
+from .families import Surgeon, approximation_links, surgeon
+from .graph import GraphBuilder, StaticModel
+from .plan import Plan, PlanOptions, PlanSource, check_plan, load_plan, make_plan, save_plan
+from .verify import ParityResult, check_parity, proof_tensors, prove_removal, removed_prefixes
+
+REPORT_FORMAT = "deploymtl.prune_report/1"
+PROOF_SAMPLES = 4  # images for the gradient and perturbation checks (the parity uses verify_samples)
+
+
+@dataclass
+class Surgery:
+    """A loaded supernet with a checked plan applied: what prune and inspect work on."""
+
+    model: Supernet
+    recipe: Recipe
+    plan: Plan
+    surgeon: Surgeon
+    checkpoint: Path
+    edited: bool
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def family(self) -> str:
+        return self.plan.family
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.plan.tasks)
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return self.plan.options.model_dump()
+
+    def builder(self) -> GraphBuilder:
+        return self.surgeon.build_graph(self.model, self.plan.decisions, self.tasks, self.options)
+
+    def build_static(self) -> StaticModel:
+        return self.builder().build()
+
+    def expected_params(self) -> int:
+        return int(self.surgeon.expected_params(self.model, self.plan.decisions, self.tasks, self.options))
+
+    def input_spec(self) -> dict[str, Any]:
+        d = self.recipe.data
+        channels = int(getattr(self.recipe.model_cfg(), "in_channels", 3))
+        return {"channels": channels, "height": d.height, "width": d.width, "mean": list(d.mean), "std": list(d.std)}
+
+
+def _parse_tasks(tasks: list[str] | str | None) -> list[str] | None:
+    if tasks is None:
+        return None
+    items = tasks.split(",") if isinstance(tasks, str) else list(tasks)
+    names = [t.strip() for t in items if t.strip()]
+    if not names:
+        raise DeploymtlError(f"--tasks {tasks!r} names no task",
+                             hint="expected comma-separated task names, e.g. seg,depth")
+    return names
+
+
+def prepare(checkpoint: str | Path, *, plan_path: str | Path | None = None, tasks: list[str] | str | None = None,
+            round_channels: int | None = None) -> Surgery:
+    """Load the checkpoint, make (or read) the plan, resolve the task subset and options, validate the plan against
+    the supernet and apply it. Options resolve as: argument > plan file > recipe's `prune:` section > default."""
+    ckpt_path = Path(checkpoint)
+    model, ckpt = load_supernet(ckpt_path)
+    recipe = parse_recipe(ckpt["recipe"], f"{ckpt_path} (embedded recipe)")
+    family = str(ckpt["family"])
+    source = PlanSource(checkpoint=str(ckpt_path), sha256=sha256_file(ckpt_path))
+    own = model.decisions()
+    subset = _parse_tasks(tasks)
+    if round_channels is not None and (isinstance(round_channels, bool) or int(round_channels) < 1):
+        raise DeploymtlError(f"--round-channels {round_channels}", hint="expected an integer >= 1")
+    warnings: list[str] = []
+    if plan_path is not None:
+        plan = load_plan(plan_path)
+        where: str | Path = plan_path
+        if plan.source is not None and plan.source.sha256 != source.sha256:
+            warnings.append(f"plan {plan_path} was made from another checkpoint ({plan.source.checkpoint}); "
+                            "its decisions are applied to this one")
+        update: dict[str, Any] = {"source": source}
+        if subset:
+            update["tasks"] = subset
+        if round_channels is not None:
+            update["options"] = PlanOptions(round_channels=int(round_channels))
+        plan = plan.model_copy(update=update)
+        plan = Plan.model_validate(plan.model_dump())  # re-validate the overridden fields (unique tasks)
+    else:
+        where = f"plan of {ckpt_path}"
+        rc = int(round_channels) if round_channels is not None else recipe.prune.round_channels
+        plan = make_plan(model, family, tasks=subset or recipe.prune.tasks, round_channels=rc, source=source)
+    check_plan(plan, model, family, where)
+    fam = surgeon(family)
+    fam.apply_plan(model, plan.decisions)
+    model.eval().set_deployed(True)
+    return Surgery(model=model, recipe=recipe, plan=plan, surgeon=fam, checkpoint=ckpt_path,
+                   edited=plan.decisions != own, warnings=warnings)
+
+
+def verification_images(recipe: Recipe, n: int) -> torch.Tensor:
+    """The first `n` images of the recipe's validation split (N,C,H,W), without materialising the training split."""
+    d = recipe.data
+    cap = min(d.val_size, n) if d.val_size else n
+    # The training split is not needed; 1 is its smallest size (0 means "all" for NYUv2).
+    cfg = d.model_copy(update={"train_size": 1, "val_size": cap})
+    val = build_datasets(cfg, recipe.tasks, where=f"recipe {recipe.name}")["val"]
+    if len(val) == 0:
+        raise DeploymtlError(f"recipe {recipe.name}: the validation split is empty; nothing to verify against",
+                             hint="set data.val_size >= 1 or add samples under data.root/val")
+    return val.images[:n]
+
+
+def _soft_reference(model: Supernet) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
+    """The supernet with its real (soft) link weights: the Aux-NAS model's `soft_links()`."""
+    ctx = getattr(model, "soft_links", None)
+    if ctx is None:
+        raise RuntimeError(f"{type(model).__name__} reports approximate links but has no soft_links()")
+
+    def run(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        with ctx():
+            return model(x)
+
+    return run
+
+
+def _failure_line(parity: ParityResult, proof_ok: bool, approx: dict[str, Any] | None, report_md: Path) -> str:
+    parts = []
+    for name in parity.failed:
+        t = parity.tasks[name]
+        parts.append(f"{name} max_abs {t.max_abs:.3g} max_rel {t.max_rel:.3g}")
+    if parts:
+        parts = [f"parity failed (atol {parity.atol:g}, rtol {parity.rtol:g}): " + "; ".join(parts)]
+    if not proof_ok:
+        parts.append("proof of removal failed")
+    if approx and not approx["accepted"]:
+        links = ", ".join(f"{k}={v:.3g}" for k, v in approx["links"].items())
+        worst = max((e["max_abs"] for e in approx["error"].values()), default=0.0)
+        parts.append(f"removing links with non-zero weight ({links}) is an approximation, max abs error {worst:.3g}; "
+                     "rerun with --accept-approximation to accept it")
+    return "; ".join(parts) + f"; see {report_md}"
+
+
+def prune_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, plan_path: str | Path | None = None,
+                     tasks: list[str] | str | None = None, round_channels: int | None = None,
+                     accept_approximation: bool = False, atol: float | None = None, rtol: float | None = None,
+                     verify_samples: int | None = None) -> tuple[StaticArtifact, dict[str, Any]]:
+    """Prune a supernet checkpoint into `out_dir`; returns (static artifact, report). See the module docstring."""
+    t0 = time.perf_counter()
+    s = prepare(checkpoint, plan_path=plan_path, tasks=tasks, round_channels=round_channels)
+    cfg = s.recipe.prune
+    atol = cfg.atol if atol is None else float(atol)
+    rtol = cfg.rtol if rtol is None else float(rtol)
+    n_verify = cfg.verify_samples if verify_samples is None else int(verify_samples)
+    accept = bool(accept_approximation or cfg.accept_approximation)
+    if atol <= 0 or rtol < 0 or n_verify < 1:
+        raise DeploymtlError(f"tolerances atol={atol:g} rtol={rtol:g}, verify samples {n_verify}",
+                             hint="expected atol > 0, rtol >= 0, verify samples >= 1")
+    images = verification_images(s.recipe, n_verify)
+    static = s.build_static()
+    links = approximation_links(s.family, s.model, s.plan.decisions)
+
+    parity = check_parity(static, s.model, images, s.tasks, atol=atol, rtol=rtol)
+    approx = None
+    if links:
+        err = check_parity(static, _soft_reference(s.model), images, s.tasks, atol=atol, rtol=rtol)
+        approx = {"links": links, "error": err.to_dict(), "within_tolerance": bool(err), "accepted": accept}
+    static_params = sum(p.numel() for p in static.parameters())
+    proof = prove_removal(s.model, s.builder, images[:PROOF_SAMPLES], s.tasks, static_params=static_params,
+                          expected_params=s.expected_params())
+    costs = measure_stages(s.model, static, s.tasks, images[:1])
+    passed = bool(parity) and bool(proof) and (approx is None or approx["accepted"])
+
+    out = ensure_dir(out_dir)
+    all_names = list(proof_tensors(s.model))
+    prefixes = removed_prefixes(proof.removed_tensors, all_names)
+    art = StaticArtifact(model=static, family=s.family, tasks=[t for n in s.tasks for t in s.recipe.tasks
+                                                                 if t.name == n],
+                         plan=s.plan.to_dict(), input=s.input_spec(), recipe=s.recipe.resolved(),
+                         extra={"removed_prefixes": prefixes, "expected_params": proof.expected_params})
+    report: dict[str, Any] = {
+        "format": REPORT_FORMAT, "family": s.family, "tasks": s.tasks, "passed": passed,
+        "source": s.plan.source.model_dump() if s.plan.source else None,
+        "plan": {"path": str(out / "plan.json"), "hash": art.plan_hash, "rule": s.plan.rule, "edited": s.edited,
+                 "from": str(plan_path) if plan_path else None},
+        "options": {"tasks": s.tasks, "round_channels": s.plan.options.round_channels,
+                    "accept_approximation": accept, "atol": atol, "rtol": rtol, "verify_samples": n_verify},
+        "input": art.input,
+        "summary": s.surgeon.summary(s.model, s.plan.decisions, s.tasks),
+        "params": costs["params"], "flops": costs["flops"],
+        "ratios": {k: {"after/masked": ratio(costs[k]["after"]["total"], costs[k]["masked"]["total"]),
+                       "after/before": ratio(costs[k]["after"]["total"], costs[k]["before"]["total"])}
+                   for k in ("params", "flops")},
+        "parity": parity.to_dict(), "parity_samples": parity.samples,
+        "removal": proof.to_dict() | {"removed_prefixes": prefixes},
+        "approximation": approx, "warnings": s.warnings,
+        "artifact": str(out / "pruned.pt") if passed else None,
+        "deploymtl_version": __version__, "seconds": None,
+    }
+    save_plan(out / "plan.json", s.plan)
+    from .inspect import draw_plan  # matplotlib only once the input is known to be good
+
+    draw_plan(s, costs, out / "plan.png")
+    if passed:
+        save_static(out / "pruned.pt", art)
+    elif (out / "pruned.pt").exists():
+        (out / "pruned.pt").unlink()  # a pruned.pt beside a failing report would contradict it
+    report["seconds"] = round(time.perf_counter() - t0, 3)
+    write_json(out / "prune_report.json", report)
+    atomic_write_text(out / "prune_report.md", render_markdown(report))
+    if not passed:
+        err = VerificationError(_failure_line(parity, bool(proof), approx, out / "prune_report.md"))
+        err.report = report  # type: ignore[attr-defined]  # the CLI prints the per-task table from it
+        raise err
+    return art, report
+
+
+# -- rendering ----------------------------------------------------------------------------------------------------
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    if isinstance(v, int) and not isinstance(v, bool):
+        return f"{v:,}"
+    return str(v)
+
+
+def cost_rows(report: dict[str, Any], key: str) -> list[list[str]]:
+    """Rows (name, before, masked, after) of the params or flops table."""
+    data = report[key]
+    names = [*report["tasks"], "total"]
+    return [[n, *(_fmt(data[stage].get(n, "")) for stage in ("before", "masked", "after"))] for n in names]
+
+
+def parity_rows(report: dict[str, Any]) -> list[list[str]]:
+    return [[t, _fmt(p["max_abs"]), _fmt(p["max_rel"]), "yes" if p["passed"] else "NO"]
+            for t, p in report["parity"].items()]
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    o, r = report["options"], report["removal"]
+    lines = [
+        f"# Prune report: {report['family']} -> {', '.join(report['tasks'])}",
+        "", f"**{'PASSED' if report['passed'] else 'FAILED'}**. Source: `{(report['source'] or {}).get('checkpoint')}`;"
+        f" plan rule `{report['plan']['rule']}`{' (edited)' if report['plan']['edited'] else ''}; round_channels "
+        f"{o['round_channels']}; atol {o['atol']:g}, rtol {o['rtol']:g} on {report['parity_samples']} validation "
+        "images.", "",
+        "## Parity: static model vs supernet in deployed mode", "",
+        _md_table(["task", "max abs", "max rel", "passed"], parity_rows(report)), "",
+        "## Parameters", "", _md_table(["", "before", "masked", "after"], cost_rows(report, "params")), "",
+        "## FLOPs (torch.utils.flop_counter, batch 1)", "",
+        _md_table(["", "before", "masked", "after"], cost_rows(report, "flops")), "",
+        "## Proof of removal", "",
+        f"- static parameters {r['static_params']:,}, expected from the plan {r['expected_params']:,}: "
+        f"{'match' if r['params_match'] else 'MISMATCH'}",
+        f"- supernet weight elements {r['supernet_elements']:,}: kept {r['kept_elements']:,}, removed "
+        f"{r['removed_elements']:,} ({len(r['removed_tensors'])} tensors entirely; tracking: {r['tracking']})",
+        f"- elements with non-zero gradient of the kept outputs outside the kept set: {r['grad_outside_kept']}"
+        + (f" ({', '.join(r['grad_outside_examples'])})" if r["grad_outside_examples"] else ""),
+        f"- kept outputs with every removed element perturbed: "
+        f"{'bit-identical' if r['bit_identical'] else 'CHANGED ' + ', '.join(r['changed_outputs'])}"
+        f" (max change {r['max_output_change']:.3g})",
+        f"- removed module prefixes: {', '.join(r['removed_prefixes']) or 'none'}",
+    ]
+    approx = report.get("approximation")
+    if approx:
+        lines += ["", "## Approximation: removed links with non-zero weight", "",
+                  ", ".join(f"`{k}` = {v:.3g}" for k, v in approx["links"].items()), "",
+                  _md_table(["task", "max abs", "max rel", "within tolerance"],
+                            [[t, _fmt(e["max_abs"]), _fmt(e["max_rel"]), "yes" if e["passed"] else "no"]
+                             for t, e in approx["error"].items()]), "",
+                  f"Accepted: {'yes' if approx['accepted'] else 'no (rerun with --accept-approximation)'}."]
+    if report.get("warnings"):
+        lines += ["", "## Warnings", "", *[f"- {w}" for w in report["warnings"]]]
+    return "\n".join(lines) + "\n"
