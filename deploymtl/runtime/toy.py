@@ -39,20 +39,24 @@ def toy_artifact(tasks: list[str] | None = None, *, width: int = 8, height: int 
         fan_in = shape[1] * (shape[2] * shape[3] if len(shape) == 4 else 1)
         return torch.randn(*shape, generator=gen) * (2.0 / fan_in) ** 0.5
 
+    def bias(n: int) -> torch.Tensor:
+        return 0.1 * torch.randn(n, generator=gen)
+
     b = GraphBuilder()
-    x = b.relu("stem_relu", b.conv("stem", "image", w(width, 3, 3, 3), torch.zeros(width), stride=2, padding=1))
-    h = b.relu("block_relu1", b.conv("block_conv1", x, w(width, width, 3, 3), torch.zeros(width), padding=1))
-    h = b.conv("block_conv2", h, w(width, width, 3, 3), torch.zeros(width), padding=1)
+    x = b.relu("stem_relu", b.conv("stem", "image", w(width, 3, 3, 3), bias(width), stride=2, padding=1))
+    h = b.relu("block_relu1", b.conv("block_conv1", x, w(width, width, 3, 3), bias(width), padding=1))
+    h = b.conv("block_conv2", h, w(width, width, 3, 3), bias(width), padding=1)
     trunk = b.relu("block_relu2", b.add("block_add", h, x))
-    heads = {t.name: (w(t.out_channels, width, 1, 1), w(t.out_channels, width)) for t in TOY_TASKS}
+    heads = {t.name: (w(t.out_channels, width, 1, 1), w(t.out_channels, width), bias(t.out_channels))
+             for t in TOY_TASKS}
     for t in specs:
-        conv_w, fc_w = heads[t.name]
+        conv_w, fc_w, head_b = heads[t.name]
         if t.dense:
-            y = b.conv(f"{t.name}_head", trunk, conv_w, torch.zeros(t.out_channels))
+            y = b.conv(f"{t.name}_head", trunk, conv_w, head_b)
             b.output(t.name, b.resize_to_input(f"{t.name}_resize", y))
         else:
             fc = torch.nn.Linear(width, t.out_channels)
-            fc.weight.data, fc.bias.data = fc_w, torch.zeros(t.out_channels)
+            fc.weight.data, fc.bias.data = fc_w, head_b
             b.output(t.name, b.linear(f"{t.name}_fc", b.gap(f"{t.name}_gap", trunk), fc))
     model = b.build()
     inp = {"channels": 3, "height": height, "width": image_width, "mean": [0.5] * 3, "std": [0.25] * 3}

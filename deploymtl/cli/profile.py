@@ -1,0 +1,86 @@
+"""`deploymtl profile ARTIFACT...`: batch sweeps, the edge batching scenario, comparison, report and plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ..errors import DeploymtlError
+from .common import OutDir, Quiet, default_out
+
+
+def _int_list(text: str | None, option: str) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise DeploymtlError(f"{option}: '{text}' is not a comma-separated list of integers",
+                             hint="e.g. 1,2,4,8") from None
+    if not values or min(values) < 1:
+        raise DeploymtlError(f"{option}: '{text}' needs integers >= 1", hint="e.g. 1,2,4,8")
+    return values
+
+
+def profile(
+    artifacts: list[Path] = typer.Argument(..., help="pruned.pt, supernet.pt, .onnx or .plan files of one model."),
+    out: Path | None = OutDir,
+    batch_sizes: str | None = typer.Option(None, "--batch-sizes", help="Batch sweep, e.g. 1,2,4,8."),
+    threads: int | None = typer.Option(None, "--threads", help="Intra-op threads (mimic an edge CPU); default 2."),
+    duration: float | None = typer.Option(None, "--duration", help="Seconds per measurement window; default 1."),
+    streams: int | None = typer.Option(None, "--streams", help="Edge scenario: camera streams; default 4."),
+    fps: float | None = typer.Option(None, "--fps", help="Frames per second per stream; default 30."),
+    max_batch: int | None = typer.Option(None, "--max-batch", help="Batcher max batch; default 4."),
+    max_delay_ms: float | None = typer.Option(None, "--max-delay-ms", help="Batcher max queueing delay; default 5."),
+    budget_ms: float | None = typer.Option(None, "--budget-ms", help="p99 latency budget for the batcher-setting "
+                                           "sweep; default the deadline."),
+    deadline_ms: float | None = typer.Option(None, "--deadline-ms", help="Frame deadline; default the frame period."),
+    arrival: str | None = typer.Option(None, "--arrival", help="periodic (with jitter) or poisson."),
+    jitter_ms: float | None = typer.Option(None, "--jitter-ms", help="Periodic arrivals: capture jitter; default 2."),
+    preferred: str | None = typer.Option(None, "--preferred", help="Batcher preferred batch sizes, e.g. 4,8."),
+    edge_duration: float | None = typer.Option(None, "--edge-duration", help="Simulated seconds; default 10."),
+    provider: str | None = typer.Option(None, "--provider", help="cpu, cuda or trt (ONNX Runtime provider; torch "
+                                        "artifacts run on the CUDA device for cuda/trt)."),
+    memory: bool = typer.Option(True, "--memory/--no-memory", help="Measure peak memory in a child process."),
+    edge: bool = typer.Option(True, "--edge/--no-edge", help="Run the edge scenario."),
+    seed: int | None = typer.Option(None, "--seed", help="Random seed of inputs and arrivals."),
+    quiet: bool = Quiet,
+) -> None:
+    """Measure latency and throughput per batch size, simulate camera streams through the dynamic batcher,
+    compare artifacts (FLOPs vs latency), and write profile.json, profile.md and PNG plots."""
+    from ..profile.profiler import ProfileOptions, profile_artifacts
+    from ..profile.report import write_report
+
+    options = ProfileOptions.parse({
+        "batch_sizes": _int_list(batch_sizes, "--batch-sizes"), "threads": threads, "duration_s": duration,
+        "streams": streams, "fps": fps, "max_batch": max_batch, "max_delay_ms": max_delay_ms,
+        "budget_ms": budget_ms, "deadline_ms": deadline_ms, "arrival": arrival, "jitter_ms": jitter_ms,
+        "preferred_batch_sizes": _int_list(preferred, "--preferred"), "edge_duration_s": edge_duration,
+        "provider": provider, "memory": memory, "edge": edge, "seed": seed,
+    })
+    first = artifacts[0]
+    out_dir = out or default_out("profile", first.parent.name or first.stem)
+    log = (lambda _msg: None) if quiet else (lambda msg: typer.echo(msg, err=True))
+    result = profile_artifacts(artifacts, options, log=log)
+    files = write_report(out_dir, result)
+    for a in result["artifacts"]:
+        sweep = a["sweep"]
+        line = f"{a['name']}: p50 {sweep[0]['latency_ms']['p50_ms']:.3g} ms at batch {sweep[0]['batch']}"
+        if len(sweep) > 1:
+            line += f", {sweep[-1]['latency_ms']['p50_ms']:.3g} ms at batch {sweep[-1]['batch']}"
+        if "edge" in a:
+            e, st = a["edge"]["result"], a["edge"]["settings"]
+            line += (f"; edge p99 {e['latency_ms']['p99_ms']:.3g} ms, {e['deadline_missed']}/{e['frames']} late, "
+                     f"{e['dropped']} dropped")
+            best = st["best"]
+            line += (f"; best under {st['budget_ms']:.3g} ms: max batch {best['max_batch']}, delay "
+                     f"{best['max_delay_ms']:g} ms" if best else f"; no setting meets {st['budget_ms']:.3g} ms")
+        typer.echo(line)
+    for w in result["warnings"]:
+        typer.echo(f"warning: {w}", err=True)
+    typer.echo(f"wrote {files['profile.json']}, profile.md and {len(files) - 2} plots in {out_dir}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("profile")(profile)

@@ -1,0 +1,1 @@
+"""Profiling: batch sweeps, the edge batching scenario, artifact comparison, reports."""
