@@ -62,8 +62,9 @@ def lint_onnx(model: onnx.ModelProto | str | Path) -> list[LintIssue]:
     issues = list(_check_opset(g.opset))
     issues += _check_io(proto.graph)
     issues += _check_nodes(g, prefix="")
-    issues += _check_dtypes(g, _infer_dtypes(proto))
-    issues += _check_qdq(g)
+    types = _infer_dtypes(proto)
+    issues += _check_dtypes(g, types)
+    issues += _check_qdq(g, types)
     unique = list(dict.fromkeys(issues))
     return sorted(unique, key=lambda i: i.severity != ERROR)
 
@@ -414,11 +415,18 @@ def _qdq_tensors(g: _Graph) -> set[str]:
     return names
 
 
+def _reported(node: onnx.NodeProto | None) -> bool:
+    """A node already reported as unsupported: its tensors' types need no second message."""
+    return node is not None and (node.op_type in ops.UNSUPPORTED or node.domain not in ("", "ai.onnx"))
+
+
 def _check_dtypes(g: _Graph, types: dict[str, int]) -> Iterator[LintIssue]:
     qdq = _qdq_tensors(g)
     for tensor, elem in types.items():
         dtype = onnx.TensorProto.DataType.Name(elem) if elem else "UNDEFINED"
         if dtype in _OK_TYPES or dtype == "UNDEFINED":
+            continue
+        if _reported(g.producer.get(tensor)) or any(_reported(c) for c, _ in g.consumers.get(tensor, [])):
             continue
         node = g.producer.get(tensor)
         where, op = (node.name or tensor, node.op_type) if node else (tensor, "initializer" if tensor in
@@ -457,7 +465,7 @@ def _check_int64_weights(g: _Graph, types: dict[str, int]) -> Iterator[LintIssue
 
 
 # ------------------------------------------------------------------------------------------- explicit quantization
-def _check_qdq(g: _Graph) -> Iterator[LintIssue]:
+def _check_qdq(g: _Graph, types: dict[str, int]) -> Iterator[LintIssue]:
     qnodes = [n for n in g.nodes if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
     if not qnodes:
         return
@@ -466,11 +474,17 @@ def _check_qdq(g: _Graph) -> Iterator[LintIssue]:
                         "quantization needs opset >= 13; re-export with opset 13 or newer")
     for node in qnodes:
         name = _name(node, g.nodes.index(node), "")
-        for severity, message in _qdq_node(g, node):
+        for severity, message in _qdq_node(g, node, types):
             yield LintIssue(severity, name, node.op_type, message)
 
 
-def _qdq_node(g: _Graph, node: onnx.NodeProto) -> Iterator[tuple[str, str]]:
+def _qdq_node(g: _Graph, node: onnx.NodeProto, types: dict[str, int]) -> Iterator[tuple[str, str]]:
+    if node.op_type == "DequantizeLinear" and node.input[0] in types:
+        dtype = onnx.TensorProto.DataType.Name(types[node.input[0]])
+        if dtype not in _QUANT_TYPES:
+            hint = " (a quantized bias: quantize with extra_options QuantizeBias=False)" if dtype == "INT32" else ""
+            yield ERROR, f"dequantizes {dtype}: TensorRT dequantizes only INT8, INT4, FP8 and FP4{hint}"
+            return
     scale_name = node.input[1] if len(node.input) > 1 else ""
     zp_name = node.input[2] if len(node.input) > 2 else ""
     scale = g.value(scale_name)
