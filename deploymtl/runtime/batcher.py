@@ -185,7 +185,8 @@ class Batcher:
         squeeze = isinstance(x, np.ndarray) and x.ndim == 3
         batch = x[None] if squeeze else x
         if self.input_spec is not None:
-            self.input_spec.check(batch, "batcher request")
+            self.input_spec.check(batch, f"batcher request (one image of shape {x.shape})" if squeeze
+                                  else "batcher request")
         elif not isinstance(batch, np.ndarray) or batch.ndim != 4:
             raise DeploymtlError(f"batcher request: input has shape {getattr(x, 'shape', type(x).__name__)}",
                                  hint="expected C x H x W or N x C x H x W numpy array")
