@@ -1,0 +1,76 @@
+"""`deploymtl export MODEL` and `deploymtl verify ARTIFACT`: thin shells over `deploymtl.export.exporter` and
+`deploymtl.verify.parity`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from .common import OutDir, Quiet, default_out
+
+
+def export(
+    model: Path = typer.Argument(..., help="pruned.pt (static model) or supernet.pt (pruned on the way)."),
+    target: str = typer.Option("onnx", "--target", help="onnx or trt (TensorRT engine, needs a GPU)."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 or int8 (static Q/DQ)."),
+    batch: str | None = typer.Option(None, "--batch", help="MIN:OPT:MAX dynamic batch (default: recipe)."),
+    out: Path | None = OutDir,
+    atol: float | None = typer.Option(None, "--atol", help="Absolute tolerance for every output."),
+    rtol: float | None = typer.Option(None, "--rtol", help="Relative tolerance for every output."),
+    tol: list[str] | None = typer.Option(None, "--tol", help="Per-output tolerance TASK=ATOL[:RTOL], repeatable."),
+    no_simplify: bool = typer.Option(False, "--no-simplify", help="Skip the onnxslim passes."),
+    opset: int | None = typer.Option(None, "--opset", help="ONNX opset (>= 17; the exporter emits >= 18)."),
+    calibration_samples: int | None = typer.Option(None, "--calibration-samples",
+                                                   help="int8 calibration samples (default: recipe)."),
+    max_metric_drop: float | None = typer.Option(None, "--max-metric-drop",
+                                                 help="Allowed relative loss of a task metric for fp16/int8."),
+    workspace_mb: int = typer.Option(1024, "--workspace-mb", help="TensorRT builder workspace."),
+    timing_cache: Path | None = typer.Option(None, "--timing-cache", help="TensorRT timing cache file."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="ONNX Runtime/torch threads."),
+    quiet: bool = Quiet,
+) -> None:
+    """Export MODEL to ONNX or TensorRT, simplify, verify against PyTorch, write export_report.json."""
+    from ..export.exporter import export_model
+    from ..verify.compare import parse_output_tolerance
+
+    per_output = dict(parse_output_tolerance(t) for t in tol or [])
+    out_dir = out or default_out("export", f"{model.stem}-{target}-{precision}")
+    log = (lambda _: None) if quiet else typer.echo
+    report = export_model(model, out_dir, target=target, precision=precision, batch=batch, atol=atol, rtol=rtol,
+                          per_output=per_output, simplify_graph=not no_simplify, opset=opset,
+                          calibration_samples=calibration_samples, max_metric_drop=max_metric_drop,
+                          workspace_mb=workspace_mb, timing_cache=timing_cache, threads=threads, log=log)
+    typer.echo(f"wrote {out_dir / report['artifact']} and {out_dir / 'export_report.json'}")
+
+
+def verify(
+    artifact: Path = typer.Argument(..., help="model.onnx, model.plan or pruned.pt."),
+    backend: str = typer.Option("auto", "--backend",
+                                help="auto, onnxruntime, ort-cuda, ort-trt, tensorrt or torch."),
+    parity: Path | None = typer.Option(None, "--parity", help="Parity data (default: <stem>.parity.npz beside)."),
+    atol: float | None = typer.Option(None, "--atol", help="Override the saved absolute tolerance."),
+    rtol: float | None = typer.Option(None, "--rtol", help="Override the saved relative tolerance."),
+    tol: list[str] | None = typer.Option(None, "--tol", help="Per-output tolerance TASK=ATOL[:RTOL], repeatable."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="Backend threads."),
+) -> None:
+    """Re-check ARTIFACT against the inputs and reference outputs saved at export time (exit 1 on mismatch)."""
+    from ..errors import VerificationError
+    from ..verify.compare import parse_output_tolerance
+    from ..verify.parity import check_artifact
+
+    per_output = dict(parse_output_tolerance(t) for t in tol or [])
+    result = check_artifact(artifact, backend=backend, parity=parity, atol=atol, rtol=rtol, per_output=per_output,
+                            threads=threads)
+    typer.echo(f"{artifact} on {result.backend}, batch sizes {result.batch_sizes}:")
+    for line in result.report.summary().splitlines():
+        typer.echo(f"  {line}")
+    if not result:
+        raise VerificationError(f"{artifact} does not match its parity data on {result.backend} for "
+                                f"{', '.join(result.report.failed)}")
+    typer.echo("verify passed")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("export")(export)
+    app.command("verify")(verify)

@@ -1,0 +1,133 @@
+"""int8 static quantisation to a Q/DQ ONNX graph (onnxruntime.quantization), TensorRT-compatible.
+
+Scheme (shared/TENSORRT.md, "Explicit quantization"): QDQ format; int8 activations and weights; symmetric
+(every zero point 0); activations per tensor; weights per output channel (Conv axis 0); scales from MinMax
+calibration on batches of the recipe's *training* split (the validation split stays unseen for the metric gate).
+The same file runs on ONNX Runtime (which fuses DQ->Conv->Q into QLinearConv) and feeds TensorRT's explicit
+quantisation.
+
+`check_qdq` re-reads the result and lists every violation of that scheme, so a change in ONNX Runtime's
+defaults cannot silently produce a graph TensorRT rejects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from ..errors import DeploymtlError
+from .onnx import INPUT_NAME
+
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+
+
+class _Reader:
+    """onnxruntime.quantization CalibrationDataReader over (N, C, H, W) float32 batches."""
+
+    def __init__(self, batches: Iterable[np.ndarray]) -> None:
+        self._it: Iterator[np.ndarray] = iter(batches)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._it, None)
+        return None if batch is None else {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)}
+
+    def rewind(self) -> None:  # part of the reader protocol; calibration reads once
+        pass
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    # quantize_static logs "consider pre-processing" on the root logger; our graph is already shape-inferred.
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def quantize_int8(model: onnx.ModelProto, calibration: Iterable[np.ndarray], *, per_channel: bool = True,
+                  symmetric_activations: bool = True, method: str = "minmax",
+                  quantize_bias: bool = False, exclude_nodes: list[str] | None = None) -> onnx.ModelProto:
+    """Static int8 QDQ quantisation of an fp32 model; `calibration` yields input batches (N, C, H, W) float32.
+
+    Biases stay float (`quantize_bias=False`): TensorRT dequantizes only 8-bit (and narrower) types, not the int32
+    biases ONNX Runtime would otherwise emit; it folds the float bias into the int8 convolution itself.
+    `symmetric_activations=False` gives asymmetric uint8 activations: faster on ONNX Runtime CPU (ReLUs fold into
+    the quantisation range) but not accepted by TensorRT; exposed for benchmarks, not used by `deploymtl export`.
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    if method not in methods:
+        raise DeploymtlError(f"unknown calibration method '{method}'", hint=f"expected one of {CALIBRATION_METHODS}")
+    batches = list(calibration)
+    if not batches:
+        raise DeploymtlError("int8 calibration needs at least one batch", hint="set export.calibration_samples >= 1")
+    with tempfile.TemporaryDirectory(prefix="deploymtl-quant-") as tmp:
+        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        onnx.save(model, src)
+        with _quiet():
+            quantize_static(
+                str(src), str(dst), _Reader(batches), quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                activation_type=QuantType.QInt8 if symmetric_activations else QuantType.QUInt8,
+                weight_type=QuantType.QInt8, calibrate_method=methods[method], nodes_to_exclude=exclude_nodes or [],
+                extra_options={"ActivationSymmetric": symmetric_activations, "WeightSymmetric": True,
+                               "QuantizeBias": quantize_bias},
+            )
+        out = onnx.load(str(dst))
+    del out.metadata_props[:]
+    out.metadata_props.extend(model.metadata_props)
+    return out
+
+
+def check_qdq(model: onnx.ModelProto, *, symmetric: bool = True) -> list[str]:
+    """Violations of the TensorRT Q/DQ scheme: non-zero or non-constant zero points, non-positive scales,
+    per-channel activations (a QuantizeLinear of a non-constant tensor with more than one scale)."""
+    inits = {i.name: i for i in model.graph.initializer}
+    issues = []
+    n_q = 0
+    for node in model.graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        n_q += 1
+        scale = inits.get(node.input[1]) if len(node.input) > 1 else None
+        if scale is None:
+            issues.append(f"{node.name}: scale {node.input[1] if len(node.input) > 1 else '?'} is not a constant")
+        else:
+            s = numpy_helper.to_array(scale)
+            if not np.all(s > 0) or not np.all(np.isfinite(s)):
+                issues.append(f"{node.name}: scales must be positive and finite")
+            if node.op_type == "QuantizeLinear" and node.input[0] not in inits and s.size > 1:
+                issues.append(f"{node.name}: activation quantised per channel")
+        if symmetric:
+            zp = inits.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+            if len(node.input) > 2 and node.input[2] and zp is None:
+                issues.append(f"{node.name}: zero point is not a constant")
+            elif zp is not None:
+                z = numpy_helper.to_array(zp)
+                if np.any(z != 0):
+                    issues.append(f"{node.name}: zero point is not 0")
+                if z.dtype != np.int8:
+                    issues.append(f"{node.name}: quantised type is {z.dtype}, expected int8")
+    if n_q == 0:
+        issues.append("no QuantizeLinear/DequantizeLinear nodes: nothing was quantised")
+    return issues
+
+
+def quantized_ops(model: onnx.ModelProto) -> list[str]:
+    """Names of the compute nodes fed by a DequantizeLinear of a weight (the layers that run in int8)."""
+    inits = {i.name for i in model.graph.initializer}
+    dq_of_weight = {n.output[0] for n in model.graph.node
+                    if n.op_type == "DequantizeLinear" and n.input[0] in inits}
+    return [n.name for n in model.graph.node
+            if n.op_type not in ("QuantizeLinear", "DequantizeLinear") and any(i in dq_of_weight for i in n.input)]

@@ -1,0 +1,104 @@
+"""Graph simplification with re-verification after every pass (onnxslim).
+
+onnxslim's optimisations run one at a time, in its own order: constant folding, graph fusion (its pattern
+registry: Conv+BN/Add/Mul, Pad+Conv, Gemm, Reshape/Slice/Transpose eliminations, ...), dead-node elimination,
+common-subexpression elimination and weight tying. After each pass the candidate graph must
+1. keep the interface: the same input and output names, a symbolic batch axis on the input and every output, and
+   pass `onnx.checker`;
+2. compute what the graph before it computed: a caller-supplied `verify(model) -> CompareReport` (ONNX Runtime on
+   real batches against the PyTorch reference, at more than one batch size) must pass.
+A pass that fails either is rejected and reported with its reason; the graph before it goes on to the next pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import onnx
+
+from .onnx import check_structure
+
+# onnxslim's OptimizationSettings keys, in the order its `optimize` applies them.
+PASSES = ("constant_folding", "graph_fusion", "dead_node_elimination", "subexpression_elimination", "weight_tying")
+
+
+@dataclass
+class PassResult:
+    name: str
+    accepted: bool
+    reason: str
+    nodes_before: int
+    nodes_after: int
+    max_abs: float | None
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def run_pass(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
+    """Apply one onnxslim optimisation (all others skipped) to a copy of `model`."""
+    import onnxslim
+
+    if name not in PASSES:
+        raise ValueError(f"unknown onnxslim pass {name}")
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    logging.getLogger("onnxslim").setLevel(logging.ERROR)
+    with contextlib.redirect_stdout(io.StringIO()):
+        out = onnxslim.slim(copy, skip_optimizations=[p for p in PASSES if p != name])
+    if out is None:
+        raise RuntimeError("onnxslim returned no model")
+    # onnxslim rebuilds the graph; metadata_props and the model-level fields must survive it.
+    if not out.metadata_props and model.metadata_props:
+        out.metadata_props.extend(model.metadata_props)
+    return out
+
+
+def simplify(model: onnx.ModelProto, verify: Callable[[onnx.ModelProto], object], *, outputs: list[str],
+             channels: int, height: int, width: int, passes: tuple[str, ...] = PASSES,
+             pass_fn: Callable[[onnx.ModelProto, str], onnx.ModelProto] = run_pass
+             ) -> tuple[onnx.ModelProto, list[PassResult]]:
+    """Run `passes` in order, keeping each only if the interface holds and `verify` passes.
+
+    `verify(candidate)` returns a truthy report when the candidate matches the reference; the report's
+    `results[...].max_abs` values are recorded when present. Returns the final model and one result per pass.
+    """
+    current = model
+    results: list[PassResult] = []
+    for name in passes:
+        t0 = time.perf_counter()
+        before = len(current.graph.node)
+        try:
+            candidate = pass_fn(current, name)
+        except Exception as exc:  # noqa: BLE001 - a crashing pass is rejected like a wrong one
+            results.append(PassResult(name, False, f"pass failed: {type(exc).__name__}: {str(exc)[:160]}", before,
+                                      before, None, time.perf_counter() - t0))
+            continue
+        after = len(candidate.graph.node)
+        problems = check_structure(candidate, outputs=outputs, channels=channels, height=height, width=width)
+        if problems:
+            results.append(PassResult(name, False, "; ".join(problems), before, after, None,
+                                      time.perf_counter() - t0))
+            continue
+        try:
+            report = verify(candidate)
+        except Exception as exc:  # noqa: BLE001 - a graph ONNX Runtime cannot run is a rejected graph
+            results.append(PassResult(name, False, f"does not run: {str(exc).splitlines()[0][:160]}", before, after,
+                                      None, time.perf_counter() - t0))
+            continue
+        stats = getattr(report, "results", {})
+        max_abs = max((r.max_abs for r in stats.values()), default=None)
+        if not report:
+            failed = ", ".join(getattr(report, "failed", [])) or "outputs"
+            results.append(PassResult(name, False, f"changes {failed} beyond tolerance", before, after, max_abs,
+                                      time.perf_counter() - t0))
+            continue
+        results.append(PassResult(name, True, "", before, after, max_abs, time.perf_counter() - t0))
+        current = candidate
+    return current, results

@@ -1,0 +1,228 @@
+"""Find the first layer where an ONNX graph departs from the PyTorch static model, by bisection.
+
+Correspondence: every ONNX node exported from static-model module `layers.<n>` is named `layers.<n>/<Op>`
+(`deploymtl.export.onnx`); the module's output tensor is the output of its scope that is read outside the scope
+(or is a graph output). PyTorch side: forward hooks on `model.layers[<n>]` record every module's output in one run.
+
+Search (over the static nodes that the failing output depends on, in execution order c_0 .. c_m, c_m feeding the
+output): let F(k) be the *frontier* after c_k: the tensors of c_0..c_k read by some c_j with j > k, plus c_k
+itself. Every path from an earlier divergence to the output crosses F(k), so "some tensor of F(k) diverges" is
+monotone in k (up to a divergence masked on the way, e.g. by a ReLU). Bisection finds the smallest k with a
+diverging frontier, exposing only F(k) as extra graph outputs per probe (a handful of tensors, log2(m) ONNX Runtime
+runs) instead of marking every tensor at once. At that k the inputs of c_k (all in F(k-1)) match and c_k's output
+does not: c_k is the first diverging layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import onnx
+import torch
+
+from ..errors import DeploymtlError
+from ..export.onnx import node_scope
+from ..surgery.graph import INPUT, StaticModel
+from .compare import CompareResult, Tolerance, compare_arrays
+
+_LAYERS = "layers."
+
+
+@dataclass
+class Localization:
+    """The first diverging layer, named on both sides; falsy when no layer could be blamed."""
+
+    found: bool
+    output: str
+    onnx_node: str | None = None
+    onnx_op: str | None = None
+    onnx_tensor: str | None = None
+    module_path: str | None = None
+    module_type: str | None = None
+    static_op: str | None = None
+    compare: dict | None = None
+    inputs_match: bool | None = None
+    probes: int = 0
+    candidates: int = 0
+    message: str = ""
+    trail: list[dict] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return self.found
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        if not self.found:
+            return f"could not localise the mismatch of '{self.output}': {self.message}"
+        stats = self.compare or {}
+        return (f"first diverging layer for '{self.output}': ONNX node {self.onnx_node} ({self.onnx_op}) = PyTorch "
+                f"module {self.module_path} ({self.module_type}); max_abs {stats.get('max_abs', float('nan')):.3g}, "
+                f"cosine {stats.get('cosine', float('nan')):.6f} ({self.probes} probes over {self.candidates} layers)")
+
+
+def module_tensors(proto: onnx.ModelProto) -> dict[str, tuple[str, onnx.NodeProto]]:
+    """{module path: (its output tensor, the ONNX node producing it)} from the `layers.<n>/<Op>` node names."""
+    graph = proto.graph
+    scope_of = {id(n): node_scope(n) for n in graph.node}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    outputs = {o.name for o in graph.output}
+    found: dict[str, tuple[str, onnx.NodeProto]] = {}
+    for n in graph.node:  # topological order: a later hit is the scope's last output
+        scope = scope_of[id(n)]
+        if not scope:
+            continue
+        for t in n.output:
+            if t in outputs or any(scope_of[id(c)] != scope for c in consumers.get(t, [])):
+                found[scope] = (t, n)
+    return found
+
+
+def torch_intermediates(model: StaticModel, inputs: np.ndarray) -> dict[str, np.ndarray]:
+    """Every static node's output for `inputs`, recorded with forward hooks, keyed `layers.<n>`."""
+    captured: dict[str, np.ndarray] = {}
+    handles = []
+    for name, module in model.layers.items():
+        def hook(_m: torch.nn.Module, _i: tuple, out: torch.Tensor, key: str = _LAYERS + name) -> None:
+            captured[key] = out.detach().float().cpu().numpy()
+        handles.append(module.register_forward_hook(hook))
+    try:
+        with torch.inference_mode():
+            model.eval()(torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32)))
+    finally:
+        for h in handles:
+            h.remove()
+    return captured
+
+
+class _Prober:
+    """Runs the ONNX graph with a chosen set of intermediate tensors exposed as extra outputs."""
+
+    def __init__(self, proto: onnx.ModelProto, inputs: np.ndarray) -> None:
+        self.proto = proto
+        self.inputs = np.ascontiguousarray(inputs, dtype=np.float32)
+        inferred = onnx.shape_inference.infer_shapes(proto)
+        self.types = {v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info}
+        self.runs = 0
+        self.cache: dict[str, np.ndarray] = {}
+
+    def run(self, tensors: list[str]) -> dict[str, np.ndarray]:
+        import onnxruntime as ort
+
+        todo = [t for t in tensors if t not in self.cache]
+        if todo:
+            probe = onnx.ModelProto()
+            probe.CopyFrom(self.proto)
+            have = {o.name for o in probe.graph.output}
+            for t in todo:
+                if t not in have:
+                    elem = self.types.get(t, onnx.TensorProto.FLOAT)
+                    probe.graph.output.append(onnx.helper.make_tensor_value_info(t, elem, None))
+            opts = ort.SessionOptions()
+            opts.log_severity_level = 3
+            session = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+            values = session.run(todo, {"image": self.inputs})
+            self.runs += 1
+            for t, v in zip(todo, values, strict=True):
+                self.cache[t] = np.asarray(v, dtype=np.float32)
+        return {t: self.cache[t] for t in tensors}
+
+
+def localize(proto: onnx.ModelProto, model: StaticModel, inputs: np.ndarray, output: str,
+             tolerance: Tolerance | Mapping[str, Tolerance]) -> Localization:
+    """First static node whose ONNX counterpart diverges, among the ancestors of task output `output`.
+
+    `inputs` (N, C, H, W) float32: a few real samples (2-4 suffice). `tolerance`: the output's tolerance (or a
+    mapping from which `output`'s is taken), applied to every intermediate tensor.
+    """
+    tol = tolerance[output] if isinstance(tolerance, Mapping) else tolerance
+    if output not in model.outputs:
+        raise DeploymtlError(f"cannot localise unknown output '{output}'", hint=f"expected one of {model.task_names}")
+    spec_inputs = {name: ins for name, ins in model._order}
+    order = [name for name, _ in model._order]
+    # ancestors of the failing output, in execution order
+    need, stack = set(), [model.outputs[output]]
+    while stack:
+        n = stack.pop()
+        if n == INPUT or n in need:
+            continue
+        need.add(n)
+        stack.extend(spec_inputs[n])
+    tensors = module_tensors(proto)
+    cands = [n for n in order if n in need and _LAYERS + n in tensors]
+    loc = Localization(False, output, candidates=len(cands))
+    if not cands:
+        loc.message = "no ONNX node carries a static-model module name (was the graph renamed?)"
+        return loc
+    index = {n: i for i, n in enumerate(cands)}
+    # mapped consumers of each candidate, looking through nodes the ONNX graph no longer names (fused away)
+    direct: dict[str, set[str]] = {n: set() for n in order}
+    for n in order:
+        for i in spec_inputs[n]:
+            if i != INPUT:
+                direct[i].add(n)
+
+    def mapped_consumers(n: str) -> set[int]:
+        seen, out, todo = set(), set(), list(direct[n])
+        while todo:
+            c = todo.pop()
+            if c in seen or c not in need:
+                continue
+            seen.add(c)
+            if c in index:
+                out.add(index[c])
+            else:
+                todo.extend(direct[c])
+        return out
+
+    last_use = {i: max(mapped_consumers(n), default=i) for i, n in enumerate(cands)}
+    reference = torch_intermediates(model, inputs)
+    prober = _Prober(proto, inputs)
+    verdicts: dict[str, CompareResult] = {}
+
+    def diverges(k: int) -> bool:
+        frontier = [j for j in range(k + 1) if j == k or last_use[j] > k]
+        names = [cands[j] for j in frontier]
+        values = prober.run([tensors[_LAYERS + n][0] for n in names])
+        bad = False
+        for n in names:
+            if n not in verdicts:
+                t = tensors[_LAYERS + n][0]
+                verdicts[n] = compare_arrays(n, values[t], reference[_LAYERS + n], tol)
+            bad = bad or not verdicts[n]
+        loc.trail.append({"k": k, "layer": _LAYERS + cands[k], "frontier": [_LAYERS + n for n in names],
+                          "diverges": bad})
+        return bad
+
+    lo, hi = 0, len(cands) - 1
+    if not diverges(hi):
+        loc.probes = prober.runs
+        loc.message = (f"the module feeding '{output}' ({_LAYERS + cands[hi]}) matches PyTorch on these inputs; the "
+                       "mismatch is outside the named modules (graph IO, batch handling)")
+        return loc
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if diverges(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    culprit = cands[lo]
+    tensor, node = tensors[_LAYERS + culprit]
+    module = model.layers[culprit]
+    result = verdicts.get(culprit) or compare_arrays(culprit, prober.run([tensor])[tensor],
+                                                     reference[_LAYERS + culprit], tol)
+    feeds = [i for i in spec_inputs[culprit] if i != INPUT and i in verdicts]
+    loc.found = True
+    loc.onnx_node, loc.onnx_op, loc.onnx_tensor = node.name, node.op_type, tensor
+    loc.module_path, loc.module_type = _LAYERS + culprit, type(module).__name__
+    loc.static_op = next((nd["op"] for nd in model.spec["nodes"] if nd["name"] == culprit), None)
+    loc.compare = result.to_dict()
+    loc.inputs_match = all(bool(verdicts[i]) for i in feeds)
+    loc.probes = prober.runs
+    return loc

@@ -1,0 +1,104 @@
+"""Accuracy gate for reduced precision: each task's metric on the validation set, fp16/int8 against fp32.
+
+Rule (documented threshold): for every task, its primary metric (`deploymtl.tasks.PRIMARY_METRIC`: mIoU, depth
+abs error, normals mean angle, accuracy) is computed over the whole validation split with the reduced-precision
+artifact and with the fp32 reference (the PyTorch static model). The *drop* is the relative change in the worse
+direction,
+
+    drop = (fp32 - reduced) / |fp32|   (higher is better: mIoU, accuracy)
+    drop = (reduced - fp32) / |fp32|   (lower is better: errors, angles)
+
+(absolute change when |fp32| < 1e-12). A task fails when drop > max_drop, the recipe's `export.max_metric_drop`
+(default 0.05, i.e. 5% relative; `deploymtl export --max-metric-drop` overrides). An improvement is a negative
+drop and always passes. Every metric of every task is reported with its delta; only the primary one gates.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from ..metrics import TaskMeter
+from ..tasks import TaskSpec
+
+
+class _Infer(Protocol):
+    def infer(self, image: np.ndarray) -> dict[str, np.ndarray]: ...
+
+
+def evaluate(runner: _Infer, images: torch.Tensor, targets: dict[str, torch.Tensor], tasks: list[TaskSpec],
+             batch_size: int) -> dict[str, dict[str, float]]:
+    """{task: {metric: value}} of `runner` over (images (N, C, H, W), targets per task) in batches."""
+    meters = {t.name: TaskMeter(t) for t in tasks}
+    for i in range(0, images.shape[0], batch_size):
+        x = np.ascontiguousarray(images[i:i + batch_size].numpy(), dtype=np.float32)
+        out = runner.infer(x)
+        for t in tasks:
+            meters[t.name].update(torch.from_numpy(np.asarray(out[t.name], dtype=np.float32)),
+                                  targets[t.name][i:i + batch_size])
+    return {name: m.compute() for name, m in meters.items()}
+
+
+def relative_drop(reference: float, candidate: float, lower_is_better: bool) -> float:
+    """Relative loss in the worse direction (negative = improvement); see the module docstring."""
+    if not (math.isfinite(reference) and math.isfinite(candidate)):
+        return math.inf if math.isfinite(reference) else 0.0
+    worse = (candidate - reference) if lower_is_better else (reference - candidate)
+    return worse / abs(reference) if abs(reference) >= 1e-12 else worse
+
+
+@dataclass
+class TaskGate:
+    metric: str
+    fp32: float
+    candidate: float
+    drop: float
+    passed: bool
+    deltas: dict[str, dict[str, float]]
+
+
+@dataclass
+class GateReport:
+    """Per-task metric deltas; truthy when no task lost more than `max_drop`."""
+
+    precision: str
+    max_drop: float
+    tasks: dict[str, TaskGate]
+
+    def __bool__(self) -> bool:
+        return all(t.passed for t in self.tasks.values())
+
+    @property
+    def passed(self) -> bool:
+        return bool(self)
+
+    def to_dict(self) -> dict:
+        return {"precision": self.precision, "max_drop": self.max_drop, "passed": self.passed,
+                "tasks": {k: asdict(v) for k, v in self.tasks.items()}}
+
+    def summary(self) -> str:
+        lines = []
+        for name, t in self.tasks.items():
+            verdict = "ok" if t.passed else f"FAILED (> {self.max_drop:.2%})"
+            lines.append(f"{name}: {t.metric} fp32 {t.fp32:.4f} {self.precision} {t.candidate:.4f} "
+                         f"drop {t.drop:+.2%} {verdict}")
+        return "\n".join(lines)
+
+
+def metric_gate(tasks: list[TaskSpec], fp32: dict[str, dict[str, float]], candidate: dict[str, dict[str, float]],
+                *, precision: str, max_drop: float) -> GateReport:
+    """Compare metrics already computed by `evaluate` for the fp32 reference and the reduced-precision artifact."""
+    gates = {}
+    for t in tasks:
+        deltas = {m: {"fp32": fp32[t.name][m], "candidate": candidate[t.name][m],
+                      "drop": relative_drop(fp32[t.name][m], candidate[t.name][m], lower)}
+                  for m, lower in t.metrics.items()}
+        primary = deltas[t.primary_metric]
+        drop = primary["drop"]
+        gates[t.name] = TaskGate(t.primary_metric, primary["fp32"], primary["candidate"], drop,
+                                 bool(drop <= max_drop), deltas)
+    return GateReport(precision, float(max_drop), gates)
