@@ -4,10 +4,12 @@ FLOPs are per image (batch 1) and count multiply-adds as 2 in convolutions and m
 `torch.utils.flop_counter` does (bias adds, activations and resizes are not counted), so a static model and
 the ONNX file exported from it report the same number. The sources, in order:
 
-1. `prune_report.json` beside the artifact (written by `deploymtl prune`): its `params` / `flops`, at the
-   stage matching the artifact (`after` for a static model or an export of it, `masked` for a supernet);
+1. the prune report (written by `deploymtl prune`): its `params` / `flops` at the stage matching the artifact
+   (`after` for a static model or an export of it, `masked` for a supernet). It is found beside the artifact,
+   or, for an exported ONNX/TensorRT artifact, beside the static model its `export_report.json` names;
 2. the graph itself: the static model's nodes (per-node FLOPs from `FlopCounterMode`'s module breakdown),
-   an ONNX graph (shape inference at batch 1), or the supernet's deployed forward (total only).
+   an ONNX graph (shape inference at batch 1; for an engine, the ONNX it was built from), or the supernet's
+   deployed forward (total only).
 
 Per-task-subset cost follows from the graph: the nodes a set of tasks needs are the ancestors of their output
 nodes, so `alone` = what a model for that task only costs and `marginal` = what dropping it saves.
@@ -52,13 +54,18 @@ def read_reports(path: str | Path) -> dict[str, Any]:
 
 
 def _reported_cost(path: Path, stage: str) -> dict[str, Any] | None:
-    report = read_reports(path).get("prune_report.json")
+    reports = read_reports(path)
+    report, where = reports.get("prune_report.json"), "prune_report.json"
+    source = (reports.get("export_report.json") or {}).get("source")
+    if report is None and isinstance(source, dict) and source.get("model"):
+        report = read_reports(source["model"]).get("prune_report.json")  # the static model's, for its export
+        where = f"{Path(source['model']).parent / 'prune_report.json'} via export_report.json"
     if not isinstance(report, dict):
         return None
     params, flops = _stage_total(report.get("params"), stage), _stage_total(report.get("flops"), stage)
     if params is None and flops is None:
         return None
-    return {"params": params, "flops": flops, "source": f"prune_report.json ({stage})"}
+    return {"params": params, "flops": flops, "source": f"{where} ({stage})"}
 
 
 def _stage_total(entry: Any, stage: str) -> int | None:
@@ -77,6 +84,10 @@ def _graph_cost(path: Path, kind: str) -> dict[str, Any]:
         return _onnx_cost(path)
     if kind == "supernet":
         return _supernet_cost(path)
+    onnx_name = (read_reports(path).get("export_report.json") or {}).get("onnx")
+    if kind == "trt" and onnx_name and (path.parent / onnx_name).is_file():
+        cost = _onnx_cost(path.parent / onnx_name)  # the engine was built from it
+        return cost | {"source": f"computed from {onnx_name}, the ONNX graph the engine was built from"}
     return {"params": None, "flops": None, "per_task": {}, "source": "unknown (no report, graph not readable)"}
 
 

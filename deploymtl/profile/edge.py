@@ -77,18 +77,19 @@ class EdgeScenario:
 
 
 def arrivals(scn: EdgeScenario) -> np.ndarray:
-    """Sorted frame arrival times in seconds over [0, duration)."""
+    """Sorted frame arrival times in seconds (frames captured over [0, duration))."""
     rng = np.random.default_rng(scn.seed)
     period = 1.0 / scn.fps
     times = []
     for _ in range(scn.streams):
-        if scn.arrival == "periodic":
+        if scn.arrival == "periodic":  # frames captured in [0, duration), each delivered up to jitter later
             t = rng.uniform(0, period) + np.arange(0.0, scn.duration_s, period)
+            t = t[t < scn.duration_s]
             t = t + rng.uniform(0, scn.jitter_ms / 1000.0, size=t.size)
         else:
-            gaps = rng.exponential(period, size=int(scn.duration_s * scn.fps * 2 + 20))
-            t = np.cumsum(gaps)
-        times.append(t[t < scn.duration_s])
+            t = np.cumsum(rng.exponential(period, size=int(scn.duration_s * scn.fps * 2 + 20)))
+            t = t[t < scn.duration_s]
+        times.append(t)
     return np.sort(np.concatenate(times))
 
 

@@ -211,13 +211,18 @@ class Batcher:
         self._queued_images -= sum(r.n for r in batch)
         return batch, expired
 
+    def next_event(self) -> float | None:
+        """Clock time at which the oldest request falls due or a queued request expires (None: queue empty)."""
+        with self._cond:
+            if not self._queue:
+                return None
+            times = [self.policy.due(self._queue[0].arrival)]
+            times += [r.deadline for r in self._queue if r.deadline is not None]
+            return min(times)
+
     def _wait_s(self) -> float | None:
-        """Seconds until the next due time or request deadline (None: nothing queued)."""
-        if not self._queue:
-            return None
-        times = [self.policy.due(self._queue[0].arrival)]
-        times += [r.deadline for r in self._queue if r.deadline is not None]
-        return max(0.0, min(times) - self._clock())
+        event = self.next_event()
+        return None if event is None else max(0.0, event - self._clock())
 
     def _fail_expired(self, expired: list[_Request]) -> None:
         now = self._clock()
