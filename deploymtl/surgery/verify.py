@@ -152,7 +152,8 @@ class _DetachIsIdentity(TorchFunctionMode):
     """Lets autograd see through the graph builder: `detach()` keeps the graph; leaving autograd on purpose
     (`numpy`, `tolist`, `item`) still works."""
 
-    _LEAVE = {torch.Tensor.numpy, torch.Tensor.tolist, torch.Tensor.item}
+    _LEAVE = {torch.Tensor.numpy, torch.Tensor.tolist, torch.Tensor.item, torch.Tensor.__float__,
+              torch.Tensor.__int__, torch.Tensor.__bool__, torch.Tensor.__index__}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 - torch's signature
         kwargs = kwargs or {}
