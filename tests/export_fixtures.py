@@ -8,6 +8,7 @@ select, scale, concat, wsum, resize_to, gap, linear.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -78,11 +79,17 @@ def recipe(export: dict | None = None) -> dict:
             "export": {"batch": "1:2:4", "calibration_samples": 32, "max_metric_drop": 0.05, **(export or {})}}
 
 
+@functools.cache
+def _trained_state() -> dict[str, torch.Tensor]:
+    """Trained once per test process, shared by every test module."""
+    return {k: v.clone() for k, v in train(build_model()).state_dict().items()}
+
+
 def tiny_artifact(path: Path, *, trained: bool = True, export: dict | None = None,
                   removed_prefixes: list[str] | None = None) -> Path:
     model = build_model()
     if trained:
-        model = train(model)
+        model.load_state_dict(_trained_state())
     art = StaticArtifact(model=model, family="adashare", tasks=TASKS, plan={"tasks": [t.name for t in TASKS]},
                          input={"channels": 3, "height": H, "width": W, "mean": [0.5] * 3, "std": [0.25] * 3},
                          recipe=recipe(export), extra={"removed_prefixes": removed_prefixes or ["blocks.3.body"]})

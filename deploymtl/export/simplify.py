@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 
 import onnx
 
-from .onnx import check_structure
+from .onnx import check_structure, node_scope
 
 # onnxslim's OptimizationSettings keys, in the order its `optimize` applies them.
 PASSES = ("constant_folding", "graph_fusion", "dead_node_elimination", "subexpression_elimination", "weight_tying")
@@ -54,10 +54,30 @@ def run_pass(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
         out = onnxslim.slim(copy, skip_optimizations=[p for p in PASSES if p != name])
     if out is None:
         raise RuntimeError("onnxslim returned no model")
+    carry_scope_names(model, out)
     # onnxslim rebuilds the graph; metadata_props and the model-level fields must survive it.
     if not out.metadata_props and model.metadata_props:
         out.metadata_props.extend(model.metadata_props)
     return out
+
+
+def carry_scope_names(before: onnx.ModelProto, after: onnx.ModelProto) -> None:
+    """A node a pass created (e.g. Conv fused with the following Mul) gets the module scope of the node that
+    produced its output before the pass, so `layers.<n>/<Op>` names keep mapping onto static modules."""
+    scope_of_tensor = {t: node_scope(n) for n in before.graph.node for t in n.output if node_scope(n)}
+    names = {n.name for n in after.graph.node}
+    for node in after.graph.node:
+        if node_scope(node):
+            continue
+        scope = next((scope_of_tensor[t] for t in node.output if t in scope_of_tensor), None)
+        if scope:
+            base, k = f"{scope}/{node.op_type}", 0
+            name = base
+            while name in names:
+                k += 1
+                name = f"{base}_{k}"
+            names.add(name)
+            node.name = name
 
 
 def simplify(model: onnx.ModelProto, verify: Callable[[onnx.ModelProto], object], *, outputs: list[str],

@@ -1,0 +1,113 @@
+"""Reduced precision: fp16 graph with float32 IO, int8 symmetric Q/DQ, their parity figures and the metric gate."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from export_fixtures import TASKS, tiny_artifact
+from onnx import numpy_helper
+
+from deploymtl.cli.main import main
+from deploymtl.errors import VerificationError
+from deploymtl.export.exporter import export_model
+from deploymtl.export.fp16 import float16_fraction
+from deploymtl.export.quantize import check_qdq, quantized_ops
+from deploymtl.verify.metrics_gate import metric_gate
+
+NAMES = [t.name for t in TASKS]
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    return tiny_artifact(tmp_path_factory.mktemp("precision") / "pruned.pt")
+
+
+@pytest.fixture(scope="module")
+def fp16(model_path):
+    out = model_path.parent / "fp16"
+    report = export_model(model_path, out, precision="fp16", batch="1:2:4", threads=1)
+    return out, report, onnx.load(out / "model.onnx")
+
+
+@pytest.fixture(scope="module")
+def int8_strict(model_path):
+    """int8 with a zero-tolerance metric gate: the export is written, then fails with exit 1."""
+    out = model_path.parent / "int8"
+    rc = main(["export", str(model_path), "--precision", "int8", "--batch", "1:2:4", "-o", str(out),
+               "--max-metric-drop", "0", "--threads", "1", "-q"])
+    return rc, out, json.loads((out / "export_report.json").read_text()), onnx.load(out / "model.onnx")
+
+
+def test_fp16_graph_is_half_precision_with_float32_io(fp16):
+    _, report, proto = fp16
+    assert report["passed"] and report["precision"] == "fp16"
+    assert float16_fraction(proto) == 1.0
+    f32 = onnx.TensorProto.FLOAT
+    assert [v.type.tensor_type.elem_type for v in [*proto.graph.input, *proto.graph.output]] == [f32] * 4
+    ops = {n.op_type for n in proto.graph.node}
+    assert "Cast" in ops and "Conv" in ops
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(meta["deploymtl.precision"]) == "fp16"
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+
+
+def test_fp16_parity_figures_and_metrics(fp16):
+    _, report, _ = fp16
+    for name in NAMES:
+        o = report["outputs"][name]
+        assert o["passed"] and 0 < o["max_abs"] < 1e-2 and o["cosine"] > 0.9999 and o["nan_inf"] == 0
+    gate = report["metrics"]
+    assert gate["passed"] and gate["max_drop"] == 0.05 and gate["samples"] == 32
+    for name in NAMES:
+        assert abs(gate["tasks"][name]["drop"]) < 0.01
+
+
+def test_int8_graph_is_symmetric_qdq_with_per_channel_weights(int8_strict):
+    _, _, report, proto = int8_strict
+    assert check_qdq(proto) == []
+    inits = {i.name: i for i in proto.graph.initializer}
+    zps = [numpy_helper.to_array(inits[n.input[2]]) for n in proto.graph.node
+           if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert zps and all(z.dtype == np.int8 and not z.any() for z in zps)
+    w = next(n for n in proto.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == "layers.stem_conv.weight"
+             "_quantized")
+    assert numpy_helper.to_array(inits[w.input[1]]).shape == (12,)  # one scale per output channel
+    convs = [n.name for n in proto.graph.node if n.op_type in ("Conv", "Gemm")]
+    assert len(convs) == 11 and set(convs) <= set(quantized_ops(proto))  # every conv and the classifier run int8
+    assert all(n.startswith("layers.") for n in convs)  # module scopes survive simplification and quantisation
+    assert report["quantization"]["issues"] == [] and report["quantization"]["calibration_split"] == "train"
+
+
+def test_int8_parity_figures_are_loose_but_close(int8_strict):
+    _, _, report, _ = int8_strict
+    for name in NAMES:
+        o = report["outputs"][name]
+        assert o["passed"], o
+        assert o["max_abs"] > 1e-4  # it really is quantised
+        assert o["cosine"] > 0.999 and o["nan_inf"] == 0
+
+
+def test_int8_metric_gate_fails_at_zero_threshold_and_passes_at_the_recipe_threshold(int8_strict):
+    rc, out, report, _ = int8_strict
+    assert rc == 1
+    assert report["passed"] is False
+    assert any("metric gate" in f for f in report["failures"])
+    gate = report["metrics"]
+    assert gate["max_drop"] == 0 and not gate["passed"]
+    failing = [k for k, t in gate["tasks"].items() if not t["passed"]]
+    assert failing and all(gate["tasks"][k]["drop"] > 0 for k in failing)
+    assert (out / "model.onnx").is_file()  # a failed verification keeps the artifact for inspection
+    fp32 = {k: {m: d["fp32"] for m, d in t["deltas"].items()} for k, t in gate["tasks"].items()}
+    int8 = {k: {m: d["candidate"] for m, d in t["deltas"].items()} for k, t in gate["tasks"].items()}
+    assert metric_gate(TASKS, fp32, int8, precision="int8", max_drop=0.05)
+
+
+def test_api_raises_verification_error_for_the_gate(model_path, tmp_path):
+    with pytest.raises(VerificationError, match="metric gate"):
+        export_model(model_path, tmp_path / "o", precision="int8", batch="1:1:2", max_metric_drop=0.0,
+                     calibration_samples=8, simplify_graph=False, threads=1)
+    report = json.loads((tmp_path / "o" / "export_report.json").read_text())
+    assert report["quantization"]["calibration_samples"] == 8 and report["passes"] == []
