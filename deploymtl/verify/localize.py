@@ -66,20 +66,20 @@ class Localization:
 
 def module_tensors(proto: onnx.ModelProto) -> dict[str, tuple[str, onnx.NodeProto]]:
     """{module path: (its output tensor, the ONNX node producing it)} from the `layers.<n>/<Op>` node names."""
-    graph = proto.graph
-    scope_of = {id(n): node_scope(n) for n in graph.node}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in graph.node:
+    nodes = list(proto.graph.node)
+    scopes = [node_scope(n) for n in nodes]  # by index: protobuf hands out new wrapper objects on each access
+    consumers: dict[str, list[int]] = {}
+    for k, n in enumerate(nodes):
         for i in n.input:
-            consumers.setdefault(i, []).append(n)
-    outputs = {o.name for o in graph.output}
+            consumers.setdefault(i, []).append(k)
+    outputs = {o.name for o in proto.graph.output}
     found: dict[str, tuple[str, onnx.NodeProto]] = {}
-    for n in graph.node:  # topological order: a later hit is the scope's last output
-        scope = scope_of[id(n)]
+    for k, n in enumerate(nodes):  # topological order: a later hit is the scope's last output
+        scope = scopes[k]
         if not scope:
             continue
         for t in n.output:
-            if t in outputs or any(scope_of[id(c)] != scope for c in consumers.get(t, [])):
+            if t in outputs or any(scopes[c] != scope for c in consumers.get(t, [])):
                 found[scope] = (t, n)
     return found
 
