@@ -1,0 +1,196 @@
+"""GatedMTL surgeon on hand-set plans: parity static vs supernet deployed, exact parameter counts, structure."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from deploymtl.errors import DeploymtlError  # noqa: E402
+from deploymtl.models.gated import GatedSupernet  # noqa: E402
+from deploymtl.models.registry import build_supernet  # noqa: E402
+from deploymtl.surgery import gated as surgeon  # noqa: E402
+from deploymtl.surgery.graph import build_static  # noqa: E402
+from deploymtl.tasks import TaskSpec  # noqa: E402
+
+TASKS = [TaskSpec(name="seg", kind="segmentation", channels=5), TaskSpec(name="depth", kind="depth"),
+         TaskSpec(name="cls", kind="classification", channels=4)]
+NAMES = [t.name for t in TASKS]
+# blocks [2,1,1,1]: layer 0 and layer 1 have identity residuals (layer 1's reads the mixture psi'),
+# layers 2-4 have a ds shortcut. Widths 8, 8, 16, 32, 64.
+MODEL = {"blocks": [2, 1, 1, 1], "width": 8, "head_hidden": 8}
+
+
+def make(head: str = "light") -> GatedSupernet:
+    torch.manual_seed(0)
+    model = build_supernet("gated", TASKS, {**MODEL, "head": head}, {})
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # random BN statistics so folding is really exercised
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5, generator=gen)
+                m.running_var.uniform_(0.5, 2.0, generator=gen)
+                m.weight.uniform_(0.5, 1.5, generator=gen)
+                m.bias.uniform_(-0.5, 0.5, generator=gen)
+        model.beta.normal_(generator=gen)
+    return model.eval()
+
+
+def plan_of(model: GatedSupernet, fill=None, seed: int = 0) -> dict:
+    gen = torch.Generator().manual_seed(seed)
+    gates = {}
+    for t in model.task_names:
+        gates[t] = [[int(fill) if fill is not None else int(torch.rand((), generator=gen) > 0.5)
+                     for _ in range(s.cout)] for s in model.slots]
+    return {"rule": "alpha>0", "gates": gates}
+
+
+def check(model: GatedSupernet, plan: dict, tasks: list[str] | None = None, round_channels: int = 1):
+    """Build the static model and assert parity with the deployed supernet and the exact parameter count."""
+    tasks = tasks or model.task_names
+    options = {"round_channels": round_channels}
+    surgeon.apply_plan(model, plan)
+    builder = surgeon.build_graph(model, plan, tasks, options)
+    static = builder.build()
+    x = torch.randn(3, 3, 32, 40, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        want = model.set_deployed(True)(x)
+        got = static(x)
+    assert sorted(got) == sorted(tasks)
+    for t in tasks:
+        err = (got[t] - want[t]).abs().max().item()
+        assert err < 1e-4, f"task {t}: max abs error {err}"
+    assert sum(p.numel() for p in static.parameters()) == surgeon.expected_params(model, plan, tasks, options)
+    return builder, static
+
+
+def node_names(builder) -> list[str]:
+    return [n["name"] for n in builder.nodes]
+
+
+def test_all_shared_removes_every_task_branch() -> None:
+    model = make()
+    builder, static = check(model, plan_of(model, fill=0))
+    names = node_names(builder)
+    assert not [n for n in names if "_phi_" in n]
+    assert {f"l{layer}_psi_conv2" for layer in range(5)} <= set(names)
+    # Hand count: stem; shared blocks (conv1 + conv2 + ds, BN folded into biases); the wsum of layer 1's
+    # residual (one term per channel: psi' = (sum_t w_t) psi); three heads reading 64 channels.
+    count = 8 * 3 * 49 + 8
+    for cin, cout, ds in [(8, 8, False), (8, 8, False), (8, 16, True), (16, 32, True), (32, 64, True)]:
+        count += (cout * cin * 9 + cout) + (cout * cout * 9 + cout) + ((cout * cin + cout) if ds else 0)
+    count += 8  # wsum (1, 8)
+    count += 2 * (8 * 64 * 9 + 8) + (5 * 8 + 5) + (1 * 8 + 1)  # seg and depth light heads
+    count += 4 * 64 + 4  # classifier
+    assert sum(p.numel() for p in static.parameters()) == count
+    assert [n["op"] for n in builder.nodes].count("wsum") == 1
+
+
+def test_all_specific_removes_shared_branches_after_the_stem() -> None:
+    model = make()
+    builder, static = check(model, plan_of(model, fill=1))
+    names = node_names(builder)
+    assert not [n for n in names if "_psi" in n]
+    assert "stem_conv" in names
+    assert {f"l4_phi_{t}_conv2" for t in NAMES} <= set(names)
+    assert not [n for n in builder.nodes if n["op"] in ("wsum", "select", "concat")]
+
+
+def test_layer_whose_shared_branch_is_unused() -> None:
+    model = make()
+    plan = plan_of(model, seed=3)
+    for t in NAMES:
+        plan["gates"][t][2] = [1] * 16
+    builder, _ = check(model, plan)
+    names = node_names(builder)
+    assert not [n for n in names if n.startswith("l2_psi")]
+    assert "l3_psi_conv1" in names and "l1_psi_conv1" in names
+    assert not [n for n in names if n.startswith("l2_psi_in")]
+
+
+@pytest.mark.parametrize("head", ["light", "aspp"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_mixed_random_gates(head: str, seed: int) -> None:
+    model = make(head)
+    builder, _ = check(model, plan_of(model, seed=seed))
+    ops = [n["op"] for n in builder.nodes]
+    assert ops.count("wsum") == 1 and ops.count("concat") > 0
+    summary = surgeon.summary(model, plan_of(model, seed=seed), NAMES)
+    kept = sum(sum(layer["kept_filters"].values()) for layer in summary["layers"])
+    assert summary["kept_filters"] == kept
+    assert summary["branches_total"] == 5 * 4
+
+
+def test_task_subset_keeps_only_what_the_subset_reads() -> None:
+    model = make()
+    plan = plan_of(model, seed=2)
+    builder, static = check(model, plan, ["depth"])
+    assert static.task_names == ["depth"]
+    names = node_names(builder)
+    assert "head_depth_conv" in names and not [n for n in names if n.startswith(("head_seg", "head_cls"))]
+    # Nothing reads the other tasks' last-layer branches (the last layer has no shared output)...
+    assert not [n for n in names if n.startswith(("l4_phi_seg", "l4_phi_cls"))]
+    # ...but earlier they still feed the beta mixing of the shared path that depth reads.
+    assert "l3_phi_seg_conv2" in names
+    full = surgeon.expected_params(model, plan, NAMES, {})
+    assert surgeon.expected_params(model, plan, ["depth"], {}) < full
+    summary = surgeon.summary(model, plan, ["depth"])
+    assert summary["layers"][4]["kept_filters"]["seg"] == 0
+    assert "layer 4 task seg" in summary["removed"]
+
+
+def test_round_channels_to_multiples_of_8() -> None:
+    model = make()
+    plan = plan_of(model, seed=4)
+    builder, static = check(model, plan, round_channels=8)
+    for node in builder.nodes:
+        if node["name"].endswith(("_conv2", "_ds")) and node["name"].startswith("l"):
+            cout = node["attrs"]["cout"]
+            assert cout % 8 == 0, f"{node['name']} keeps {cout} filters"
+    assert surgeon.expected_params(model, plan, NAMES, {"round_channels": 8}) > surgeon.expected_params(
+        model, plan, NAMES, {"round_channels": 1})
+    # The graph is plain data: it rebuilds from spec + weights with the same outputs.
+    rebuilt = build_static(builder.spec(), builder.state)
+    x = torch.randn(1, 3, 32, 40)
+    with torch.no_grad():
+        assert all(torch.equal(rebuilt(x)[t], static(x)[t]) for t in NAMES)
+
+
+@pytest.mark.parametrize(("tasks", "edit", "message"), [
+    ([], None, "no task to deploy"),
+    (["seg", "normal"], None, r"unknown tasks \['normal'\]"),
+    (["seg"], lambda g: g["depth"].pop(), "gates.depth: 4 layers"),
+    (["seg"], lambda g: g["cls"][4].pop(), "gates.cls\\[4\\]: 63 channels"),
+    (["seg"], lambda g: g["seg"][0].__setitem__(0, 0.5), "gates.seg\\[0\\] has value 0.5"),
+    (["seg"], lambda g: g.pop("cls"), "no gates for task 'cls'"),
+])
+def test_invalid_plans_raise(tasks, edit, message: str) -> None:
+    model = make()
+    plan = plan_of(model, seed=0)
+    if edit:
+        edit(plan["gates"])
+    with pytest.raises(DeploymtlError, match=message):
+        surgeon.validate_plan(model, plan, tasks)
+    with pytest.raises(DeploymtlError, match=message):
+        surgeon.build_graph(model, plan, tasks, {})
+
+
+def test_bad_round_channels_option() -> None:
+    model = make()
+    with pytest.raises(DeploymtlError, match="round_channels is 0"):
+        surgeon.expected_params(model, plan_of(model), NAMES, {"round_channels": 0})
+
+
+def test_draw_bars_per_layer_and_task() -> None:
+    model = make()
+    fig, ax = plt.subplots()
+    surgeon.draw(model, plan_of(model, seed=1), ["seg"], ax)
+    assert len(ax.patches) == 5 * 3 * 2  # layers x tasks x (specific, shared)
+    heights = [p.get_height() for p in ax.patches]
+    plan = plan_of(model, seed=1)
+    assert heights[0] == sum(plan["gates"]["seg"][0])
+    plt.close(fig)
