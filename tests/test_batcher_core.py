@@ -261,3 +261,41 @@ def test_submit_returns_a_concurrent_future():
     clock.advance(0.010)
     b.step()
     assert concurrent.futures.wait([f], timeout=0).done == {f}
+
+
+def test_idle_fast_path_runs_in_the_caller_and_never_overlaps_the_worker():
+    """max_delay 0: an idle `infer` runs inline; under concurrency the model still runs one batch at a time."""
+    lock = threading.Lock()
+    active, peak, callers = [0], [0], set()
+
+    def fn(x: np.ndarray) -> dict[str, np.ndarray]:
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        callers.add(threading.current_thread().name)
+        total = x.sum(axis=(1, 2, 3))
+        with lock:
+            active[0] -= 1
+        return {"total": total}
+
+    with Batcher(fn, input_spec=SPEC, max_batch=4, max_delay_ms=0.0) as b:
+        assert b.infer(img(2))["total"] == pytest.approx(8)
+        assert callers == {threading.current_thread().name}  # idle: no hand-off to the worker
+        assert b.stats()["batch_sizes"] == {1: 1} and b.stats()["requests"] == 1
+
+        got: list[tuple[int, float]] = []
+
+        def client(k: int) -> None:
+            for _ in range(20):
+                got.append((k, float(b.infer(img(k), timeout=30)["total"])))
+
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        stats = b.stats()
+    assert len(got) == 120 and all(total == pytest.approx(4 * k) for k, total in got)
+    assert peak[0] == 1  # never two batches at once, whichever thread ran them
+    assert stats["requests"] == stats["images"] == 121
+    assert sum(k * v for k, v in stats["batch_sizes"].items()) == 121

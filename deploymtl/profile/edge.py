@@ -111,9 +111,9 @@ class ComputeModel:
         return float(s[rng.integers(s.size)])
 
     @classmethod
-    def measure(cls, session: Any, sizes: Sequence[int], calls: int = 30, known: dict[int, Sequence[float]] | None
-                = None, warmup: int = 2, seed: int = 0) -> ComputeModel:
-        """Time `calls` inferences at each size not already in `known` (samples in seconds)."""
+    def measure(cls, session: Any, sizes: Sequence[int], calls: int = 30, budget_s: float = 0.5,
+                known: dict[int, Sequence[float]] | None = None, warmup: int = 2, seed: int = 0) -> ComputeModel:
+        """Time up to `calls` inferences (at least 3, stopping after `budget_s`) at each size not in `known`."""
         samples = {b: list(v) for b, v in (known or {}).items()}
         for b in sizes:
             if b in samples:
@@ -121,8 +121,9 @@ class ComputeModel:
             x = session.example(b, seed=seed)
             for _ in range(warmup):
                 session.infer(x)
-            runs = []
-            for _ in range(calls):
+            runs: list[float] = []
+            end = time.perf_counter() + budget_s
+            while len(runs) < 3 or (len(runs) < calls and time.perf_counter() < end):
                 t0 = time.perf_counter()
                 session.infer(x)
                 runs.append(time.perf_counter() - t0)

@@ -122,8 +122,10 @@ class Batcher:
         self._queued_images = 0
         self._closed = False
         self._draining = False
+        self._busy = False  # a batch is running (worker or inline)
         self._stats: Counter[str] = Counter()
         self._batch_sizes: Counter[int] = Counter()
+        self._inline_sizes: Counter[int] = Counter()  # batches run by `infer`'s idle fast path
         self._thread: threading.Thread | None = None
         if start:
             self.start()
@@ -132,9 +134,15 @@ class Batcher:
     def submit(self, x: np.ndarray, timeout: float | None = None) -> concurrent.futures.Future:
         """Queue one image (C x H x W) or a few (n x C x H x W); the future yields {task: array}."""
         req_x, squeeze = self._validate(x)
+        return self._enqueue(req_x, squeeze, self._timeout(timeout))
+
+    def _timeout(self, timeout: float | None) -> float | None:
         timeout = self.timeout_s if timeout is None else timeout
         if timeout is not None and not timeout > 0:
             raise DeploymtlError(f"request timeout is {timeout!r} s", hint="expected > 0 or None")
+        return timeout
+
+    def _enqueue(self, req_x: np.ndarray, squeeze: bool, timeout: float | None) -> concurrent.futures.Future:
         fut: concurrent.futures.Future = concurrent.futures.Future()
         with self._cond:
             if self._closed:
@@ -144,6 +152,7 @@ class Batcher:
                 raise QueueFullError(f"batcher queue is full ({self._queued_images} of {self.max_queue} images "
                                      "waiting)", hint="retry later or raise max_queue")
             now = self._clock()
+            req_x = np.array(req_x, copy=True, order="C")  # queued: the caller may reuse its buffer meanwhile
             self._queue.append(_Request(req_x, squeeze, now, None if timeout is None else now + timeout, fut))
             self._queued_images += req_x.shape[0]
             self._stats["requests"] += 1
@@ -151,9 +160,17 @@ class Batcher:
         return fut
 
     def infer(self, x: np.ndarray, timeout: float | None = None) -> Outputs:
-        """Submit and wait: {task: array}. Raises RequestTimeoutError after `timeout` seconds."""
-        fut = self.submit(x, timeout)
-        timeout = self.timeout_s if timeout is None else timeout
+        """Submit and wait: {task: array}. Raises RequestTimeoutError after `timeout` seconds.
+
+        Idle fast path: when nothing is queued or running and the policy would send this request at once
+        anyway (max_delay 0, or the request fills a batch), it runs in the calling thread: the same batch the
+        worker would run, without two thread hand-offs.
+        """
+        req_x, squeeze = self._validate(x)
+        timeout = self._timeout(timeout)
+        if self._claim_idle(req_x.shape[0]):
+            return self._run_claimed(req_x, squeeze)
+        fut = self._enqueue(req_x, squeeze, timeout)
         try:
             return fut.result(timeout=timeout)
         except RequestTimeoutError:  # expired in the queue (a TimeoutError too: keep its message)
@@ -167,8 +184,9 @@ class Batcher:
 
     async def infer_async(self, x: np.ndarray, timeout: float | None = None) -> Outputs:
         """`infer` for asyncio: awaits the batch without blocking the event loop."""
-        fut = self.submit(x, timeout)
-        timeout = self.timeout_s if timeout is None else timeout
+        req_x, squeeze = self._validate(x)
+        timeout = self._timeout(timeout)
+        fut = self._enqueue(req_x, squeeze, timeout)
         try:
             return await asyncio.wait_for(asyncio.wrap_future(fut), timeout)
         except RequestTimeoutError:
@@ -181,19 +199,51 @@ class Batcher:
             raise RequestTimeoutError(f"request did not complete within {timeout} s",
                                       hint="raise the timeout or lower the load") from None
 
+    def _claim_idle(self, n: int) -> bool:
+        """Reserve the model for a request the caller runs itself (see `infer`); only with a worker thread."""
+        if self._thread is None:
+            return False
+        with self._cond:
+            if self._closed or self._busy or self._queue:
+                return False
+            if not (self.policy.max_delay_s == 0 or n >= self.policy.target):
+                return False
+            self._busy = True
+            self._inline_sizes[n] += 1  # one counter on the hot path; stats() derives the rest
+            return True
+
+    def _run_claimed(self, x: np.ndarray, squeeze: bool) -> Outputs:
+        try:
+            out = self._fn(x)
+        except Exception:
+            self._count("failed")
+            raise
+        finally:
+            with self._cond:
+                self._busy = False
+                if self._queue:  # requests arrived meanwhile; waking an idle worker for nothing costs a switch
+                    self._cond.notify()
+        return {k: v[0] for k, v in out.items()} if squeeze else out
+
     def _validate(self, x: np.ndarray) -> tuple[np.ndarray, bool]:
+        """(n x C x H x W view of x, whether x was one C x H x W image); one-line errors for bad requests."""
         squeeze = isinstance(x, np.ndarray) and x.ndim == 3
         batch = x[None] if squeeze else x
         if self.input_spec is not None:
-            self.input_spec.check(batch, f"batcher request (one image of shape {x.shape})" if squeeze
-                                  else "batcher request")
+            try:
+                self.input_spec.check(batch, "batcher request")
+            except DeploymtlError as exc:
+                if not squeeze:
+                    raise
+                msg = str(exc).replace("batcher request", f"batcher request (one image of shape {x.shape})", 1)
+                raise DeploymtlError(msg, hint=exc.hint) from None
         elif not isinstance(batch, np.ndarray) or batch.ndim != 4:
             raise DeploymtlError(f"batcher request: input has shape {getattr(x, 'shape', type(x).__name__)}",
                                  hint="expected C x H x W or N x C x H x W numpy array")
         if batch.shape[0] > self.policy.max_batch:
             raise DeploymtlError(f"batcher request of {batch.shape[0]} images exceeds max_batch "
                                  f"{self.policy.max_batch}", hint="split the request")
-        return np.array(batch, copy=True, order="C"), squeeze  # the caller may reuse its buffer
+        return batch, squeeze
 
     # ------------------------------------------------------------------------------------ scheduling
     def _take(self, flush: bool) -> tuple[list[_Request], list[_Request]]:
@@ -243,15 +293,21 @@ class Batcher:
         while True:
             with self._cond:
                 while True:
-                    batch, expired = self._take(flush=self._draining)
-                    if batch or expired:
-                        break
-                    if self._closed and not self._queue:
-                        return
-                    self._cond.wait(self._wait_s())
+                    if not self._busy:  # one batch at a time: an inline `infer` may hold the model
+                        batch, expired = self._take(flush=self._draining)
+                        if batch or expired:
+                            self._busy = bool(batch)
+                            break
+                        if self._closed and not self._queue:
+                            return
+                    self._cond.wait(None if self._busy else self._wait_s())
             self._fail_expired(expired)
             if batch:
-                self._run(batch)
+                try:
+                    self._run(batch)
+                finally:
+                    with self._cond:
+                        self._busy = False
 
     def _run(self, batch: list[_Request]) -> None:
         live = [r for r in batch if r.future.set_running_or_notify_cancel()]
@@ -349,5 +405,8 @@ class Batcher:
     def stats(self) -> dict[str, Any]:
         """Counters: requests, images, batches, rejected, timed_out, cancelled, failed, batch_sizes {n: count}."""
         with self._cond:
+            stats, sizes = self._stats.copy(), self._batch_sizes + self._inline_sizes
+            inline = sum(self._inline_sizes.values())
+            stats.update(requests=inline, batches=inline, images=sum(k * v for k, v in self._inline_sizes.items()))
             keys = ("requests", "images", "batches", "rejected", "timed_out", "cancelled", "failed")
-            return {k: self._stats[k] for k in keys} | {"batch_sizes": dict(sorted(self._batch_sizes.items()))}
+            return {k: stats[k] for k in keys} | {"batch_sizes": dict(sorted(sizes.items()))}
