@@ -40,6 +40,20 @@ def test_short_training_writes_a_loadable_supernet(tmp_path):
     assert all(torch.equal(ref[t], out[t]) for t in ("seg", "depth", "normal"))
 
 
+@pytest.mark.slow
+def test_finetune_trains_only_what_is_deployed(tmp_path):
+    searched = Trainer(_recipe(finetune_epochs=0), tmp_path / "a", max_steps=2, progress=False)
+    searched.run()
+    tuned = Trainer(_recipe(finetune_epochs=1), tmp_path / "b", max_steps=2, progress=False)
+    tuned.run()
+    primary = {id(p) for p in tuned.model.primary_parameters()}
+    a, b = dict(searched.model.named_parameters()), dict(tuned.model.named_parameters())
+    changed = {n for n, p in tuned.model.named_parameters() if not torch.equal(a[n], b[n])}
+    assert changed and all(id(b[n]) in primary for n in changed)
+    assert any(n.startswith("primary.") for n in changed) and any(n.startswith("heads.seg") for n in changed)
+    assert not any(n.startswith(("aux", "heads.depth", "heads.normal", "alpha")) for n in changed)
+
+
 def test_recipes_validate():
     tiny = load_recipe("recipes/auxnas_tiny.yaml")
     assert tiny.search_cfg().l1_weight == 1000.0 and tiny.model_cfg().primary == ["seg"]

@@ -229,6 +229,11 @@ class AuxNasSupernet(Supernet):
     def arch_parameters(self) -> list[nn.Parameter]:
         return [self.alpha_p, self.alpha_a]
 
+    def primary_parameters(self) -> list[nn.Parameter]:
+        """The weights a deployment with every aux->primary link removed keeps: primary column, fusions, heads."""
+        mods = [self.primary, self.primary_fusions] + [self.heads[t] for t in self.primary_tasks]
+        return [p for m in mods for p in m.parameters()]
+
     def regularizer(self, progress: float) -> torch.Tensor:
         """R(t) = lambda(t) * mean(sigmoid(alpha^P)) (Eq. 5); zero before the ramp window."""
         lam = self.search_cfg.l1_lambda(progress)
