@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from deploymtl.profile.profiler import _environment
+    from deploymtl.profile.profiler import environment
     from deploymtl.runtime import load
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_batcher_"))
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{path.name}: edge scenario ...", file=sys.stderr)
             row["edge"] = edge(session, args.threads)
         results.append(row)
-    report = {"benchmark": "bench_batcher", "threads": args.threads, "environment": _environment(),
+    report = {"benchmark": "bench_batcher", "threads": args.threads, "environment": environment(),
               "target": {"infer_overhead_pct_max": 5.0,
                          "met": all(r["overhead"]["infer_overhead_pct"] < 5.0 for r in results)},
               "models": results}

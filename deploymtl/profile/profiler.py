@@ -105,7 +105,7 @@ def profile_artifacts(paths: list[str | Path], options: ProfileOptions,
                                           device=entry["device"], threads=options.threads)
         entries.append(entry)
     return {"format": PROFILE_FORMAT, "deploymtl_version": __version__, "options": options.model_dump(),
-            "environment": _environment(), "artifacts": entries, "comparison": compare(entries),
+            "environment": environment(), "artifacts": entries, "comparison": compare(entries),
             "warnings": warnings}
 
 
@@ -125,7 +125,7 @@ def _edge(session: Any, scenario: EdgeScenario, options: ProfileOptions,
             "settings": sweep_settings(scenario, compute, options.budget_ms, max_batches=grid_batches)}
 
 
-def _environment() -> dict[str, Any]:
+def environment() -> dict[str, Any]:
     import numpy
 
     env = {"python": platform.python_version(), "platform": platform.platform(), "cpu_count": os.cpu_count(),

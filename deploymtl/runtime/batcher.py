@@ -22,6 +22,9 @@ batch at a time.
 - **Shutdown**: `close(drain=True)` (also on leaving `with`) stops accepting requests, sends everything queued
   without waiting for the delay, and returns when it has run; `close(drain=False)` cancels the queued requests
   (their futures report `cancelled()`; `infer` raises `BatcherClosedError`) and lets the running batch finish.
+- **Idle fast path**: `infer` on an idle batcher (nothing queued or running) whose policy would send the request
+  at once anyway (`max_delay_ms=0`, or the request fills a batch) runs it in the calling thread, saving the two
+  thread hand-offs; the model still runs one batch at a time, whoever runs it.
 - **Determinism for tests**: pass `clock=ManualClock()` and `start=False`; nothing runs until `step()`,
   which sends every batch that is ready at the clock's time, in the calling thread.
 """
@@ -184,9 +187,8 @@ class Batcher:
 
     async def infer_async(self, x: np.ndarray, timeout: float | None = None) -> Outputs:
         """`infer` for asyncio: awaits the batch without blocking the event loop."""
-        req_x, squeeze = self._validate(x)
         timeout = self._timeout(timeout)
-        fut = self._enqueue(req_x, squeeze, timeout)
+        fut = self.submit(x, timeout)
         try:
             return await asyncio.wait_for(asyncio.wrap_future(fut), timeout)
         except RequestTimeoutError:
