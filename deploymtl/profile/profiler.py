@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError
 
 from .. import __version__
+from ..backends.load import artifact_kind
 from ..config import ProfileConfig
 from ..errors import DeploymtlError
 from ..runtime.session import load
@@ -87,6 +88,8 @@ def profile_artifacts(paths: list[str | Path], options: ProfileOptions,
     settings = options.sweep_settings()
     scenario = options.scenario() if options.edge else None
     paths = [Path(p) for p in paths]
+    for p in paths:
+        artifact_kind(p)  # an unknown type or a missing file fails before minutes of measuring the others
     entries, warnings = [], []
     for path, name in zip(paths, artifact_names(paths), strict=True):
         log(f"profiling {name}")
