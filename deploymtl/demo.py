@@ -81,10 +81,11 @@ def _family_summary(res: PipelineResult) -> dict[str, Any]:
     for exp_report in sorted((out / "export").glob("*/export_report.json")):
         rep = read_json(exp_report, "export report")
         key = exp_report.parent.name
+        artifact = exp_report.parent / rep["artifact"]
         fam["exports"][key] = {"passed": rep.get("passed"), "outputs": rep.get("outputs", {}),
-                               "artifact": rep.get("artifact")}
-        if rep.get("artifact") and Path(rep["artifact"]).suffix == ".onnx":
-            fam["metrics"][f"onnx-{key}"] = evaluate_artifact(Path(rep["artifact"]), res.recipe.resolved())
+                               "artifact": str(artifact)}
+        if artifact.suffix == ".onnx":
+            fam["metrics"][f"onnx-{key}"] = evaluate_artifact(artifact, res.recipe.resolved())
     prof = out / "profile" / "profile.json"
     fam["profile"] = read_json(prof, "profile report") if prof.is_file() else {}
     fam["pictures"] = [str(p) for p in sorted((out / "prune").glob("*.png")) + sorted((out / "profile").glob("*.png"))]
@@ -160,9 +161,10 @@ def _latency_rows(fam: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     header = ["artifact", "batch", "p50 ms", "p99 ms", "throughput /s"]
     rows = []
     for art in fam["profile"].get("artifacts", []):
-        for sweep in art.get("sweep", []):
-            rows.append([Path(art.get("path", "?")).name + f" ({art.get('backend', '')})", _fmt(sweep.get("batch")),
-                         _fmt(sweep.get("p50_ms")), _fmt(sweep.get("p99_ms")), _fmt(sweep.get("throughput"))])
+        for row in art.get("sweep", []):
+            lat = row.get("latency_ms", {})
+            rows.append([str(art.get("name", "?")), _fmt(row.get("batch")), _fmt(lat.get("p50_ms")),
+                         _fmt(lat.get("p99_ms")), _fmt(row.get("throughput_ips"))])
     return header, rows
 
 

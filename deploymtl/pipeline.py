@@ -143,7 +143,7 @@ def run_pipeline(recipe: Recipe, out_dir: str | Path, *, max_steps: int | None =
                                       batch=recipe.export.batch, opset=recipe.export.opset,
                                       calibration_samples=recipe.export.calibration_samples,
                                       max_metric_drop=recipe.export.max_metric_drop)
-                artifact = Path(report["artifact"])
+                artifact = exp_dir / report["artifact"]
                 return ({"artifact": artifact, "report": exp_dir / "export_report.json"},
                         {"passed": report.get("passed")})
 
@@ -159,11 +159,14 @@ def run_pipeline(recipe: Recipe, out_dir: str | Path, *, max_steps: int | None =
     prof_dir = out / "profile"
 
     def do_profile() -> tuple[dict[str, Path], dict]:
-        from .profile.api import profile_artifacts
+        from .profile.profiler import ProfileOptions, profile_artifacts
+        from .profile.report import write_report
 
-        report = profile_artifacts(artifacts, prof_dir, recipe.profile)
+        options = ProfileOptions.parse(recipe.profile.model_dump())
+        profile = profile_artifacts(artifacts, options, log=log)
+        write_report(prof_dir, profile)
         return {"report": prof_dir / "profile.json"}, {"artifacts": [str(a) for a in artifacts],
-                                                       "headline": report.get("headline", {})}
+                                                       "warnings": profile.get("warnings", [])}
 
     fp = _fingerprint(stage="profile", artifacts=[sha256_file(a) for a in artifacts], profile=rec["profile"])
     results.append(_run_stage("profile", prof_dir, fp, do_profile, forced or force, log))

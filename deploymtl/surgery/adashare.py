@@ -139,10 +139,12 @@ def expected_params(model: Any, decisions: dict[str, Any], tasks: list[str], opt
     total = cfg.width * cfg.in_channels * 49 + cfg.width  # stem conv7x7 + folded BN bias
     for slot, (execs, reach) in zip(m.slots, block_runs(decisions, tasks, bool(options.get("share_prefix", True))),
                                     strict=True):
+        # A block run by several task groups (on different tensors) keeps ONE copy of its weights, as the
+        # supernet does: the static graph shares the layer between the tree's branches.
         body = slot.cout * slot.cin * 9 + slot.cout + slot.cout * slot.cout * 9 + slot.cout
-        total += execs * body
-        if slot.has_ds:
-            total += reach * (slot.cout * slot.cin + slot.cout)
+        total += body if execs else 0
+        if slot.has_ds and reach:
+            total += slot.cout * slot.cin + slot.cout
     task_specs = {t.name: t for t in m.tasks}
     for t in tasks:
         total += _head_params(task_specs[t], m.slots[-1].cout, cfg.head, cfg.head_hidden)

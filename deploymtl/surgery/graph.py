@@ -4,7 +4,9 @@ A graph spec is JSON:
     {"input": "image", "nodes": [{"name", "op", "inputs": [...], "attrs": {...}}, ...],
      "outputs": {task_name: node_name}}
 Nodes are in execution order; a node's inputs are earlier nodes or "image". Parameters live in the state dict
-under `layers.<node>.<param>`. `StaticModel.forward` walks the fixed node list: no data-dependent control
+under `layers.<node>.<param>`. A node with `"shares": "<earlier node>"` reuses that node's layer and weights: the
+same supernet layer applied on two branches of a tree (AdaShare task groups) is stored once, as in the supernet.
+`StaticModel.forward` walks the fixed node list: no data-dependent control
 flow, so torch.export / ONNX tracing see a plain static graph.
 
 Ops are a registry keyed by op name (`OPS`); adding one is one builder function.
@@ -118,10 +120,12 @@ class StaticModel(nn.Module):
         validate_spec(spec)
         self.spec = spec
         self.layers = nn.ModuleDict()
-        self._order: list[tuple[str, list[str]]] = []
+        self._order: list[tuple[str, str, list[str]]] = []  # (node, layer it runs, inputs)
         for node in spec["nodes"]:
-            self.layers[node["name"]] = OPS[node["op"]](node.get("attrs", {}))
-            self._order.append((node["name"], list(node["inputs"])))
+            owner = node.get("shares")
+            if owner is None:
+                self.layers[node["name"]] = OPS[node["op"]](node.get("attrs", {}))
+            self._order.append((node["name"], owner or node["name"], list(node["inputs"])))
         self.outputs = dict(spec["outputs"])
 
     @property
@@ -130,8 +134,8 @@ class StaticModel(nn.Module):
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         env = {INPUT: image}
-        for name, inputs in self._order:
-            env[name] = self.layers[name](*[env[i] for i in inputs])
+        for name, layer, inputs in self._order:
+            env[name] = self.layers[layer](*[env[i] for i in inputs])
         return {task: env[node] for task, node in self.outputs.items()}
 
 
@@ -140,8 +144,13 @@ def validate_spec(spec: dict[str, Any]) -> None:
     if not isinstance(spec, dict) or not {"nodes", "outputs"} <= set(spec):
         raise DeploymtlError("static graph spec must have 'nodes' and 'outputs'")
     seen = {INPUT}
+    ops: dict[str, str] = {}
     for i, node in enumerate(spec["nodes"]):
         name, op = node.get("name"), node.get("op")
+        owner = node.get("shares")
+        if owner is not None and ops.get(owner) != op:  # only earlier owning nodes are in `ops`
+            raise DeploymtlError(f"static graph node '{name}': shares '{owner}', which is not an earlier owning "
+                                 f"'{op}' node")
         if not name or name in seen or "." in name:
             raise DeploymtlError(f"static graph node {i}: missing, repeated or dotted name {name!r}")
         if op not in OPS:
@@ -150,6 +159,8 @@ def validate_spec(spec: dict[str, Any]) -> None:
             if inp not in seen:
                 raise DeploymtlError(f"static graph node '{name}': input '{inp}' is not defined before it")
         seen.add(name)
+        if owner is None:
+            ops[name] = op
     for task, out in spec["outputs"].items():
         if out not in seen:
             raise DeploymtlError(f"static graph output '{task}' refers to unknown node '{out}'")
@@ -176,14 +187,18 @@ class GraphBuilder:
         self.state: dict[str, torch.Tensor] = {}
         self.outputs: dict[str, str] = {}
         self._names: set[str] = {INPUT}
+        self._emitted: dict[tuple, str] = {}  # source layer (+ channel slicing) -> owning node
 
     def _add(self, name: str, op: str, inputs: list[str], attrs: dict[str, Any] | None = None,
-             **params: torch.Tensor) -> str:
+             shares: str | None = None, **params: torch.Tensor) -> str:
         name = name.replace(".", "_")
         if name in self._names:
             raise RuntimeError(f"duplicate static node name {name}")  # a surgeon bug, not user input
         self._names.add(name)
-        self.nodes.append({"name": name, "op": op, "inputs": list(inputs), "attrs": attrs or {}})
+        node: dict[str, Any] = {"name": name, "op": op, "inputs": list(inputs), "attrs": attrs or {}}
+        if shares is not None:
+            node["shares"] = shares
+        self.nodes.append(node)
         for key, value in params.items():
             self.state[f"layers.{name}.{key}"] = value.detach().clone().contiguous()
         return name
@@ -198,13 +213,22 @@ class GraphBuilder:
 
     def conv_module(self, name: str, x: str, conv: nn.Conv2d, bn: nn.BatchNorm2d | None = None,
                     out_index: torch.Tensor | None = None, in_index: torch.Tensor | None = None) -> str:
-        """Emit `conv` (+ folded `bn`), optionally keeping only some output/input channels."""
+        """Emit `conv` (+ folded `bn`), optionally keeping only some output/input channels. Emitting the same
+        supernet layer with the same slicing again reuses the first node's weights (`shares`)."""
+        key = (id(conv), id(bn), None if out_index is None else tuple(int(i) for i in out_index),
+               None if in_index is None else tuple(int(i) for i in in_index))
+        if key in self._emitted:
+            owner = self._emitted[key]
+            attrs = next(n["attrs"] for n in self.nodes if n["name"] == owner)
+            return self._add(name, "conv", [x], dict(attrs), shares=owner)
         w, b = fold_bn(conv, bn)
         if out_index is not None:
             w, b = w[out_index], b[out_index]
         if in_index is not None:
             w = w[:, in_index]
-        return self.conv(name, x, w, b, stride=conv.stride[0], padding=conv.padding[0], dilation=conv.dilation[0])
+        node = self.conv(name, x, w, b, stride=conv.stride[0], padding=conv.padding[0], dilation=conv.dilation[0])
+        self._emitted[key] = node
+        return node
 
     def relu(self, name: str, x: str) -> str:
         return self._add(name, "relu", [x])
