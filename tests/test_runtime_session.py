@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -143,3 +144,32 @@ def test_subset_toy_shares_the_trunk(tmp_path, toys):
     x = full.example(2)
     assert seg.tasks == ["seg"]
     np.testing.assert_allclose(seg.infer(x)["seg"], full.infer(x)["seg"], rtol=1e-5, atol=1e-6)
+
+
+def test_supernet_checkpoint_runs_in_deployed_mode(tmp_path):
+    """supernet.pt (the dense masked baseline of a comparison) loads as a session computing the deployed forward."""
+    import torch
+
+    from deploymtl.config import load_recipe
+    from deploymtl.models.registry import build_supernet
+    from deploymtl.profile.cost import artifact_cost
+    from deploymtl.train.trainer import SUPERNET_FORMAT
+
+    rec = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "gated_tiny.yaml")
+    torch.manual_seed(0)
+    model = build_supernet("gated", rec.tasks, rec.model, rec.search).eval()
+    save_torch(tmp_path / "supernet.pt", {
+        "format": SUPERNET_FORMAT, "family": "gated", "recipe": rec.resolved(),
+        "tasks": [t.model_dump() for t in rec.tasks], "state_dict": model.state_dict(),
+        "decisions": model.decisions(), "metrics": {}})
+    s = load(tmp_path / "supernet.pt", threads=1)
+    assert s.kind == "supernet" and s.tasks == [t.name for t in rec.tasks]
+    assert (s.input_spec.height, s.input_spec.width) == (rec.data.height, rec.data.width)
+    x = s.example(2)
+    with torch.no_grad():
+        expected = model.set_deployed(True)(torch.from_numpy(x))
+    got = s.infer(x)
+    for k, v in expected.items():
+        np.testing.assert_allclose(got[k], v.numpy(), rtol=1e-5, atol=1e-6)
+    cost = artifact_cost(tmp_path / "supernet.pt", "supernet")
+    assert cost["flops"] > 0 and cost["params"] == sum(p.numel() for p in model.weight_parameters())
