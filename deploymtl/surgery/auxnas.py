@@ -205,8 +205,8 @@ def draw(model: nn.Module, decisions: dict, tasks: list[str], ax: Any) -> None:
                 bar.set_edgecolor("black")
     ax.axhline(m.threshold, color="black", linestyle="--", linewidth=1, label=f"threshold {m.threshold:g}")
     ax.set_yscale("log")
-    ax.set_ylim(floor, 1.5)
+    ax.set_ylim(floor, 30.0)  # headroom above 1 for the legend
     ax.set_xticks(range(STAGES), [f"stage{s + 1}" for s in range(STAGES)])
     ax.set_ylabel("link weight sigmoid(alpha)")
     ax.set_title(f"Aux-NAS links (hatched = removed), deployed: {', '.join(tasks)}")
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="upper right", ncol=2)
