@@ -14,10 +14,10 @@ Proof of removal: three checks, all on the supernet itself, so that they say som
    requiring grad and `Tensor.detach` made the identity, so each static weight is a differentiable function of the
    supernet tensors it was folded from; a vector-Jacobian product with a random cotangent marks K (zero only where
    the static model does not depend on the element). Static weights the builder made outside autograd (e.g. under
-   `no_grad`) are attributed by probing: each supernet tensor is perturbed in turn, the graph rebuilt, and a tensor
-   that changes them is kept whole. Then the gradient of the kept outputs of the supernet in deployed mode (random
-   cotangent, real images) must vanish outside K: every element that influences a kept output to first order is
-   something the static model kept.
+   `no_grad`, or from a copied module) are attributed by probing: each supernet tensor autograd did not attribute
+   is perturbed in turn, the graph rebuilt, and a tensor that changes them is kept whole. Then the gradient of the
+   kept outputs of the supernet in deployed mode (random cotangent, real images) must vanish outside K: every
+   element that influences a kept output to first order is something the static model kept.
 3. *Perturbation*: every element outside K (the removed set R) is replaced by a random value of the tensor's scale
    (BatchNorm variances stay positive) and the supernet's kept outputs in deployed mode must stay bit-identical.
    This is exact (no tolerance) and non-local (large perturbations), so a removed part with a small but non-zero
@@ -190,20 +190,42 @@ def _static_state(build: Callable[[], GraphBuilder]) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in build().state.items()}
 
 
-def kept_masks(tensors: dict[str, torch.Tensor], build: Callable[[], GraphBuilder],
+def _leaves(t: torch.Tensor) -> set[int]:
+    """ids of the autograd leaves `t` was computed from."""
+    if t.grad_fn is None:
+        return {id(t)} if t.requires_grad else set()
+    leaves: set[int] = set()
+    seen: set[int] = set()
+    stack = [t.grad_fn]
+    while stack:
+        fn = stack.pop()
+        if fn is None or id(fn) in seen:
+            continue
+        seen.add(id(fn))
+        var = getattr(fn, "variable", None)  # AccumulateGrad: a leaf
+        if var is not None:
+            leaves.add(id(var))
+        else:
+            stack.extend(f for f, _ in fn.next_functions)
+    return leaves
+
+
+def kept_masks(tensors: dict[str, torch.Tensor], build: Callable[[], GraphBuilder], known: set[int],
                seed: int = 0) -> tuple[dict[str, torch.Tensor], str]:
-    """Per supernet tensor, a boolean mask of the elements the static model was built from (see module docstring)."""
+    """Per supernet tensor, a boolean mask of the elements the static model was built from (see module docstring).
+    `known` holds the ids of every supernet tensor (decision parameters included): a static weight reaching any
+    other autograd leaf (e.g. a copied module) or none at all was made outside autograd and is probed."""
     gen = torch.Generator().manual_seed(seed)
     kept = {n: torch.zeros(t.shape, dtype=torch.bool) for n, t in tensors.items()}
     flags = {n: t.requires_grad for n, t in tensors.items()}
-    untracked: list[str] | None = None
+    watch: list[str] | None = None
     try:
         for t in tensors.values():
             t.requires_grad_(True)
         with torch.enable_grad(), _DetachIsIdentity():
             state = build().state
         tracked = {k: v for k, v in state.items() if v.requires_grad}
-        untracked = [k for k in state if k not in tracked]
+        watch = [k for k, v in state.items() if k not in tracked or not _leaves(v) <= known]
         if tracked:
             names = list(tensors)
             loss = sum((v * torch.randn(v.shape, generator=gen, dtype=v.dtype)).sum() for v in tracked.values())
@@ -212,17 +234,20 @@ def kept_masks(tensors: dict[str, torch.Tensor], build: Callable[[], GraphBuilde
                 if g is not None:
                     kept[n] |= g != 0
     except RuntimeError:  # the builder does something autograd cannot follow: attribute everything by probing
-        untracked = None
+        watch = None
     finally:
         for n, t in tensors.items():
             t.requires_grad_(flags[n])
-    if untracked == []:
+    if watch == []:
         return kept, "autograd"
     base = _static_state(build)
-    watch = list(base) if untracked is None else untracked
+    probe_all = watch is None
+    watch = list(base) if watch is None else watch
     with torch.no_grad():
         for n, t in tensors.items():
-            if bool(kept[n].all()):
+            # Tensors autograd already saw in the static model are not probed (one rebuild each): if one of their
+            # unseen elements mattered, the perturbation check would fail, never pass wrongly.
+            if bool(kept[n].all()) or (bool(kept[n].any()) and not probe_all):
                 continue
             original = t.detach().clone()
             _perturb_(n, t, torch.ones_like(kept[n]), gen)
@@ -232,7 +257,7 @@ def kept_masks(tensors: dict[str, torch.Tensor], build: Callable[[], GraphBuilde
                 t.copy_(original)
             if any(not torch.equal(state[k], base[k]) for k in watch):
                 kept[n] |= True
-    return kept, ("probe" if untracked is None else "autograd+probe")
+    return kept, "probe" if probe_all else "autograd+probe"
 
 
 def prove_removal(model: Any, build: Callable[[], GraphBuilder], images: torch.Tensor, tasks: list[str], *,
@@ -240,7 +265,8 @@ def prove_removal(model: Any, build: Callable[[], GraphBuilder], images: torch.T
     """Run the three checks of the module docstring. `model` is the supernet with the plan applied, `build` rebuilds
     the static graph from it, `images` (N,C,H,W) real inputs, `tasks` the kept outputs."""
     tensors = proof_tensors(model)
-    kept, tracking = kept_masks(tensors, build, seed)
+    known = {id(t) for t in tensors.values()} | {id(p) for p in model.parameters()} | {id(b) for b in model.buffers()}
+    kept, tracking = kept_masks(tensors, build, known, seed)
     was_deployed, was_training = model.deployed, model.training
     model.eval().set_deployed(True)
     gen = torch.Generator().manual_seed(seed + 1)

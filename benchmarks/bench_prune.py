@@ -1,0 +1,202 @@
+"""Does pruning pay? Static model vs masked supernet: latency ratio against FLOPs ratio, on CPU.
+
+For each configuration (the three tiny recipes, and paper-scale ResNet-34 AdaShare / GatedMTL / Aux-NAS with random
+decisions of typical sparsity, built directly with `build_supernet`, no training) the script
+
+1. fixes the decisions (seeded): AdaShare executes the first quarter of the blocks for every task and each later
+   block with probability 0.65 per task; GatedMTL makes each channel task-specific with probability 0.25; Aux-NAS
+   removes every aux->primary link (weight exactly 0, what the ramped L1 penalty drives them to);
+2. builds the static model with the family's surgeon and checks it against the supernet in deployed mode;
+3. counts FLOPs (torch.utils.flop_counter, batch 1) of the masked supernet (deployed forward) and the static model;
+4. times both at batch 1 and 8 (warm-up, then the median of interleaved repeats, so that load on a shared machine
+   hits both alike) and reports latency(static) / latency(masked) against FLOPs(static) / FLOPs(masked): the target
+   is a latency ratio within 15% of the FLOPs ratio;
+5. for AdaShare, also times the tree (one pass computing every task) against one static pass per task.
+
+    python benchmarks/bench_prune.py [--out artifacts/bench/prune.json] [--threads 2] [--only tiny]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from deploymtl.config import load_recipe
+from deploymtl.flops import measure
+from deploymtl.io import write_json
+from deploymtl.models.registry import build_supernet
+from deploymtl.surgery.families import surgeon
+from deploymtl.tasks import TaskSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGET = 0.15
+PAPER_TASKS = [TaskSpec(name="seg", kind="segmentation", channels=13), TaskSpec(name="depth", kind="depth"),
+               TaskSpec(name="normal", kind="normals")]
+PAPER_MODEL = {"blocks": "resnet34", "width": 64, "head": "aspp", "head_hidden": 256}
+
+
+def configs(height: int, width: int) -> list[dict[str, Any]]:
+    out = []
+    for family in ("adashare", "gated", "auxnas"):
+        rec = load_recipe(ROOT / "recipes" / f"{family}_tiny.yaml")
+        out.append({"name": f"{family}_tiny", "family": family, "tasks": rec.tasks, "model": rec.model,
+                    "search": rec.search, "shape": (rec.data.height, rec.data.width)})
+    for family in ("adashare", "gated", "auxnas"):
+        model = dict(PAPER_MODEL) | ({"primary": ["seg"]} if family == "auxnas" else {})
+        out.append({"name": f"{family}_resnet34", "family": family, "tasks": PAPER_TASKS, "model": model,
+                    "search": {}, "shape": (height, width)})
+    return out
+
+
+def random_decisions(family: str, model: Any, seed: int) -> None:
+    """Seeded decisions of typical sparsity (module docstring), applied to `model`."""
+    g = torch.Generator().manual_seed(seed)
+    names = model.task_names
+    if family == "adashare":
+        d = model.decisions()
+        n, shared = model.num_blocks, model.num_blocks // 4
+        d["policy"] = {t: [1] * shared + [int(v) for v in (torch.rand(n - shared, generator=g) < 0.65).tolist()]
+                       for t in names}
+        model.set_decisions(d)
+    elif family == "gated":
+        d = model.decisions()
+        d["gates"] = {t: [[int(v) for v in (torch.rand(s.cout, generator=g) < 0.25).tolist()] for s in model.slots]
+                      for t in names}
+        model.set_decisions(d)
+    elif family == "auxnas":
+        with torch.no_grad():
+            model.alpha_p.fill_(-1e4)  # sigmoid underflows to exactly 0: the removal is exact
+        model.set_decisions(model.decisions())
+
+
+def randomise_bn(model: torch.nn.Module, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.copy_(0.1 * torch.randn(m.num_features, generator=g))
+                m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=g))
+
+
+def median_ms(fns: dict[str, Callable[[], Any]], warmup: int, repeats: int) -> dict[str, float]:
+    """Median wall time of each function, interleaved so that background load hits them alike."""
+    with torch.inference_mode():
+        for _ in range(warmup):
+            for fn in fns.values():
+                fn()
+        times: dict[str, list[float]] = {k: [] for k in fns}
+        for _ in range(repeats):
+            for k, fn in fns.items():
+                t0 = time.perf_counter()
+                fn()
+                times[k].append((time.perf_counter() - t0) * 1e3)
+    return {k: round(statistics.median(v), 3) for k, v in times.items()}
+
+
+def bench(cfg: dict[str, Any], batches: list[int], warmup: int, repeats: int, seed: int) -> dict[str, Any]:
+    family, tasks = cfg["family"], [t.name for t in cfg["tasks"]]
+    torch.manual_seed(seed)
+    model = build_supernet(family, cfg["tasks"], cfg["model"], cfg["search"]).eval()
+    randomise_bn(model, seed)
+    random_decisions(family, model, seed)
+    sur = surgeon(family)
+    decisions = model.decisions()
+    deployed = decisions.get("primary", tasks) if family == "auxnas" else tasks
+    sur.validate_plan(model, decisions, deployed)
+    sur.apply_plan(model, decisions)
+    model.set_deployed(True)
+    options = {"round_channels": 1}
+    static = sur.build_graph(model, decisions, deployed, options).build()
+    h, w = cfg["shape"]
+    x1 = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(seed))
+    with torch.inference_mode():
+        ref, ours = model(x1), static(x1)
+    max_abs = max(float((ours[t] - ref[t]).abs().max()) for t in deployed)
+    masked_cost = measure(model.forward, model, x1, deployed)
+    static_cost = measure(static.forward, static, x1, deployed)
+    flops_ratio = static_cost.flops["total"] / masked_cost.flops["total"]
+    result: dict[str, Any] = {
+        "name": cfg["name"], "family": family, "tasks": deployed, "input": [3, h, w], "parity_max_abs": max_abs,
+        "summary": sur.summary(model, decisions, deployed),
+        "flops": {"masked": masked_cost.flops, "static": static_cost.flops},
+        "params": {"masked": masked_cost.params["total"], "static": static_cost.params["total"]},
+        "flops_ratio": round(flops_ratio, 4), "latency_ms": {}, "latency_ratio": {}, "gap": {}, "within_target": {},
+    }
+    per_task = None
+    if family == "adashare":
+        per_task = {t: sur.build_graph(model, decisions, [t], options).build() for t in deployed}
+        single = sum(measure(m.forward, m, x1, [t]).flops["total"] for t, m in per_task.items())
+        result["tree"] = {"flops_tree": static_cost.flops["total"], "flops_per_task_passes": single,
+                          "latency_ms": {}}
+    for batch in batches:
+        x = torch.randn(batch, 3, h, w, generator=torch.Generator().manual_seed(seed + batch))
+        fns: dict[str, Callable[[], Any]] = {"masked": lambda x=x: model(x), "static": lambda x=x: static(x)}
+        if per_task is not None:
+            fns["per_task"] = lambda x=x: [m(x) for m in per_task.values()]
+        ms = median_ms(fns, warmup, repeats if batch == 1 else max(3, repeats // 2))
+        ratio = ms["static"] / ms["masked"]
+        key = str(batch)
+        result["latency_ms"][key] = {"masked": ms["masked"], "static": ms["static"]}
+        result["latency_ratio"][key] = round(ratio, 4)
+        result["gap"][key] = round(ratio / flops_ratio - 1.0, 4)  # > 0: static slower than its FLOPs promise
+        result["within_target"][key] = abs(ratio / flops_ratio - 1.0) <= TARGET
+        if per_task is not None:
+            result["tree"]["latency_ms"][key] = {"tree": ms["static"], "per_task_passes": ms["per_task"],
+                                                 "speedup": round(ms["per_task"] / ms["static"], 3)}
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=ROOT / "artifacts" / "bench" / "prune.json")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--height", type=int, default=64, help="input height of the paper-scale configs")
+    ap.add_argument("--width", type=int, default=80, help="input width of the paper-scale configs")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--only", default="", help="run configs whose name contains this (e.g. tiny, resnet34, gated)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    load_start = list(os.getloadavg())  # other processes on the machine skew latencies: recorded with them
+    batches = [int(b) for b in args.batches.split(",")]
+    results = []
+    for cfg in configs(args.height, args.width):
+        if args.only and args.only not in cfg["name"]:
+            continue
+        t0 = time.perf_counter()
+        r = bench(cfg, batches, args.warmup, args.repeats, args.seed)
+        r["seconds"] = round(time.perf_counter() - t0, 1)
+        results.append(r)
+        lat = ", ".join(f"b{b}: {r['latency_ratio'][b]:.3f} ({r['gap'][b]:+.1%})" for b in r["latency_ratio"])
+        tree = ""
+        if "tree" in r:
+            tree = "; tree vs per-task passes: " + ", ".join(
+                f"b{b} x{v['speedup']}" for b, v in r["tree"]["latency_ms"].items())
+        print(f"{r['name']:18s} flops ratio {r['flops_ratio']:.3f}; latency ratio {lat}{tree} [{r['seconds']}s]",
+              flush=True)
+    write_json(args.out, {
+        "benchmark": "prune", "target": f"latency ratio within {TARGET:.0%} of the FLOPs ratio",
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": sys.version.split()[0],
+                    "torch": torch.__version__, "threads": args.threads,
+                    "load_average": {"start": load_start, "end": list(os.getloadavg())}},
+        "settings": {"batches": batches, "warmup": args.warmup, "repeats": args.repeats, "seed": args.seed,
+                     "paper_input": [args.height, args.width], "paper_model": PAPER_MODEL},
+        "results": results,
+    })
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
