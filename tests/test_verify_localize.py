@@ -88,3 +88,32 @@ def test_export_with_a_corrupted_graph_fails_with_the_localisation_in_the_report
     loc = report["localization"]
     assert loc["found"] and loc["output"] == "seg"
     assert loc["onnx_node"] == "layers.t_conv/Conv" and loc["module_path"] == "layers.t_conv"
+
+
+def test_a_layer_shared_by_several_nodes_is_split_per_call():
+    """AdaShare tree branches reuse one layer (`shares`): each call gets its own ONNX name and tensor."""
+    from torch import nn
+
+    from deploymtl.export.onnx import node_scope
+    from deploymtl.surgery.graph import GraphBuilder
+
+    torch.manual_seed(0)
+    b = GraphBuilder()
+    shared, other = nn.Conv2d(3, 3, 3, 1, 1), nn.Conv2d(3, 3, 3, 1, 1)
+    x = b.conv_module("c1", "image", shared)
+    x = b.relu("r", b.conv_module("c1b", x, shared))  # the same layer called twice in a row
+    x = b.conv_module("c1c", b.conv_module("d", x, other), shared)
+    b.output("seg", b.resize_to_input("up", x))
+    model = b.build()
+    assert [n.get("shares") for n in model.spec["nodes"]] == [None, "c1", None, None, "c1", None]
+    proto = export_onnx(model, channels=3, height=8, width=8, outputs=["seg"])
+    convs = [n.name for n in proto.graph.node if n.op_type == "Conv"]
+    assert convs == ["layers.c1/Conv", "layers.c1b/Conv", "layers.d/Conv", "layers.c1c/Conv"]
+    assert {node_scope(n) for n in proto.graph.node} == {f"layers.{n}" for n in ("c1", "c1b", "r", "d", "c1c", "up")}
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)).numpy()
+    loc = localize(_corrupt(proto, "layers.d.weight"), model, x, "seg", PRESETS["fp32"])
+    assert loc.onnx_node == "layers.d/Conv" and loc.module_path == "layers.d"
+    # corrupting the shared weight: the first call diverges first; its module path is the owning layer
+    bad = _corrupt(proto, "layers.c1.weight", 1.1)
+    loc = localize(bad, model, x, "seg", PRESETS["fp32"])
+    assert loc.onnx_node == "layers.c1/Conv" and loc.static_node == "c1" and loc.module_path == "layers.c1"

@@ -19,6 +19,7 @@ inspection, then raises VerificationError (exit 1).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -221,8 +222,10 @@ def export_model(model_path: str | Path, out_dir: str | Path, *, target: str = "
         raise DeploymtlError(f"--calibration-samples {calibration_samples}", hint="expected >= 1")
     if target == "trt":
         _require_trt()
-    ensure_dir(out.parent if str(out.parent) else Path("."))
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+    base = out.parent
+    while not base.exists():  # stage in the nearest existing ancestor: a failed export creates no directories
+        base = base.parent
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=base))
     try:
         report = _export(model_path, out, staging, target=target, precision=precision, spec=spec, atol=atol,
                          rtol=rtol, per_output=per_output, simplify_graph=simplify_graph, opset=opset,
@@ -251,7 +254,12 @@ def _export(model_path: str | Path, out: Path, staging: Path, *, target: str, pr
         timings[name] = round(time.perf_counter() - t0, 3)
 
     t0 = time.perf_counter()
-    art, prune_report = load_model(model_path, staging)
+    try:
+        art, prune_report = load_model(model_path, staging)
+    except VerificationError:
+        if (staging / "pruned").is_dir():  # keep the surgeon's failing report for inspection
+            _move_into(staging, out, REPORT_NAME)
+        raise
     data_cfg, export_cfg = _sections(art, model_path)
     spec = spec or parse_batch(export_cfg.batch, where=f"{model_path}: export.batch")
     opset = opset or export_cfg.opset
@@ -376,6 +384,8 @@ def _export(model_path: str | Path, out: Path, staging: Path, *, target: str, pr
         trt_section, trt_report, trt_sizes = _export_trt(onnx_path, staging, precision, spec, inputs, reference,
                                                          tolerances, workspace_mb, timing_cache, log, timings)
         outputs, sizes, artifact = _outputs_dict(trt_report), trt_sizes, trt_section["plan"]
+        if trt_section["precision_not_honoured"]:
+            failures.append(trt_section["precision_not_honoured"])
         if not trt_report:
             failures.append(f"TensorRT parity failed for {', '.join(trt_report.failed)}")
 
@@ -413,8 +423,15 @@ def _export_trt(onnx_path: Path, staging: Path, precision: str, spec: BatchSpec,
     from .trt.build import export_trt
 
     t0 = time.perf_counter()
-    manifest = export_trt(onnx_path, staging, precision=precision, batch=spec, workspace_mb=workspace_mb,
-                          timing_cache=Path(timing_cache) if timing_cache else None)
+    honoured = None
+    try:
+        manifest = export_trt(onnx_path, staging, precision=precision, batch=spec, workspace_mb=workspace_mb,
+                              timing_cache=Path(timing_cache) if timing_cache else None)
+    except VerificationError as exc:  # engine built but not in the requested precision: keep it, report it
+        if not (staging / "model.plan.json").is_file():
+            raise
+        manifest = json.loads((staging / "model.plan.json").read_text(encoding="utf-8"))
+        honoured = exc.one_line()
     timings["trt_build"] = round(time.perf_counter() - t0, 3)
     plan = staging / str(manifest.get("plan", "model.plan"))
     t0 = time.perf_counter()
@@ -426,4 +443,4 @@ def _export_trt(onnx_path: Path, staging: Path, precision: str, spec: BatchSpec,
     timings["trt_parity"] = round(time.perf_counter() - t0, 3)
     for line in report.summary().splitlines():
         log(f"parity ({precision}, tensorrt): {line}")
-    return {"plan": plan.name, "manifest": manifest}, report, sizes
+    return {"plan": plan.name, "manifest": manifest, "precision_not_honoured": honoured}, report, sizes

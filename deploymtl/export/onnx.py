@@ -12,6 +12,11 @@ Exporter choice: torch 2.13's default, the `torch.export`-based exporter (`torch
 - It emits opset 18 natively (its onnxscript library targets 18); down-conversion to 17 fails on ReduceMean's
   axes input, so we export at max(requested, 18), which satisfies the ">= 17" contract.
 
+The exporter's own graph optimiser is off (`optimize=False`): it deduplicates equal initializers (two zero biases
+become one tensor) and folds parameters into unnamed constants, which breaks the one-to-one mapping between
+initializers and static-model parameters that the removed-parts check relies on, and it is not re-verified.
+Every cleanup instead happens in `export.simplify`, one onnxslim pass at a time, each checked against PyTorch.
+
 The example input has batch 2 (never 1): torch.export specialises size-1 dimensions in some versions, and the
 symbolic dims of the result are checked anyway (`check_structure`).
 """
@@ -83,11 +88,11 @@ def export_onnx(model: nn.Module, *, channels: int, height: int, width: int, out
         with _quiet_exporter(), torch.no_grad():
             program = torch.onnx.export(model, (example,), input_names=[INPUT_NAME], output_names=list(outputs),
                                         dynamic_shapes=dynamic, opset_version=target, dynamo=True, verbose=False,
-                                        optimize=True)
+                                        optimize=False)
     except Exception as exc:  # noqa: BLE001 - any exporter failure becomes one line naming op and module
         raise _explain_failure(model, example, dynamic, exc) from None
     proto = program.model_proto
-    _rename_nodes(proto)
+    _rename_nodes(proto, model)
     _rename_batch_dims(proto)
     _name_derived_initializers(proto, model)
     return proto
@@ -117,28 +122,61 @@ def _explain_failure(model: nn.Module, example: torch.Tensor, dynamic: dict, exc
 
 
 def node_scope(node: onnx.NodeProto) -> str | None:
-    """The module path a node belongs to (`layers.b0_conv`), from its name `layers.b0_conv/Conv`."""
+    """The static node a node belongs to (`layers.b0_conv`), from its name `layers.b0_conv/Conv`; for a node that
+    shares another's layer, the module path is that layer's (`static_nodes`)."""
     head, sep, _ = node.name.partition("/")
     return head if sep and head else None
 
 
-def _rename_nodes(proto: onnx.ModelProto) -> None:
-    """`node_conv2d_3` -> `layers.b0_conv/Conv`; drop the exporter's per-node metadata (stack traces, local
-    paths): the name carries the one fact we need."""
-    seen: dict[str, int] = {}
-    for node in proto.graph.node:
-        props = {p.key: p.value for p in node.metadata_props}
-        scope = None
-        if _SCOPE_KEY in props:
-            try:
-                scopes = ast.literal_eval(props[_SCOPE_KEY])
-            except (ValueError, SyntaxError):
-                scopes = []
-            # ['', 'layers.b0_conv', 'conv2d_1']: the module path is the innermost scope except the op itself
-            mods = [s for s in scopes[:-1] if s]
-            scope = mods[-1] if mods else None
+def static_nodes(model: nn.Module) -> list[tuple[str, str]]:
+    """(node, layer it runs) in execution order, from the static model's spec (`shares` = layer of another
+    node); a plain module (no spec) is one node per child module."""
+    spec = getattr(model, "spec", None)
+    if not isinstance(spec, dict):
+        return []
+    return [(n["name"], n.get("shares") or n["name"]) for n in spec["nodes"]]
+
+
+def _module_scope(node: onnx.NodeProto) -> str | None:
+    props = {p.key: p.value for p in node.metadata_props}
+    if _SCOPE_KEY not in props:
+        return None
+    try:
+        scopes = ast.literal_eval(props[_SCOPE_KEY])
+    except (ValueError, SyntaxError):
+        return None
+    # ['', 'layers.b0_conv', 'conv2d_1']: the module path is the innermost scope except the op itself
+    mods = [s for s in scopes[:-1] if s]
+    return mods[-1] if mods else None
+
+
+def _rename_nodes(proto: onnx.ModelProto, model: nn.Module) -> None:
+    """`node_conv2d_3` -> `layers.<static node>/Conv`; drop the exporter's per-node metadata (stack traces, local
+    paths): the name carries the one fact we need.
+
+    A layer shared by several static nodes (`shares`) appears under one module scope; its ONNX nodes are split
+    between those static nodes in execution order (the exported node list follows the traced execution order and
+    every call of a layer emits the same number of ONNX nodes)."""
+    scopes = [_module_scope(n) for n in proto.graph.node]
+    order = static_nodes(model)
+    calls: dict[str, list[str]] = {}
+    for node, layer in order:
+        calls.setdefault(f"layers.{layer}", []).append(node)
+    emitted: dict[str, int] = {}
+    for scope in scopes:
         if scope:
-            base = f"{scope}/{node.op_type}"
+            emitted[scope] = emitted.get(scope, 0) + 1
+    used: dict[str, int] = {}
+    seen: dict[str, int] = {}
+    for node, scope in zip(proto.graph.node, scopes, strict=True):
+        if scope:
+            owner = scope
+            if scope in calls and len(calls[scope]) > 1:
+                per_call = max(1, emitted[scope] // len(calls[scope]))
+                k = min(used.get(scope, 0) // per_call, len(calls[scope]) - 1)
+                owner = f"layers.{calls[scope][k]}"
+            used[scope] = used.get(scope, 0) + 1
+            base = f"{owner}/{node.op_type}"
             k = seen.get(base, 0)
             seen[base] = k + 1
             node.name = base if k == 0 else f"{base}_{k}"
@@ -165,6 +203,7 @@ def _name_derived_initializers(proto: onnx.ModelProto, model: nn.Module) -> None
     from onnx import numpy_helper
 
     params = {k: v.detach().cpu().numpy() for k, v in model.named_parameters()}
+    layer_of = {f"layers.{n}": f"layers.{layer}" for n, layer in static_nodes(model)}
     taken = {i.name for i in proto.graph.initializer}
     readers: dict[str, set[str | None]] = {}
     for node in proto.graph.node:
@@ -176,6 +215,7 @@ def _name_derived_initializers(proto: onnx.ModelProto, model: nn.Module) -> None
         if init.name in params or len(scopes) != 1 or None in scopes:
             continue
         (scope,) = scopes
+        scope = layer_of.get(scope, scope)
         value = numpy_helper.to_array(init).ravel()
         for key, param in params.items():
             if not key.startswith(scope + ".") or param.dtype != value.dtype:

@@ -1,8 +1,9 @@
 """Find the first layer where an ONNX graph departs from the PyTorch static model, by bisection.
 
-Correspondence: every ONNX node exported from static-model module `layers.<n>` is named `layers.<n>/<Op>`
-(`deploymtl.export.onnx`); the module's output tensor is the output of its scope that is read outside the scope
-(or is a graph output). PyTorch side: forward hooks on `model.layers[<n>]` record every module's output in one run.
+Correspondence: every ONNX node exported from static node `<n>` is named `layers.<n>/<Op>` (`deploymtl.export.onnx`);
+the node's output tensor is the output of its scope that is read outside the scope (or is a graph output). Its
+PyTorch module path is `layers.<n>`, or `layers.<m>` when `<n>` shares node `<m>`'s layer. PyTorch side: forward
+hooks on `model.layers` record every call's output in one run.
 
 Search (over the static nodes that the failing output depends on, in execution order c_0 .. c_m, c_m feeding the
 output): let F(k) be the *frontier* after c_k: the tensors of c_0..c_k read by some c_j with j > k, plus c_k
@@ -23,7 +24,7 @@ import onnx
 import torch
 
 from ..errors import DeploymtlError
-from ..export.onnx import node_scope
+from ..export.onnx import node_scope, static_nodes
 from ..surgery.graph import INPUT, StaticModel
 from .compare import CompareResult, Tolerance, compare_arrays
 
@@ -41,6 +42,7 @@ class Localization:
     onnx_tensor: str | None = None
     module_path: str | None = None
     module_type: str | None = None
+    static_node: str | None = None
     static_op: str | None = None
     compare: dict | None = None
     inputs_match: bool | None = None
@@ -85,12 +87,15 @@ def module_tensors(proto: onnx.ModelProto) -> dict[str, tuple[str, onnx.NodeProt
 
 
 def torch_intermediates(model: StaticModel, inputs: np.ndarray) -> dict[str, np.ndarray]:
-    """Every static node's output for `inputs`, recorded with forward hooks, keyed `layers.<n>`."""
-    captured: dict[str, np.ndarray] = {}
+    """Every static node's output for `inputs`, recorded with forward hooks, keyed `layers.<node>`.
+
+    A layer shared by several nodes (`shares`) fires its hook once per call; calls are matched to those nodes in
+    execution order."""
+    calls: dict[str, list[np.ndarray]] = {}
     handles = []
     for name, module in model.layers.items():
-        def hook(_m: torch.nn.Module, _i: tuple, out: torch.Tensor, key: str = _LAYERS + name) -> None:
-            captured[key] = out.detach().float().cpu().numpy()
+        def hook(_m: torch.nn.Module, _i: tuple, out: torch.Tensor, key: str = name) -> None:
+            calls.setdefault(key, []).append(out.detach().float().cpu().numpy())
         handles.append(module.register_forward_hook(hook))
     try:
         with torch.inference_mode():
@@ -98,6 +103,11 @@ def torch_intermediates(model: StaticModel, inputs: np.ndarray) -> dict[str, np.
     finally:
         for h in handles:
             h.remove()
+    captured, used = {}, {}
+    for node, layer in static_nodes(model):
+        k = used.get(layer, 0)
+        used[layer] = k + 1
+        captured[_LAYERS + node] = calls[layer][k]
     return captured
 
 
@@ -144,8 +154,9 @@ def localize(proto: onnx.ModelProto, model: StaticModel, inputs: np.ndarray, out
     tol = tolerance[output] if isinstance(tolerance, Mapping) else tolerance
     if output not in model.outputs:
         raise DeploymtlError(f"cannot localise unknown output '{output}'", hint=f"expected one of {model.task_names}")
-    spec_inputs = {name: ins for name, ins in model._order}
-    order = [name for name, _ in model._order]
+    spec_inputs = {n["name"]: list(n["inputs"]) for n in model.spec["nodes"]}
+    layer_of = dict(static_nodes(model))
+    order = [name for name, _ in static_nodes(model)]
     # ancestors of the failing output, in execution order
     need, stack = set(), [model.outputs[output]]
     while stack:
@@ -214,13 +225,14 @@ def localize(proto: onnx.ModelProto, model: StaticModel, inputs: np.ndarray, out
             lo = mid + 1
     culprit = cands[lo]
     tensor, node = tensors[_LAYERS + culprit]
-    module = model.layers[culprit]
+    module = model.layers[layer_of[culprit]]
     result = verdicts.get(culprit) or compare_arrays(culprit, prober.run([tensor])[tensor],
                                                      reference[_LAYERS + culprit], tol)
     feeds = [i for i in spec_inputs[culprit] if i != INPUT and i in verdicts]
     loc.found = True
     loc.onnx_node, loc.onnx_op, loc.onnx_tensor = node.name, node.op_type, tensor
-    loc.module_path, loc.module_type = _LAYERS + culprit, type(module).__name__
+    loc.module_path, loc.module_type = _LAYERS + layer_of[culprit], type(module).__name__
+    loc.static_node = culprit
     loc.static_op = next((nd["op"] for nd in model.spec["nodes"] if nd["name"] == culprit), None)
     loc.compare = result.to_dict()
     loc.inputs_match = all(bool(verdicts[i]) for i in feeds)

@@ -1,7 +1,7 @@
 """Proof, on the exported graph, that it holds the static model and nothing else (no part the surgeon removed).
 
 Checks on the ONNX graph as exported (before simplification, whose fusions may legitimately merge constants):
-1. every ONNX node that carries a module scope names a module of the static model (`layers.<n>`);
+1. every ONNX node that carries a module scope names a node of the static model (`layers.<n>`);
 2. the float initializers are exactly the static model's parameters, by name (a parameter the exporter folded
    into per-row constants appears as `<name>.<row>`), and their element count equals the static model's
    parameter count;
@@ -16,7 +16,7 @@ import re
 
 import onnx
 
-from ..export.onnx import node_scope
+from ..export.onnx import node_scope, static_nodes
 from ..surgery.graph import StaticModel
 
 _FLOAT = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)
@@ -40,7 +40,7 @@ def _mentions(name: str, prefix: str) -> bool:
 def check_removed_parts(proto: onnx.ModelProto, model: StaticModel,
                         removed_prefixes: list[str] | None = None) -> dict:
     """The report's `removed_parts_check`: {"passed", "static_params", "onnx_params", "problems", ...}."""
-    modules = {f"layers.{n}" for n in model.layers}
+    modules = {f"layers.{n}" for n, _ in static_nodes(model)} or {f"layers.{n}" for n in model.layers}
     params = {k: v.numel() for k, v in model.named_parameters()}
     problems: list[str] = []
     scopes = {node_scope(n) for n in proto.graph.node} - {None}

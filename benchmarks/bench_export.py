@@ -1,0 +1,280 @@
+"""Export benchmark: ONNX Runtime fp32/int8 vs PyTorch eager latency, GFLOP/s against a plain conv stack, and the
+export + verification time of a paper-scale Deeplab-ResNet-34. Writes one JSON document.
+
+    python benchmarks/bench_export.py -o bench_export.json [--threads 2] [--quick]
+
+Models (built from the families' own layers and surgery registry, so they are what `deploymtl prune` emits):
+- *pruned*: Deeplab-ResNet-18 layout, width 32, 96x128 input, three tasks (segmentation, depth, classification) on
+  the synthetic scenes; every block's inner width pruned to an odd count (~70% kept), as channel pruning leaves
+  it. Trained briefly (`--train-steps`) so the task metrics used by the int8 gate mean something.
+- *conv stack*: plain 3x3 convolutions + ReLU, 64 channels, sized to the pruned model's FLOPs: what ONNX Runtime
+  reaches on the same hardware in the same run, the yardstick for "odd channel counts must not waste it".
+- *ResNet-34*: Deeplab-ResNet-34 (width 64, output stride 8), 288x384 (NYUv2 resolution), three tasks with ASPP
+  heads (rates 6/12/18/24, hidden 256), untrained; exported fp32 with simplification and full verification
+  (batch 1:1:2) through `export_model`, timed end to end.
+
+Latency: median of `--repeats` runs after 2 warm-ups, `--threads` intra-op threads (ORT and torch), batch 1 and 8.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from deploymtl import __version__
+from deploymtl.backends.base import InputSpec
+from deploymtl.backends.torch_runner import TorchRunner
+from deploymtl.config import DataConfig
+from deploymtl.data import build_datasets
+from deploymtl.errors import VerificationError
+from deploymtl.export.exporter import export_model
+from deploymtl.io import write_json
+from deploymtl.models.backbone import BackboneConfig, BlockBody, block_slots, make_ds
+from deploymtl.models.layers import Stem, make_head
+from deploymtl.surgery.artifact import StaticArtifact, save_static
+from deploymtl.surgery.graph import GraphBuilder, StaticModel
+from deploymtl.surgery.registry import emit
+from deploymtl.tasks import TaskSpec, task_loss
+from deploymtl.verify.metrics_gate import evaluate, metric_gate
+
+TASKS = [TaskSpec(name="seg", kind="segmentation", channels=5), TaskSpec(name="depth", kind="depth"),
+         TaskSpec(name="count", kind="classification", channels=4)]
+PAPER_TASKS = [TaskSpec(name="seg", kind="segmentation", channels=5), TaskSpec(name="depth", kind="depth"),
+               TaskSpec(name="normals", kind="normals")]
+
+
+def build_resnet(cfg: BackboneConfig, tasks: list[TaskSpec], keep: float = 1.0, seed: int = 0) -> StaticModel:
+    """A static Deeplab-ResNet multi-task model; each block's inner width keeps `keep` of its channels (odd)."""
+    torch.manual_seed(seed)
+    b = GraphBuilder()
+    x = emit(b, Stem(cfg.in_channels, cfg.width), "image", "stem")
+    for slot in block_slots(cfg):
+        body = BlockBody(slot).eval()
+        p = f"b{slot.index}"
+        kept = slot.cout if keep >= 1 else max(1, int(slot.cout * keep) | 1)
+        idx = torch.arange(kept)
+        h = b.relu(f"{p}_relu1", b.conv_module(f"{p}_conv1", x, body.conv1, body.bn1, out_index=idx))
+        h = b.conv_module(f"{p}_conv2", h, body.conv2, body.bn2, in_index=idx)
+        ds = make_ds(slot)
+        res = emit(b, ds.eval(), x, f"{p}_ds") if ds is not None else x
+        x = b.relu(f"{p}_relu", b.add(f"{p}_add", res, h))
+    cin = block_slots(cfg)[-1].cout
+    for t in tasks:
+        b.output(t.name, emit(b, make_head(t, cin, cfg.head, cfg.head_hidden).eval(), x, f"{t.name}_head"))
+    return b.build()
+
+
+def conv_stack(flops_target: float, height: int, width: int, channels: int = 64) -> StaticModel:
+    """3x3 conv + ReLU layers at (channels, height/4, width/4), as many as match `flops_target` per image."""
+    torch.manual_seed(1)
+    h, w = height // 4, width // 4
+    per_layer = 2 * channels * channels * 9 * h * w
+    depth = max(1, round(flops_target / per_layer))
+    b = GraphBuilder()
+    stem = nn.Conv2d(3, channels, 4, 4)
+    x = b.conv("stem", "image", stem.weight, stem.bias, stride=4)
+    for i in range(depth):
+        c = nn.Conv2d(channels, channels, 3, 1, 1)
+        x = b.relu(f"r{i}", b.conv(f"c{i}", x, c.weight * 0.5, c.bias, padding=1))
+    b.output("out", x)
+    return b.build()
+
+
+def flops_per_image(model: nn.Module, c: int, h: int, w: int) -> float:
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, c, h, w))
+    return float(counter.get_total_flops())
+
+
+def train(model: StaticModel, data: DataConfig, steps: int, batch: int = 8) -> dict:
+    sets = build_datasets(data, TASKS)
+    ds = sets["train"]
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=2e-3)
+    model.train()
+    t0 = time.perf_counter()
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        sample = ds[torch.randint(0, len(ds), (batch,), generator=gen)]
+        out = model(sample["image"])
+        loss = sum(task_loss(t, out[t.name], sample[t.name]) for t in TASKS)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    return {"steps": steps, "batch": batch, "seconds": round(time.perf_counter() - t0, 1), "final_loss": float(loss)}
+
+
+def _median_latency(fn, repeats: int) -> float:
+    fn()
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def ort_session(path_or_proto, threads: int):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    src = path_or_proto.SerializeToString() if isinstance(path_or_proto, onnx.ModelProto) else str(path_or_proto)
+    return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+
+
+def latency_table(models: dict, torch_model: nn.Module, shape: tuple[int, int, int], threads: int,
+                  repeats: int, flops: float) -> dict:
+    torch.set_num_threads(threads)
+    rows = {}
+    for batch in (1, 8):
+        x = np.random.default_rng(batch).standard_normal((batch, *shape)).astype(np.float32)
+        row = {}
+        for name, model in models.items():
+            sess = ort_session(model, threads)
+            row[name] = _median_latency(lambda s=sess, x=x: s.run(None, {"image": x}), repeats)
+        with torch.inference_mode():
+            xt = torch.from_numpy(x)
+            row["torch_eager_fp32"] = _median_latency(lambda xt=xt: torch_model(xt), repeats)
+        entry = {f"{k}_ms": round(v * 1e3, 3) for k, v in row.items()}
+        base = row["ort_fp32"]
+        entry.update({f"speedup_{k}_vs_ort_fp32": round(base / v, 3) for k, v in row.items() if k != "ort_fp32"})
+        entry["ort_fp32_gflops_per_s"] = round(flops * batch / base / 1e9, 1)
+        rows[f"batch_{batch}"] = entry
+    return rows
+
+
+def bench_pruned(args: argparse.Namespace, work: Path) -> dict:
+    cfg = BackboneConfig(blocks=[2, 2, 2, 2], width=32, head="light", head_hidden=32)
+    h, w = 96, 128
+    data = {"source": "synthetic", "height": h, "width": w, "train_size": 256, "val_size": 64, "seed": 0}
+    model = build_resnet(cfg, TASKS, keep=0.7)
+    training = train(model, DataConfig(**data), args.train_steps)
+    flops = flops_per_image(model, 3, h, w)
+    art = StaticArtifact(model=model, family="adashare", tasks=TASKS, plan={"bench": "pruned resnet18 w32"},
+                         input={"channels": 3, "height": h, "width": w, "mean": [0.5] * 3, "std": [0.25] * 3},
+                         recipe={"name": "bench", "family": "adashare", "tasks": [t.model_dump() for t in TASKS],
+                                 "data": data, "export": {"batch": "1:4:8", "calibration_samples": 64}})
+    save_static(work / "pruned.pt", art)
+    reports = {}
+    for precision in ("fp32", "int8"):
+        try:
+            reports[precision] = export_model(work / "pruned.pt", work / precision, precision=precision,
+                                              max_metric_drop=0.01, threads=args.threads)
+        except VerificationError:  # the report is written either way; the figures go in the JSON honestly
+            reports[precision] = json.loads((work / precision / "export_report.json").read_text())
+    fp32_proto = onnx.load(work / "fp32" / "model.onnx")
+    from deploymtl.export.quantize import quantize_int8
+
+    sets = build_datasets(DataConfig(**data), TASKS)
+    calib = sets["train"].images[:64].numpy()
+    asym = quantize_int8(fp32_proto, [calib[i:i + 8] for i in range(0, 64, 8)], symmetric_activations=False,
+                         quantize_bias=True)
+    # metrics of the asymmetric variant (the exporter's gate covers the shipped symmetric one)
+    val = sets["val"]
+
+    class _Ort:
+        def __init__(self, proto):
+            self.sess = ort_session(proto, args.threads)
+
+        def infer(self, x):
+            return dict(zip([t.name for t in TASKS], self.sess.run([t.name for t in TASKS], {"image": x}),
+                            strict=True))
+
+    spec = InputSpec(channels=3, height=h, width=w, max_batch=8)
+    ref = evaluate(TorchRunner(model, spec, [t.name for t in TASKS], "static"), val.images, val.targets, TASKS, 8)
+    asym_gate = metric_gate(TASKS, ref, evaluate(_Ort(asym), val.images, val.targets, TASKS, 8), precision="int8",
+                            max_drop=0.01)
+    stack = conv_stack(flops, h, w)
+    stack_flops = flops_per_image(stack, 3, h, w)
+    from deploymtl.export.onnx import export_onnx
+
+    stack_proto = export_onnx(stack, channels=3, height=h, width=w, outputs=["out"])
+    models = {"ort_fp32": work / "fp32" / "model.onnx", "ort_int8_symmetric": work / "int8" / "model.onnx",
+              "ort_int8_asymmetric_u8": asym}
+    lat = latency_table(models, model, (3, h, w), args.threads, args.repeats, flops)
+    stack_lat = latency_table({"ort_fp32": stack_proto}, stack, (3, h, w), args.threads, args.repeats, stack_flops)
+    ratio = {b: round(lat[b]["ort_fp32_gflops_per_s"] / stack_lat[b]["ort_fp32_gflops_per_s"], 3) for b in lat}
+    return {
+        "model": {"layout": "Deeplab-ResNet-18 [2,2,2,2], width 32, inner widths 70% kept (odd)", "input": [3, h, w],
+                  "gflops_per_image": round(flops / 1e9, 3),
+                  "params": sum(p.numel() for p in model.parameters()), "training": training},
+        "latency": lat,
+        "int8_metrics": {"symmetric_shipped": reports["int8"].get("metrics"),
+                         "asymmetric_u8": asym_gate.to_dict()},
+        "parity": {p: reports[p]["outputs"] for p in reports},
+        "conv_stack": {"gflops_per_image": round(stack_flops / 1e9, 3), "latency": stack_lat},
+        "static_vs_conv_stack_gflops_ratio": ratio,
+        "export_seconds": {p: reports[p]["timings"]["total"] for p in reports},
+    }
+
+
+def bench_resnet34(args: argparse.Namespace, work: Path) -> dict:
+    cfg = BackboneConfig(blocks="resnet34", width=64, head="aspp", head_hidden=256)
+    h, w = 288, 384
+    model = build_resnet(cfg, PAPER_TASKS)
+    data = {"source": "synthetic", "height": h, "width": w, "train_size": 2, "val_size": 2, "seed": 0}
+    art = StaticArtifact(model=model, family="adashare", tasks=PAPER_TASKS, plan={"bench": "resnet34"},
+                         input={"channels": 3, "height": h, "width": w, "mean": [0.5] * 3, "std": [0.25] * 3},
+                         recipe={"name": "bench34", "family": "adashare",
+                                 "tasks": [t.model_dump() for t in PAPER_TASKS], "data": data,
+                                 "export": {"batch": "1:1:2"}})
+    save_static(work / "resnet34.pt", art)
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    report = export_model(work / "resnet34.pt", work / "resnet34", precision="fp32", threads=args.threads)
+    wall = time.perf_counter() - t0
+    return {"model": {"layout": "Deeplab-ResNet-34 [3,4,6,3], width 64, OS8, ASPP heads hidden 256",
+                      "input": [3, h, w], "params": sum(p.numel() for p in model.parameters()),
+                      "gflops_per_image": round(flops_per_image(model, 3, h, w) / 1e9, 1)},
+            "export_and_verify_seconds": round(wall, 1), "timings": report["timings"],
+            "passes": [(p["name"], p["accepted"], p["reason"]) for p in report["passes"]],
+            "max_abs": {k: v["max_abs"] for k, v in report["outputs"].items()}, "passed": report["passed"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-o", "--out", type=Path, default=Path("bench_export.json"))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--train-steps", type=int, default=150)
+    ap.add_argument("--only", choices=("pruned", "resnet34"), help="run one part of the benchmark")
+    ap.add_argument("--quick", action="store_true", help="few repeats and training steps (smoke run)")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.repeats, args.train_steps = 3, 10
+    torch.set_num_threads(args.threads)
+    result = {"deploymtl_version": __version__, "torch": torch.__version__, "threads": args.threads,
+              "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+              "load_average_at_start": os.getloadavg()}
+    import onnxruntime
+
+    result["onnxruntime"] = onnxruntime.__version__
+    with tempfile.TemporaryDirectory(prefix="bench-export-") as tmp:
+        if args.only in (None, "pruned"):
+            result["pruned"] = bench_pruned(args, Path(tmp))
+        if args.only in (None, "resnet34"):
+            result["resnet34"] = bench_resnet34(args, Path(tmp))
+    result["load_average_at_end"] = os.getloadavg()
+    write_json(args.out, result)
+    json.dump(result, sys.stdout, indent=1)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
