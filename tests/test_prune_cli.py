@@ -285,3 +285,36 @@ def test_auxnas_small_links_are_an_approximation(tmp_path: Path, capsys: pytest.
     assert main(["prune", str(path), "-o", str(tmp_path / "ok"), "--accept-approximation"]) == 0
     report = json.loads((tmp_path / "ok" / "prune_report.json").read_text())
     assert report["passed"] and report["approximation"]["accepted"] and report["options"]["accept_approximation"]
+
+
+@pytest.mark.skipif("gated" not in FAMILIES, reason="the GatedMTL surgeon is not part of this build")
+def test_gated_round_channels(tmp_path: Path) -> None:
+    """--round-channels reaches the surgeon through the plan's options; the proof counts the rounded model."""
+    path = make_checkpoint(tmp_path / "supernet.pt", "gated")
+    rc, _, err = _run("prune", str(path), "-o", str(tmp_path / "r4"), "--round-channels", "4")
+    assert rc == 0, err
+    report = json.loads((tmp_path / "r4" / "prune_report.json").read_text())
+    assert report["options"]["round_channels"] == 4
+    assert json.loads((tmp_path / "r4" / "plan.json").read_text())["options"] == {"round_channels": 4}
+    assert report["passed"] and report["removal"]["params_match"]
+    rc, _, err = _run("prune", str(path), "-o", str(tmp_path / "r1"))
+    assert rc == 0, err
+    plain = json.loads((tmp_path / "r1" / "prune_report.json").read_text())
+    assert report["params"]["after"]["total"] > plain["params"]["after"]["total"]
+    rc, _, err = _run("prune", str(path), "-o", str(tmp_path / "r0"), "--round-channels", "0")
+    assert rc == 2 and "--round-channels" in err and not (tmp_path / "r0").exists()
+
+
+def test_count_mismatch_fails_the_proof(done: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A static model holding one parameter more or less than the plan says is a verification failure."""
+    from deploymtl.surgery.prune import Surgery
+
+    expected = Surgery.expected_params
+    monkeypatch.setattr(Surgery, "expected_params", lambda self: expected(self) + 1)
+    rc, _, err = _run("prune", str(done["ckpt"]), "-o", str(tmp_path))
+    assert rc == 1
+    report = json.loads((tmp_path / "prune_report.json").read_text())
+    n = report["removal"]["static_params"]
+    assert f"proof of removal failed: static model has {n:,} parameters, the plan says {n + 1:,}" in err
+    assert report["removal"]["params_match"] is False and not report["passed"]
+    assert all(p["passed"] for p in report["parity"].values()) and not (tmp_path / "pruned.pt").exists()

@@ -31,7 +31,7 @@ from .artifact import StaticArtifact, save_static
 from .families import Surgeon, approximation_links, surgeon
 from .graph import GraphBuilder, StaticModel
 from .plan import Plan, PlanOptions, PlanSource, check_plan, load_plan, make_plan, save_plan
-from .verify import ParityResult, check_parity, proof_tensors, prove_removal, removed_prefixes
+from .verify import ParityResult, RemovalProof, check_parity, proof_tensors, prove_removal, removed_prefixes
 
 REPORT_FORMAT = "deploymtl.prune_report/1"
 PROOF_SAMPLES = 4  # images for the gradient and perturbation checks (the parity uses verify_samples)
@@ -152,15 +152,23 @@ def _soft_reference(model: Supernet) -> Callable[[torch.Tensor], dict[str, torch
     return run
 
 
-def _failure_line(parity: ParityResult, proof_ok: bool, approx: dict[str, Any] | None, report_md: Path) -> str:
+def _failure_line(parity: ParityResult, proof: RemovalProof, approx: dict[str, Any] | None, report_md: Path) -> str:
     parts = []
     for name in parity.failed:
         t = parity.tasks[name]
         parts.append(f"{name} max_abs {t.max_abs:.3g} max_rel {t.max_rel:.3g}")
     if parts:
         parts = [f"parity failed (atol {parity.atol:g}, rtol {parity.rtol:g}): " + "; ".join(parts)]
-    if not proof_ok:
-        parts.append("proof of removal failed")
+    if not proof:
+        why = []
+        if not proof.params_match:
+            why.append(f"static model has {proof.static_params:,} parameters, the plan says {proof.expected_params:,}")
+        if proof.grad_outside_kept:
+            why.append(f"{proof.grad_outside_kept} removed weight elements influence kept outputs "
+                       f"({', '.join(proof.grad_outside_examples[:2])})")
+        if proof.changed_outputs:
+            why.append(f"outputs {', '.join(proof.changed_outputs)} change when removed parts are perturbed")
+        parts.append("proof of removal failed: " + "; ".join(why))
     if approx and not approx["accepted"]:
         links = ", ".join(f"{k}={v:.3g}" for k, v in approx["links"].items())
         worst = max((e["max_abs"] for e in approx["error"].values()), default=0.0)
@@ -237,7 +245,7 @@ def prune_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, plan_path: 
     write_json(out / "prune_report.json", report)
     atomic_write_text(out / "prune_report.md", render_markdown(report))
     if not passed:
-        err = VerificationError(_failure_line(parity, bool(proof), approx, out / "prune_report.md"))
+        err = VerificationError(_failure_line(parity, proof, approx, out / "prune_report.md"))
         err.report = report  # type: ignore[attr-defined]  # the CLI prints the per-task table from it
         raise err
     return art, report
