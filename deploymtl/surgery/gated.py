@@ -20,13 +20,17 @@ W' = W A (columns permuted/scattered and scaled; zero where nothing of X feeds V
 V explicitly (only its kept rows): a `select` when V is a selection (phi'_t, or the stem), else one `select`
 per mixing term and a `wsum` with the beta coefficients (psi'). The heads fold A into their first layers.
 
+Folding widens the reader to |X| inputs, which can exceed V's C channels (X holds every kept shared
+channel, also those only other tasks read); option "fold_blends" = "auto" (default) folds only where
+|X| <= C and otherwise materialises V once (select / wsum, as for a residual) and reads C channels;
+"always" / "never" force either way.
+
 `round_channels = r` keeps each kept-filter count a multiple of r (capped at the branch width) by adding the
 lowest-index unread filters; their outputs exist but every consumer has zero columns for them.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -138,32 +142,42 @@ def _input_map(model: GatedSupernet, gates: dict[str, list[list[int]]], layer: i
     for key, kept in sources:
         offsets[key] = {c: pos + i for i, c in enumerate(kept)}
         pos += len(kept)
-    a = torch.zeros(width, pos, dtype=torch.float64)
-    support = torch.zeros(width, pos, dtype=torch.bool)
-    if task is not None:
-        weights = {task: 1.0}
-    else:
-        with torch.no_grad():
-            mix = model.mixing(layer).double()
-        weights = {t: float(mix[i]) for i, t in enumerate(model.task_names)}
-    for t, w in weights.items():
+    rows, cols, which = [], [], []  # A[c, j] += w[which]: one term per (task, channel)
+    readers = [task] if task is not None else model.task_names
+    for i, t in enumerate(readers):
         for c in range(width):
-            src = t if gates[t][layer][c] == 1 else SHARED
-            a[c, offsets[src][c]] += w
-            support[c, offsets[src][c]] = True
+            rows.append(c)
+            cols.append(offsets[t if gates[t][layer][c] == 1 else SHARED][c])
+            which.append(i)
+    # The coefficients stay functions of beta (autograd can follow the surgeon from the weights it folds).
+    w = torch.ones(1, dtype=torch.float64) if task is not None else model.mixing(layer).double()
+    index = (torch.tensor(rows, dtype=torch.int64), torch.tensor(cols, dtype=torch.int64))
+    a = torch.zeros(width, pos, dtype=torch.float64).index_put(index, w[torch.tensor(which)], accumulate=True)
+    support = torch.zeros(width, pos, dtype=torch.bool).index_put(index, torch.tensor(True))
     return sources, a, support
 
 
-class _Emitter:
-    """Walks the plan layer by layer, emitting kept branches; tracks each emitted tensor's channel count."""
+FOLD_MODES = ("auto", "always", "never")
 
-    def __init__(self, model: GatedSupernet, decisions: dict[str, Any], tasks: list[str], round_channels: int):
-        self.model, self.tasks = model, tasks
+
+def _folds(mode: str, x_width: int, channels: int) -> bool:
+    """Fold the blend into the readers' weights (conv over X), or materialise V first (conv over C channels)?
+    "auto" folds unless X is wider than V: folding then costs more MACs than the select/wsum it saves."""
+    return mode == "always" or (mode == "auto" and x_width <= channels)
+
+
+class _Emitter:
+    """Walks the plan layer by layer, emitting kept branches, then the heads of the deployed tasks."""
+
+    def __init__(self, model: GatedSupernet, decisions: dict[str, Any], tasks: list[str], round_channels: int,
+                 fold: str):
+        self.model, self.tasks, self.fold = model, tasks, fold
         self.gates = _gates(model, decisions)
         self.plan = keep_plan(model, decisions, tasks, round_channels)
         self.b = GraphBuilder()
-        self.nodes: dict[tuple[int, str], str] = {}  # (layer, branch key) -> node
+        self.nodes: dict[tuple[int, str], str] = {}  # (layer, branch key) -> output node of a kept branch
         self.cats: dict[tuple[str, ...], str] = {}
+        self.blends: dict[tuple[int, str | None], str] = {}
 
     def concat(self, parts: list[str], name: str) -> str:
         if len(parts) == 1:
@@ -173,15 +187,19 @@ class _Emitter:
             self.cats[key] = self.b.concat(name, *parts)
         return self.cats[key]
 
-    def branch_input(self, layer: int, task: str | None) -> tuple[str, torch.Tensor, torch.Tensor | None]:
-        """(node X, A, S or None for a pure selection) for a branch of `layer` (task branch when `task`)."""
-        if layer == 0:
-            width = self.model.slots[0].cin
-            return self.stem, torch.eye(width, dtype=torch.float64), None
-        sources, a, support = _input_map(self.model, self.gates, layer - 1, self.plan, task)
-        x = self.concat([self.nodes[(layer - 1, key)] for key, _ in sources],
-                        f"l{layer}_{'psi' if task is None else 'phi_' + task}_in")
-        return x, a, support if task is None else None
+    def reader_input(self, layer: int, task: str | None, name: str) -> tuple[str, torch.Tensor, torch.Tensor | None]:
+        """What a reader of phi'_task^layer (task given) or psi'^layer sees: (node X, A, S), V = A X, S the
+        terms of a mixture (None for a selection). Layer -1 is the stem output; `name` names new nodes."""
+        if layer < 0:
+            return self.stem, torch.eye(self.model.slots[0].cin, dtype=torch.float64), None
+        sources, a, support = _input_map(self.model, self.gates, layer, self.plan, task)
+        support = support if task is None else None
+        x = self.concat([self.nodes[(layer, key)] for key, _ in sources], f"{name}_cat")
+        if _folds(self.fold, a.shape[1], a.shape[0]):
+            return x, a, support
+        if (layer, task) not in self.blends:
+            self.blends[(layer, task)] = _materialize(self.b, name, x, a, support)
+        return self.blends[(layer, task)], torch.eye(a.shape[0], dtype=torch.float64), None
 
     def build(self) -> GraphBuilder:
         m, b = self.model, self.b
@@ -193,30 +211,34 @@ class _Emitter:
                 if not kept:
                     continue
                 task = None if key == SHARED else key
-                x, a, support = self.branch_input(layer, task)
                 prefix = f"l{layer}_psi" if task is None else f"l{layer}_phi_{task}"
+                x, a, support = self.reader_input(layer - 1, task, f"{prefix}_in")
                 self.nodes[(layer, key)] = emit(b, block, x, prefix, in_map=a, keep=kept, support=support)
-        last = m.num_layers - 1
         for t in self.tasks:
-            sources, a, _ = _input_map(m, self.gates, last, self.plan, t)
-            x = self.concat([self.nodes[(last, key)] for key, _ in sources], f"head_{t}_in")
+            x, a, _ = self.reader_input(m.num_layers - 1, t, f"head_{t}_in")
             b.output(t, emit_head(b, m.heads[t], x, f"head_{t}", a))
         return b
 
 
 def build_graph(model: GatedSupernet, decisions: dict[str, Any], tasks: list[str],
                 options: dict[str, Any] | None = None) -> GraphBuilder:
-    """The static graph of the deployed `tasks` under the plan; options["round_channels"] (int, default 1)."""
+    """The static graph of the deployed `tasks` under the plan. Options: "round_channels" (int >= 1, default
+    1); "fold_blends" ("auto" default, "always", "never": see `_folds`)."""
     model = _check_model(model)
     validate_plan(model, decisions, tasks)
-    return _Emitter(model, decisions, list(tasks), _round_option(options)).build()
+    round_channels, fold = _options(options)
+    return _Emitter(model, decisions, list(tasks), round_channels, fold).build()
 
 
-def _round_option(options: dict[str, Any] | None) -> int:
-    r = (options or {}).get("round_channels", 1)
+def _options(options: dict[str, Any] | None) -> tuple[int, str]:
+    options = options or {}
+    r = options.get("round_channels", 1)
     if isinstance(r, bool) or not isinstance(r, int) or r < 1:
         raise DeploymtlError(f"round_channels is {r!r}", hint="expected an integer >= 1")
-    return r
+    fold = options.get("fold_blends", "auto")
+    if fold not in FOLD_MODES:
+        raise DeploymtlError(f"fold_blends is {fold!r}", hint=f"expected one of {', '.join(FOLD_MODES)}")
+    return r, fold
 
 
 # -- per-layer-type surgery -----------------------------------------------------------------------
@@ -235,13 +257,12 @@ def _materialize(b: GraphBuilder, prefix: str, x: str, rows: torch.Tensor, suppo
         return b.select(f"{prefix}_sel", x, index)
     nonzero = [torch.nonzero(r).flatten().tolist() for r in support]
     terms = max(len(nz) for nz in nonzero)
-    selects, weight = [], torch.zeros(terms, rows.shape[0])
-    for j in range(terms):
-        index = [nz[j] if j < len(nz) else 0 for nz in nonzero]  # missing terms read channel 0 with weight 0
-        for k, nz in enumerate(nonzero):
-            if j < len(nz):
-                weight[j, k] = float(rows[k, nz[j]])
-        selects.append(b.select(f"{prefix}_sel{j}", x, index))
+    # Term j of row k reads column index[j][k] with weight A[k, index[j][k]]; a row with fewer terms reads
+    # column 0 with weight 0.
+    index = torch.tensor([[nz[j] if j < len(nz) else 0 for nz in nonzero] for j in range(terms)], dtype=torch.int64)
+    present = torch.tensor([[j < len(nz) for nz in nonzero] for j in range(terms)])
+    weight = torch.where(present, rows.gather(1, index.T).T, torch.zeros((), dtype=rows.dtype))
+    selects = [b.select(f"{prefix}_sel{j}", x, index[j].tolist()) for j in range(terms)]
     return b.wsum(f"{prefix}_mix", selects, weight)
 
 
@@ -266,28 +287,32 @@ def _gated_block(b: GraphBuilder, m: GatedBlock, x: str, prefix: str, *, in_map:
     return b.relu(f"{prefix}_out", b.add(f"{prefix}_add", h, r))
 
 
-def _head_inputs(head: nn.Module) -> list[nn.Module]:
-    """The layers of a head that read its input (where the input map folds in)."""
-    if isinstance(head, LightHead):
-        return [head.conv.conv]
-    if isinstance(head, ASPPHead):
-        return [br.conv1 for br in head.branches]
-    if isinstance(head, ClassifierHead):  # gap is per channel, so the map folds into the linear layer
-        return [head.fc]
-    raise TypeError(f"GatedMTL surgeon: no input folding for head {type(head).__name__}")
+def _conv_reading(b: GraphBuilder, name: str, x: str, conv: nn.Conv2d, bn: nn.BatchNorm2d | None,
+                  a: torch.Tensor) -> str:
+    """`conv` (+ folded `bn`) applied to V = A X, emitted as a conv over X with weight W A."""
+    w, bias = fold_bn(conv, bn)
+    return b.conv(name, x, _fold_in(w, a), bias, stride=conv.stride[0], padding=conv.padding[0],
+                  dilation=conv.dilation[0])
 
 
 def emit_head(b: GraphBuilder, head: nn.Module, x: str, prefix: str, a: torch.Tensor) -> str:
-    """Emit `head` reading V = A X from node X: a copy whose input layers carry W A, then the head's own
-    surgery function."""
-    folded = copy.deepcopy(head)
-    for layer in _head_inputs(folded):
-        layer.weight = nn.Parameter(_fold_in(layer.weight.detach(), a), requires_grad=False)
-        if isinstance(layer, nn.Conv2d):
-            layer.in_channels = a.shape[1]
-        else:
-            layer.in_features = a.shape[1]
-    return emit(b, folded, x, prefix)
+    """Emit `head` reading V = A X from node X (same nodes as the registry's head functions, with A folded into
+    the layers that read the input). V = phi'_t is a selection of X, so the classifier selects after pooling."""
+    if isinstance(head, LightHead):
+        h = _conv_reading(b, f"{prefix}_conv", x, head.conv.conv, head.conv.bn, a)
+        h = b.relu(f"{prefix}_relu", h) if head.conv.relu else h
+        return b.resize_to_input(f"{prefix}_up", b.conv_module(f"{prefix}_out", h, head.out))
+    if isinstance(head, ASPPHead):
+        outs = []
+        for i, br in enumerate(head.branches):  # dropout is training-only: gone
+            h = b.relu(f"{prefix}_b{i}_relu1", _conv_reading(b, f"{prefix}_b{i}_conv1", x, br.conv1, None, a))
+            h = b.relu(f"{prefix}_b{i}_relu2", b.conv_module(f"{prefix}_b{i}_conv2", h, br.conv2))
+            outs.append(b.conv_module(f"{prefix}_b{i}_conv3", h, br.conv3))
+        return b.resize_to_input(f"{prefix}_up", b.add(f"{prefix}_sum", *outs))
+    if isinstance(head, ClassifierHead):
+        pooled = _materialize(b, f"{prefix}_in", b.gap(f"{prefix}_gap", x), a, None)
+        return b.linear(f"{prefix}_fc", pooled, head.fc)
+    raise TypeError(f"GatedMTL surgeon: no surgery for head {type(head).__name__}")
 
 
 # -- counting from the plan alone -------------------------------------------------------------------
@@ -298,6 +323,7 @@ def _conv_params(conv: nn.Conv2d, cin: int, cout: int) -> int:
 
 
 def _head_params(head: nn.Module, cin: int) -> int:
+    """Parameters of a static head whose input layers read `cin` channels (the classifier reads V itself)."""
     if isinstance(head, LightHead):
         return _conv_params(head.conv.conv, cin, head.conv.conv.out_channels) + _conv_params(
             head.out, head.out.in_channels, head.out.out_channels)
@@ -306,7 +332,7 @@ def _head_params(head: nn.Module, cin: int) -> int:
                    + _conv_params(br.conv2, br.conv2.in_channels, br.conv2.out_channels)
                    + _conv_params(br.conv3, br.conv3.in_channels, br.conv3.out_channels) for br in head.branches)
     if isinstance(head, ClassifierHead):
-        return head.fc.out_features * cin + head.fc.out_features
+        return head.fc.out_features * head.fc.in_features + head.fc.out_features
     raise TypeError(f"GatedMTL surgeon: no parameter count for head {type(head).__name__}")
 
 
@@ -315,14 +341,27 @@ def expected_params(model: GatedSupernet, decisions: dict[str, Any], tasks: list
     """Parameter count of the static model, from the plan and layer shapes alone (not from the builder)."""
     model = _check_model(model)
     validate_plan(model, decisions, tasks)
+    round_channels, fold = _options(options)
     gates = _gates(model, decisions)
-    plan = keep_plan(model, decisions, list(tasks), _round_option(options))
+    names = model.task_names
+    plan = keep_plan(model, decisions, list(tasks), round_channels)
     width = {(layer, key): len(kept) for layer, keep in enumerate(plan)
              for key, kept in [*keep.specific.items(), (SHARED, keep.shared)]}
 
-    def read_width(layer: int, task: str | None) -> int:
-        """Channels of X for a reader of phi'_task^layer (task given) or psi'^layer."""
-        return sum(width[(layer, key)] for key, _ in _mix_sources(model, gates, layer, plan, task))
+    def terms(layer: int, rows: list[int]) -> int:
+        """Most mixing terms in the given rows of psi'^layer: one per task branch read, one for the shared."""
+        return max(sum(gates[t][layer][c] for t in names) + int(any(gates[t][layer][c] == 0 for t in names))
+                   for c in rows)
+
+    def reader(layer: int, task: str | None) -> tuple[int, bool, int]:
+        """(channels a reader of phi'_task^layer / psi'^layer convolves, is it folded, params of the blend)."""
+        if layer < 0:
+            return model.slots[0].cin, False, 0
+        channels = model.slots[layer].cout
+        x_width = sum(width[(layer, key)] for key, _ in _mix_sources(model, gates, layer, plan, task))
+        if _folds(fold, x_width, channels):
+            return x_width, True, 0
+        return channels, False, terms(layer, list(range(channels))) * channels if task is None else 0
 
     total = _conv_params(model.stem.conv.conv, model.stem.conv.conv.in_channels, model.slots[0].cin)
     for layer, (slot, keep) in enumerate(zip(model.slots, plan, strict=True)):
@@ -330,16 +369,19 @@ def expected_params(model: GatedSupernet, decisions: dict[str, Any], tasks: list
             if not kept:
                 continue
             task = None if key == SHARED else key
-            cin, k = (slot.cin if layer == 0 else read_width(layer - 1, task)), len(kept)
+            cin, folded, blend = reader(layer - 1, task)
+            k = len(kept)
             block = model.shared[layer] if task is None else model.specific[task][layer]
-            total += _conv_params(block.body.conv1, cin, slot.cout) + _conv_params(block.body.conv2, slot.cout, k)
+            total += blend + _conv_params(block.body.conv1, cin, slot.cout) + _conv_params(block.body.conv2,
+                                                                                        slot.cout, k)
             if block.ds is not None:
                 total += _conv_params(block.ds.conv, cin, k)
-            elif task is None and layer > 0:  # the residual of a mixture is a wsum: (terms, k) coefficients
-                terms = max(sum(gates[t][layer - 1][c] for t in model.task_names)
-                            + int(any(gates[t][layer - 1][c] == 0 for t in model.task_names)) for c in kept)
-                total += terms * k
-    return total + sum(_head_params(model.heads[t], read_width(model.num_layers - 1, t)) for t in tasks)
+            elif folded and task is None:  # the residual is a wsum of the mixture's kept rows
+                total += terms(layer - 1, kept) * k
+    for t in tasks:
+        cin, _, blend = reader(model.num_layers - 1, t)
+        total += blend + _head_params(model.heads[t], cin)
+    return total
 
 
 # -- reports --------------------------------------------------------------------------------------
