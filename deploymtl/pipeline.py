@@ -8,6 +8,7 @@ code; the artifacts of the stages before it stay on disk.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,11 +41,15 @@ class PipelineResult:
         return next((s for s in self.stages if s.name == name), None)
 
 
+def _rel(path: Path, root: Path) -> str:
+    return os.path.relpath(Path(path).resolve(), root.resolve())
+
+
 def _fingerprint(**parts: Any) -> str:
     return sha256_json(parts)
 
 
-def _up_to_date(stamp_path: Path, fingerprint: str) -> bool:
+def _up_to_date(stamp_path: Path, fingerprint: str, root: Path) -> bool:
     if not stamp_path.is_file():
         return False
     try:
@@ -54,27 +59,28 @@ def _up_to_date(stamp_path: Path, fingerprint: str) -> bool:
     if stamp.get("fingerprint") != fingerprint:
         return False
     for path, digest in stamp.get("outputs", {}).items():
-        p = Path(path)
+        p = root / path
         if not p.is_file() or sha256_file(p) != digest:
             return False
     return True
 
 
-def _run_stage(name: str, folder: Path, fingerprint: str, fn: Callable[[], tuple[dict[str, Path], dict]],
-               force: bool, log: Callable[[str], None]) -> StageResult:
+def _run_stage(name: str, root: Path, folder: Path, fingerprint: str,
+               fn: Callable[[], tuple[dict[str, Path], dict]], force: bool, log: Callable[[str], None]) -> StageResult:
+    """Run `fn` unless its stamp matches; stamps name outputs relative to the run's root so a run folder can move."""
     stamp = folder / "stage.json"
-    if not force and _up_to_date(stamp, fingerprint):
+    if not force and _up_to_date(stamp, fingerprint, root):
         data = read_json(stamp, "stage stamp")
         log(f"[{name}] up to date, skipped")
-        return StageResult(name, True, 0.0, {k: Path(v) for k, v in data.get("named_outputs", {}).items()},
+        return StageResult(name, True, 0.0, {k: root / v for k, v in data.get("named_outputs", {}).items()},
                            data.get("summary", {}))
     log(f"[{name}] running")
     t0 = time.perf_counter()
     outputs, summary = fn()
     seconds = time.perf_counter() - t0
     write_json(stamp, {"stage": name, "fingerprint": fingerprint, "seconds": round(seconds, 2),
-                       "outputs": {str(p): sha256_file(p) for p in outputs.values()},
-                       "named_outputs": {k: str(p) for k, p in outputs.items()}, "summary": summary})
+                       "outputs": {_rel(p, root): sha256_file(p) for p in outputs.values()},
+                       "named_outputs": {k: _rel(p, root) for k, p in outputs.items()}, "summary": summary})
     log(f"[{name}] done in {seconds:.1f} s")
     return StageResult(name, False, seconds, outputs, summary)
 
@@ -101,7 +107,7 @@ def run_pipeline(recipe: Recipe, out_dir: str | Path, *, max_steps: int | None =
 
     fp = _fingerprint(stage="train", recipe={k: rec[k] for k in ("family", "seed", "tasks", "data", "model", "search",
                                                                   "train")}, max_steps=max_steps)
-    res = _run_stage("train", train_dir, fp, do_train, forced, log)
+    res = _run_stage("train", out, train_dir, fp, do_train, forced, log)
     results.append(res)
     forced = forced or not res.skipped
     supernet = res.outputs["supernet"]
@@ -122,7 +128,7 @@ def run_pipeline(recipe: Recipe, out_dir: str | Path, *, max_steps: int | None =
                  "report": prune_dir / "prune_report.json"}, {"passed": report.get("passed")})
 
     fp = _fingerprint(stage="prune", supernet=sha256_file(supernet), prune=rec["prune"])
-    res = _run_stage("prune", prune_dir, fp, do_prune, forced, log)
+    res = _run_stage("prune", out, prune_dir, fp, do_prune, forced, log)
     results.append(res)
     forced = forced or not res.skipped
     pruned = res.outputs["pruned"]
@@ -149,7 +155,7 @@ def run_pipeline(recipe: Recipe, out_dir: str | Path, *, max_steps: int | None =
 
             fp = _fingerprint(stage="export", pruned=sha256_file(pruned), export=rec["export"], target=target,
                               precision=precision)
-            res = _run_stage(f"export:{target}:{precision}", exp_dir, fp, do_export, forced, log)
+            res = _run_stage(f"export:{target}:{precision}", out, exp_dir, fp, do_export, forced, log)
             results.append(res)
             artifacts.append(res.outputs["artifact"])
     if "profile" not in stages:
@@ -169,7 +175,7 @@ def run_pipeline(recipe: Recipe, out_dir: str | Path, *, max_steps: int | None =
                                                        "warnings": profile.get("warnings", [])}
 
     fp = _fingerprint(stage="profile", artifacts=[sha256_file(a) for a in artifacts], profile=rec["profile"])
-    results.append(_run_stage("profile", prof_dir, fp, do_profile, forced or force, log))
+    results.append(_run_stage("profile", out, prof_dir, fp, do_profile, forced or force, log))
     return PipelineResult(recipe, out, results)
 
 
