@@ -5,7 +5,7 @@ Facts and conventions: shared/METHODS.md, AdaShare section.
 Notation: t a task, l = 0..L-1 a residual block, alpha_t in R^{L x 2} the task's policy logits (column 0 execute,
 column 1 skip), tau the Gumbel-softmax temperature.
 
-- Policy sample (paper Sec. 3.2, Gumbel-softmax relaxation of u_{t,l} ~ Bernoulli(softmax(alpha_{t,l})[0])):
+- Policy sample (paper Sec. 3, Gumbel-softmax relaxation of u_{t,l} ~ Bernoulli(softmax(alpha_{t,l})[0])):
       p_{t,l} = softmax((alpha_{t,l} + g) / tau),  g ~ Gumbel(0, 1)^2,   p_{t,l} in R^2, rows sum to 1.
   Curriculum (public code): only the last k blocks are learned, blocks l < L-k use p = (1, 0) (executed);
   k = min(L, start + step * (epoch // speed)) grows over the policy epochs.

@@ -6,6 +6,8 @@ The public code runs the backbone once per task and computes both branches of ev
   to there: the graph is a tree rooted at the stem, branching where policies first differ, and ALL the
   requested tasks come out of ONE pass; a block no task runs is never emitted;
 - at a branching block, the shortcut `ds(x)` is computed once for both branches;
+- a block run by several groups (on different tensors) is several conv nodes sharing ONE set of weights
+  (GraphBuilder's `shares`), so the static model never holds more parameters than the supernet;
 - BatchNorm is folded into the convolutions, dropout is gone (GraphBuilder.conv_module).
 
 Interface used by the prune orchestration (`decisions` is `model.decisions()`, possibly edited):
