@@ -26,6 +26,7 @@ RECIPE = {
 
 @pytest.fixture(autouse=True)
 def _restore_threads():
+    """The Trainer sets the recipe's thread count process-wide; later tests get theirs back."""
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)

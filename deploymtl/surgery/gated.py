@@ -32,7 +32,7 @@ lowest-index unread filters; their outputs exist but every consumer has zero col
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -54,8 +54,6 @@ class LayerKeep:
 
     shared: list[int]
     specific: dict[str, list[int]]
-    needed: list[int] = field(default_factory=list)  # before rounding, for reports
-    needed_specific: dict[str, list[int]] = field(default_factory=dict)
 
 
 def _gates(model: GatedSupernet, decisions: dict[str, Any]) -> dict[str, list[list[int]]]:
@@ -87,8 +85,7 @@ def keep_plan(model: GatedSupernet, decisions: dict[str, Any], tasks: list[str],
         shared = sorted({c for t in readers for c in range(width) if gates[t][layer][c] == 0})
         plan.append(LayerKeep(
             shared=_round(shared, width, round_channels),
-            specific={t: _round(k, width, round_channels) for t, k in specific.items()},
-            needed=shared, needed_specific=specific))
+            specific={t: _round(k, width, round_channels) for t, k in specific.items()}))
         need_phi = {t: bool(specific[t]) for t in names}
         need_psi = bool(shared)
     return plan[::-1]
@@ -187,15 +184,17 @@ class _Emitter:
             self.cats[key] = self.b.concat(name, *parts)
         return self.cats[key]
 
-    def reader_input(self, layer: int, task: str | None, name: str) -> tuple[str, torch.Tensor, torch.Tensor | None]:
+    def reader_input(self, layer: int, task: str | None, name: str, fold: bool = False
+                     ) -> tuple[str, torch.Tensor, torch.Tensor | None]:
         """What a reader of phi'_task^layer (task given) or psi'^layer sees: (node X, A, S), V = A X, S the
-        terms of a mixture (None for a selection). Layer -1 is the stem output; `name` names new nodes."""
+        terms of a mixture (None for a selection). Layer -1 is the stem output; `name` names new nodes;
+        `fold` folds whatever the mode says."""
         if layer < 0:
             return self.stem, torch.eye(self.model.slots[0].cin, dtype=torch.float64), None
         sources, a, support = _input_map(self.model, self.gates, layer, self.plan, task)
         support = support if task is None else None
         x = self.concat([self.nodes[(layer, key)] for key, _ in sources], f"{name}_cat")
-        if _folds(self.fold, a.shape[1], a.shape[0]):
+        if fold or _folds(self.fold, a.shape[1], a.shape[0]):
             return x, a, support
         if (layer, task) not in self.blends:
             self.blends[(layer, task)] = _materialize(self.b, name, x, a, support)
@@ -215,7 +214,9 @@ class _Emitter:
                 x, a, support = self.reader_input(layer - 1, task, f"{prefix}_in")
                 self.nodes[(layer, key)] = emit(b, block, x, prefix, in_map=a, keep=kept, support=support)
         for t in self.tasks:
-            x, a, _ = self.reader_input(m.num_layers - 1, t, f"head_{t}_in")
+            # A classifier selects after pooling, which is cheaper than any selection before it.
+            x, a, _ = self.reader_input(m.num_layers - 1, t, f"head_{t}_in",
+                                        fold=isinstance(m.heads[t], ClassifierHead))
             b.output(t, emit_head(b, m.heads[t], x, f"head_{t}", a))
         return b
 
@@ -395,11 +396,11 @@ def summary(model: GatedSupernet, decisions: dict[str, Any], tasks: list[str]) -
     layers, kept_filters, total_filters, removed = [], 0, 0, []
     for layer, keep in enumerate(plan):
         width = model.slots[layer].cout
-        kept = {t: len(k) for t, k in keep.specific.items()} | {"shared": len(keep.shared)}
-        kept_filters += sum(kept.values())
+        kept = {"shared": len(keep.shared), "specific": {t: len(k) for t, k in keep.specific.items()}}
+        kept_filters += kept["shared"] + sum(kept["specific"].values())
         total_filters += width * (len(model.task_names) + 1)
-        removed += [f"layer {layer} {'shared' if key == 'shared' else 'task ' + key}" for key, n in kept.items()
-                    if n == 0]
+        removed += [f"layer {layer} shared"] if not keep.shared else []
+        removed += [f"layer {layer} task {t}" for t, k in keep.specific.items() if not k]
         layers.append({"layer": layer, "channels": width,
                        "specific": {t: sum(gates[t][layer]) for t in model.task_names},
                        "shared": {t: width - sum(gates[t][layer]) for t in model.task_names},
