@@ -60,20 +60,25 @@ def build_resnet(cfg: BackboneConfig, tasks: list[TaskSpec], keep: float = 1.0, 
     """A static Deeplab-ResNet multi-task model; each block's inner width keeps `keep` of its channels (odd)."""
     torch.manual_seed(seed)
     b = GraphBuilder()
-    x = emit(b, Stem(cfg.in_channels, cfg.width), "image", "stem")
+    alive: list[nn.Module] = []  # GraphBuilder keys layers by id(): keep every source module alive while building
+    alive.append(Stem(cfg.in_channels, cfg.width).eval())
+    x = emit(b, alive[-1], "image", "stem")
     for slot in block_slots(cfg):
         body = BlockBody(slot).eval()
+        alive.append(body)
         p = f"b{slot.index}"
         kept = slot.cout if keep >= 1 else max(1, int(slot.cout * keep) | 1)
         idx = torch.arange(kept)
         h = b.relu(f"{p}_relu1", b.conv_module(f"{p}_conv1", x, body.conv1, body.bn1, out_index=idx))
         h = b.conv_module(f"{p}_conv2", h, body.conv2, body.bn2, in_index=idx)
         ds = make_ds(slot)
+        alive.append(ds)
         res = emit(b, ds.eval(), x, f"{p}_ds") if ds is not None else x
         x = b.relu(f"{p}_relu", b.add(f"{p}_add", res, h))
     cin = block_slots(cfg)[-1].cout
     for t in tasks:
-        b.output(t.name, emit(b, make_head(t, cin, cfg.head, cfg.head_hidden).eval(), x, f"{t.name}_head"))
+        alive.append(make_head(t, cin, cfg.head, cfg.head_hidden).eval())
+        b.output(t.name, emit(b, alive[-1], x, f"{t.name}_head"))
     return b.build()
 
 

@@ -1,0 +1,70 @@
+"""`deploymtl export supernet.pt`: each family's supernet is pruned on the way (the surgeon), then exported and
+verified; nothing the surgeon removed appears in the graph."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+
+from deploymtl import __version__
+from deploymtl.cli.main import main
+from deploymtl.config import load_recipe
+from deploymtl.io import save_torch
+from deploymtl.models.registry import build_supernet
+from deploymtl.surgery.families import SURGEON_MODULES
+from deploymtl.train.trainer import SUPERNET_FORMAT
+
+ROOT = Path(__file__).resolve().parents[1]
+FAMILIES = [f for f, mod in SURGEON_MODULES.items()
+            if importlib.util.find_spec(mod) is not None and (ROOT / "recipes" / f"{f}_tiny.yaml").is_file()]
+SMALL = {"model.blocks": [1, 1, 1, 1], "model.width": 4, "model.head_hidden": 8, "data.height": 32,
+         "data.width": 48, "data.train_size": 2, "data.val_size": 4, "prune.verify_samples": 2}
+
+
+def _checkpoint(path: Path, family: str) -> Path:
+    """An untrained supernet with decisions that remove something of every kind the family can remove."""
+    rec = load_recipe(ROOT / "recipes" / f"{family}_tiny.yaml", dict(SMALL))
+    torch.manual_seed(0)
+    model = build_supernet(rec.family, rec.tasks, rec.model, rec.search)
+    names = model.task_names
+    d = model.decisions()
+    if family == "adashare":
+        d["policy"] = {names[0]: [1, 0, 0, 1], names[1]: [1, 1, 0, 1], names[2]: [0, 0, 0, 0]}
+    elif family == "gated":
+        g = torch.Generator().manual_seed(3)
+        d["gates"] = {t: [torch.randint(0, 2, (s.cout,), generator=g).tolist() for s in model.slots] for t in names}
+    elif family == "auxnas":
+        with torch.no_grad():
+            model.alpha_p.fill_(-1e4)  # aux->primary links exactly 0: the auxiliary network goes
+        d = model.decisions()
+    model.set_decisions(d)
+    return save_torch(path, {"format": SUPERNET_FORMAT, "family": rec.family, "deploymtl_version": __version__,
+                             "recipe": rec.resolved(), "tasks": [t.model_dump() for t in rec.tasks],
+                             "state_dict": model.state_dict(), "decisions": model.decisions(), "metrics": {}})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_supernet_is_pruned_then_exported_and_verified(family, tmp_path):
+    torch.set_num_threads(1)
+    ckpt = _checkpoint(tmp_path / "supernet.pt", family)
+    out = tmp_path / "export"
+    rc = main(["export", str(ckpt), "--batch", "1:1:2", "-o", str(out), "--threads", "1", "-q"])
+    assert rc == 0
+    report = json.loads((out / "export_report.json").read_text())
+    assert report["passed"] and report["source"]["pruned"] and report["source"]["prune_passed"]
+    assert (out / "pruned" / "pruned.pt").is_file() and (out / "pruned" / "prune_report.json").is_file()
+    prune = json.loads((out / "pruned" / "prune_report.json").read_text())
+    removed = prune["removal"]["removed_prefixes"]
+    check = report["removed_parts_check"]
+    assert check["passed"] and check["removed_prefixes"] == removed and check["onnx_params"] == check["static_params"]
+    proto = onnx.load(out / "model.onnx")
+    assert [o.name for o in proto.graph.output] == prune["tasks"]
+    assert all(o["passed"] and o["max_abs"] < 1e-4 for o in report["outputs"].values())
+    if family == "auxnas":
+        assert removed and not any("aux" in i.name for i in proto.graph.initializer)
