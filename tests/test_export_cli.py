@@ -46,6 +46,9 @@ def _run(capsys, *args):
     (["--batch", "a:b"], "--batch: 'a:b' is not a batch specification"),
     (["--tol", "seg"], "--tol 'seg' is not a per-output tolerance"),
     (["--max-metric-drop", "-1"], "--max-metric-drop -1.0"),
+    (["--int8-activations", "sideways"], "--int8-activations: unknown scheme 'sideways'"),
+    (["--target", "trt", "--precision", "int8", "--int8-activations", "asymmetric"],
+     "--int8-activations asymmetric cannot feed TensorRT"),
 ])
 def test_bad_options_exit_2_with_one_line_and_write_nothing(model, tmp_path, capsys, args, message):
     out = tmp_path / "out"

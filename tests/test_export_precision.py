@@ -105,9 +105,15 @@ def test_int8_metric_gate_fails_at_zero_threshold_and_passes_at_the_recipe_thres
     assert metric_gate(TASKS, fp32, int8, precision="int8", max_drop=0.05)
 
 
-def test_api_raises_verification_error_for_the_gate(model_path, tmp_path):
+def test_asymmetric_int8_for_onnxruntime_cpu_and_the_api_gate_error(model_path, tmp_path):
+    """`int8_activations="asymmetric"`: uint8 activations with real zero points (not TensorRT-ready, said so)."""
     with pytest.raises(VerificationError, match="metric gate"):
         export_model(model_path, tmp_path / "o", precision="int8", batch="1:1:2", max_metric_drop=0.0,
-                     calibration_samples=8, simplify_graph=False, threads=1)
+                     calibration_samples=8, simplify_graph=False, threads=1, int8_activations="asymmetric")
     report = json.loads((tmp_path / "o" / "export_report.json").read_text())
     assert report["quantization"]["calibration_samples"] == 8 and report["passes"] == []
+    assert report["quantization"]["activations"] == "asymmetric" and report["quantization"]["issues"] == []
+    assert all(o["passed"] for o in report["outputs"].values())
+    proto = onnx.load(tmp_path / "o" / "model.onnx")
+    assert check_qdq(proto, symmetric=False) == []
+    assert any("zero point is not 0" in i or "uint8" in i for i in check_qdq(proto))  # not for TensorRT

@@ -28,6 +28,9 @@ def export(
     workspace_mb: int = typer.Option(1024, "--workspace-mb", help="TensorRT builder workspace."),
     timing_cache: Path | None = typer.Option(None, "--timing-cache", help="TensorRT timing cache file."),
     threads: int | None = typer.Option(None, "--threads", min=1, help="ONNX Runtime/torch threads."),
+    int8_activations: str = typer.Option("symmetric", "--int8-activations",
+                                         help="symmetric (TensorRT-ready) or asymmetric (ONNX Runtime CPU only, "
+                                              "faster on x86)."),
     quiet: bool = Quiet,
 ) -> None:
     """Export MODEL to ONNX or TensorRT, simplify, verify against PyTorch, write export_report.json."""
@@ -40,7 +43,8 @@ def export(
     report = export_model(model, out_dir, target=target, precision=precision, batch=batch, atol=atol, rtol=rtol,
                           per_output=per_output, simplify_graph=not no_simplify, opset=opset,
                           calibration_samples=calibration_samples, max_metric_drop=max_metric_drop,
-                          workspace_mb=workspace_mb, timing_cache=timing_cache, threads=threads, log=log)
+                          workspace_mb=workspace_mb, timing_cache=timing_cache, threads=threads,
+                          int8_activations=int8_activations, log=log)
     typer.echo(f"wrote {out_dir / report['artifact']} and {out_dir / 'export_report.json'}")
 
 
