@@ -14,8 +14,8 @@ Statistics carried by every result, pass or fail (arrays of shape (N, ...) compa
 - `nan_inf` = number of NaN/Inf elements in `out` where `ref` is finite;
 - `atol_needed` = the smallest `atol` that would have passed at the given `rtol` and `range_rel`.
 
-Presets per precision (`PRESETS`) are chosen from measured errors on the project's models (see docs in
-`deploymtl.verify`); any field can be overridden globally or per output.
+Presets per precision (`PRESETS`, reasoning beside them) bound the errors measured on the project's models with
+margin; any field can be overridden globally (`--atol/--rtol`) or per output (`--tol TASK=ATOL[:RTOL]`).
 """
 
 from __future__ import annotations
