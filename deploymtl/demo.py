@@ -127,6 +127,18 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def decisions_line(decisions: dict[str, Any]) -> str:
+    """The decision summary in one readable line: scalars and small per-task maps; long per-layer lists skipped."""
+    parts = []
+    for key, value in decisions.items():
+        if isinstance(value, dict) and all(not isinstance(v, (dict, list)) for v in value.values()):
+            value = ", ".join(f"{k} {_fmt(v)}" for k, v in value.items())
+        elif isinstance(value, (dict, list)):
+            continue
+        parts.append(f"{key.replace('_', ' ')}: {_fmt(value)}")
+    return "; ".join(parts)
+
+
 def _metrics_rows(fam: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     models = list(fam["metrics"])
     header = ["task", "metric", *models]
@@ -179,7 +191,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
              "Searched multi-task models, physically pruned, exported, verified and profiled on the built-in "
              "synthetic data. Every number below comes from this run's reports.", ""]
     for fam in summary["families"]:
-        parts += [f"## {fam['family']} ({fam['recipe']})", "", f"Decisions: `{fam['decisions']}`", ""]
+        parts += [f"## {fam['family']} ({fam['recipe']})", "", f"Decisions: {decisions_line(fam['decisions'])}", ""]
         if fam.get("delta_mtl") is not None:
             parts += [f"Delta_MTL against single-task baselines: {fam['delta_mtl']:+.2f}%", ""]
         for title, fn in (("Cost", _cost_rows), ("Task metrics", _metrics_rows), ("Parity", _parity_rows),
@@ -205,7 +217,7 @@ def render_html(summary: dict[str, Any]) -> str:
              "<h1>deploymtl demo</h1><p>Every number below comes from this run's reports.</p>"]
     for fam in summary["families"]:
         parts.append(f"<h2>{html.escape(fam['family'])} ({html.escape(fam['recipe'])})</h2>")
-        parts.append(f"<p>Decisions: <code>{html.escape(str(fam['decisions']))}</code></p>")
+        parts.append(f"<p>Decisions: {html.escape(decisions_line(fam['decisions']))}</p>")
         for title, fn in (("Cost", _cost_rows), ("Task metrics", _metrics_rows), ("Parity", _parity_rows),
                           ("Latency", _latency_rows)):
             parts.append(f"<h3>{title}</h3>" + _html_table(*fn(fam)))

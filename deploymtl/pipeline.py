@@ -138,7 +138,9 @@ def run_pipeline(recipe: Recipe, out_dir: str | Path, *, max_steps: int | None =
     # -- export + verify (one folder per target and precision) -------------------------------------
     from .export.exporter import export_model
 
-    artifacts: list[Path] = [pruned]
+    # The masked supernet (deployed mode, removed parts still computed) is the profile's reference, so latency
+    # ratios sit beside FLOPs ratios: a pruned model that is not faster shows at once.
+    artifacts: list[Path] = [supernet, pruned]
     for target in recipe.export.targets:
         for precision in recipe.export.precisions:
             exp_dir = out / "export" / (precision if target == "onnx" else f"{target}-{precision}")

@@ -39,7 +39,7 @@ def test_every_stage_writes_its_artifacts_and_passes(run_dir: Path) -> None:
         assert report["passed"] is True and report["precision"] == prec
         assert set(report["outputs"]) == {"seg", "depth"}
     profile = _json(run_dir / "profile/profile.json")
-    assert len(profile["artifacts"]) == 3  # pruned.pt, fp32 and int8 ONNX
+    assert len(profile["artifacts"]) == 4  # masked supernet (reference), pruned.pt, fp32 and int8 ONNX
     for stage in ("train", "prune", "export/fp32", "export/int8", "profile"):
         assert _json(run_dir / stage / "stage.json")["fingerprint"]
 
@@ -81,3 +81,24 @@ def test_failing_stage_stops_with_its_exit_code_and_keeps_earlier_artifacts(run_
     assert (out / "train/supernet.pt").is_file()
     assert _json(out / "prune/prune_report.json")["passed"] is False
     assert not (out / "export").exists()
+
+
+def test_demo_summary_reads_its_figures_from_the_run(run_dir: Path) -> None:
+    from deploymtl import demo
+    from deploymtl.config import load_recipe
+    from deploymtl.pipeline import run_pipeline
+
+    result = run_pipeline(load_recipe(RECIPE), run_dir, progress=False, log=lambda _m: None)  # all up to date
+    fam = demo._family_summary(result)
+    prune = _json(run_dir / "prune/prune_report.json")
+    assert fam["params"]["after"] == prune["params"]["after"]["total"]
+    assert fam["flops"]["before"] == prune["flops"]["before"]["total"] > fam["flops"]["after"]
+    # the static model and the fp32 ONNX compute what the supernet computes: identical metrics
+    for task, metrics in fam["metrics"]["supernet"].items():
+        assert fam["metrics"]["static"][task] == pytest.approx(metrics, rel=1e-4)
+        assert fam["metrics"]["onnx-fp32"][task] == pytest.approx(metrics, rel=1e-4)
+    assert set(fam["metrics"]) >= {"untrained", "supernet", "static", "onnx-fp32", "onnx-int8"}
+    summary = {"families": [fam], "failed": [], "tensorrt": False}
+    md, page = demo.render_markdown(summary), demo.render_html(summary)
+    assert f"| params | {prune['params']['before']['total']} |" in md
+    assert page.count("data:image/png;base64,") == len(fam["pictures"]) >= 4
