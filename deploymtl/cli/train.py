@@ -25,6 +25,8 @@ def train(
     rec = load_recipe(recipe, overrides)
     out_dir = out or default_out("train", rec.name)
     report = Trainer(rec, out_dir, max_steps=max_steps, resume=resume, progress=not quiet).run()
+    if report.get("rank", 0) != 0:  # under torchrun, rank 0 reports
+        return
     typer.echo(f"wrote {out_dir / 'supernet.pt'} and {out_dir / 'train_report.json'}")
     for task, metrics in report["metrics"]["final"].items():
         typer.echo(f"  {task}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch.utils.data import DataLoader, DistributedSampler
 
 from .. import __version__
 from ..config import Recipe
@@ -32,6 +33,15 @@ from ..metrics import TaskMeter, delta_mtl
 from ..models.base import Supernet
 from ..models.registry import build_supernet
 from ..tasks import TaskSpec, task_loss
+from .distributed import (
+    DistContext,
+    barrier,
+    broadcast_buffers,
+    check_in_sync,
+    context_from_env,
+    device_for,
+    sync_gradients,
+)
 
 SUPERNET_FORMAT = "deploymtl.supernet/1"
 STATE_FORMAT = "deploymtl.train_state/1"
@@ -97,13 +107,15 @@ class Trainer:
         self.recipe = recipe
         self.out_dir = ensure_dir(out_dir)
         self.max_steps = max_steps or recipe.train.max_steps
-        self.device = resolve_device(recipe.train.device)
+        self.dist: DistContext = context_from_env()
+        self.device = device_for(self.dist, resolve_device(recipe.train.device))
         if recipe.train.threads:
             torch.set_num_threads(recipe.train.threads)
         seed_everything(recipe.seed)
         self.data = datasets or build_datasets(recipe.data, recipe.tasks, where=f"recipe {recipe.name}")
         self.model: Supernet = build_supernet(recipe.family, recipe.tasks, recipe.model, recipe.search)
         self.model.to(self.device)
+        progress = progress and self.dist.is_main
         self.console = Console(stderr=True, quiet=not progress)
         self.progress = progress
         self.stages: list[dict[str, Any]] = []
@@ -139,8 +151,7 @@ class Trainer:
             key = f"{name}/{ph.name}"
             if key in self.optim_states:
                 ph.optimizer.load_state_dict(self.optim_states[key])
-        loaders = [make_loader(ph.data, self.recipe.train.batch_size, True, seed=self.recipe.seed, drop_last=True)
-                   for ph in phases]
+        loaders = [self._train_loader(ph.data) for ph in phases]
         steps_per_epoch = min(len(ld) for ld in loaders)
         if steps_per_epoch == 0:
             raise DeploymtlError(f"stage {name}: not enough training samples for batch size "
@@ -156,6 +167,9 @@ class Trainer:
                     bar.advance(task_id, steps_per_epoch)
                     continue
                 t0 = time.perf_counter()
+                for ld in loaders:
+                    if isinstance(ld.sampler, DistributedSampler):
+                        ld.sampler.set_epoch(epoch)
                 sums: dict[str, float] = {}
                 self.model.train()
                 for step, batches in enumerate(zip(*loaders, strict=False)):
@@ -168,9 +182,10 @@ class Trainer:
                     bar.advance(task_id)
                 if on_epoch_end:
                     on_epoch_end(epoch)
+                broadcast_buffers(self.model, self.dist)
                 record = {"epoch": epoch, "seconds": round(time.perf_counter() - t0, 3),
                           "loss": {k: v / steps_per_epoch for k, v in sums.items()}}
-                if (epoch + 1) % self.recipe.train.eval_every == 0 or epoch == epochs - 1:
+                if self.dist.is_main and ((epoch + 1) % self.recipe.train.eval_every == 0 or epoch == epochs - 1):
                     self.model.set_deployed(True)  # judge what would be deployed
                     record["val"] = evaluate(self.model, self.model.tasks, self.data["val"], self.device)
                     self.model.set_deployed(deployed)
@@ -190,6 +205,7 @@ class Trainer:
             loss = multitask_loss(self.model, out, batch)[0] + self.model.regularizer(progress)
         ph.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        sync_gradients([p for g in ph.optimizer.param_groups for p in g["params"]], self.dist)
         ph.optimizer.step()
         value = float(loss.detach())
         if not math.isfinite(value):
@@ -206,7 +222,19 @@ class Trainer:
     def state_path(self) -> Path:
         return self.out_dir / "train_state.pt"
 
+    def _train_loader(self, data: MultiTaskDataset) -> torch.utils.data.DataLoader:
+        """Shuffled training batches; under torchrun each rank draws its own shard."""
+        bs = self.recipe.train.batch_size
+        if not self.dist.enabled:
+            return make_loader(data, bs, True, seed=self.recipe.seed, drop_last=True)
+        sampler = DistributedSampler(data, num_replicas=self.dist.world_size, rank=self.dist.rank, shuffle=True,
+                                     seed=self.recipe.seed, drop_last=True)
+        return DataLoader(data, batch_size=bs, sampler=sampler, drop_last=True)
+
     def _save_state(self) -> None:
+        barrier(self.dist)
+        if not self.dist.is_main:
+            return
         save_torch(self.state_path, {
             "format": STATE_FORMAT, "family": self.recipe.family, "recipe": self.recipe.resolved(),
             "state_dict": self.model.state_dict(), "optimizers": self.optim_states,
@@ -234,27 +262,33 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         """Run the family's schedule, baselines and final evaluation; write supernet.pt and the report."""
         t0 = time.perf_counter()
+        main = self.dist.is_main  # rank 0 alone evaluates and writes; every rank trains
         untrained = evaluate(build_supernet(self.recipe.family, self.recipe.tasks, self.recipe.model,
                                             self.recipe.search).to(self.device).set_deployed(True),
-                             self.recipe.tasks, self.data["val"], self.device)
+                             self.recipe.tasks, self.data["val"], self.device) if main else {}
         schedule = importlib.import_module(f"deploymtl.train.{self.recipe.family}")
         schedule.search(self)
+        check_in_sync(self.model, self.dist)
         self.model.set_deployed(True)
-        final = evaluate(self.model, self.model.tasks, self.data["val"], self.device)
+        final = evaluate(self.model, self.model.tasks, self.data["val"], self.device) if main else {}
         report: dict[str, Any] = {
             "family": self.recipe.family, "recipe": self.recipe.name, "deploymtl_version": __version__,
-            "device": str(self.device), "seconds": None, "stages": self.stages,
+            "device": str(self.device), "world_size": self.dist.world_size, "rank": self.dist.rank,
+            "seconds": None, "stages": self.stages,
             "decisions": self.model.decisions(), "decisions_summary": summarize(self.model),
             "metrics": {"untrained": untrained, "final": final},
         }
         if self.recipe.train.single_task_baselines:
             single = self.single_task_baselines()
-            report["metrics"]["single_task"] = single
-            report["delta_mtl"] = delta_mtl(self.recipe.tasks, final, single)
+            if main:
+                report["metrics"]["single_task"] = single
+                report["delta_mtl"] = delta_mtl(self.recipe.tasks, final, single)
         report["seconds"] = round(time.perf_counter() - t0, 2)
-        self.save_supernet(report)
-        write_json(self.out_dir / "train_report.json", report)
-        write_json(self.out_dir / "recipe.resolved.json", self.recipe.resolved())
+        if main:
+            self.save_supernet(report)
+            write_json(self.out_dir / "train_report.json", report)
+            write_json(self.out_dir / "recipe.resolved.json", self.recipe.resolved())
+        barrier(self.dist)
         return report
 
     def single_task_baselines(self) -> dict[str, dict[str, float]]:
@@ -266,12 +300,14 @@ class Trainer:
             seed_everything(self.recipe.seed)
             net = SingleTaskNet(task, mcfg).to(self.device)
             opt = self.weight_optimizer(list(net.parameters()))
-            loader = make_loader(self.data["train"], self.recipe.train.batch_size, True, self.recipe.seed, True)
+            loader = self._train_loader(self.data["train"])
             steps = 0
             with self._progress() as bar:
                 tid = bar.add_task(f"{self.recipe.name}: single-task {task.name}",
                                    total=self.recipe.train.baseline_epochs * len(loader))
-                for _ in range(self.recipe.train.baseline_epochs):
+                for epoch in range(self.recipe.train.baseline_epochs):
+                    if isinstance(loader.sampler, DistributedSampler):
+                        loader.sampler.set_epoch(epoch)
                     for batch in loader:
                         if self.max_steps and steps >= self.max_steps:
                             break
@@ -279,10 +315,13 @@ class Trainer:
                         loss = task_loss(task, net(batch["image"])[task.name], batch[task.name])
                         opt.zero_grad(set_to_none=True)
                         loss.backward()
+                        sync_gradients(list(net.parameters()), self.dist)
                         opt.step()
                         steps += 1
                         bar.advance(tid)
-            results[task.name] = evaluate(net, [task], self.data["val"], self.device)[task.name]
+            broadcast_buffers(net, self.dist)
+            if self.dist.is_main:
+                results[task.name] = evaluate(net, [task], self.data["val"], self.device)[task.name]
         return results
 
     def save_supernet(self, report: dict[str, Any]) -> Path:
