@@ -19,6 +19,7 @@ Latency: median of `--repeats` runs after 2 warm-ups, `--threads` intra-op threa
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -119,7 +120,8 @@ def train(model: StaticModel, data: DataConfig, steps: int, batch: int = 8) -> d
         loss.backward()
         opt.step()
     model.eval()
-    return {"steps": steps, "batch": batch, "seconds": round(time.perf_counter() - t0, 1), "final_loss": float(loss)}
+    return {"steps": steps, "batch": batch, "seconds": round(time.perf_counter() - t0, 1),
+            "final_loss": float(loss.detach())}
 
 
 def _median_latency(fn, repeats: int) -> float:
@@ -152,6 +154,8 @@ def latency_table(models: dict, torch_model: nn.Module, shape: tuple[int, int, i
         for name, model in models.items():
             sess = ort_session(model, threads)
             row[name] = _median_latency(lambda s=sess, x=x: s.run(None, {"image": x}), repeats)
+            del sess  # its spinning intra-op threads would otherwise steal the cores from the next measurement
+            gc.collect()
         with torch.inference_mode():
             xt = torch.from_numpy(x)
             row["torch_eager_fp32"] = _median_latency(lambda xt=xt: torch_model(xt), repeats)

@@ -46,6 +46,7 @@ def _run(capsys, *args):
     (["--batch", "a:b"], "--batch: 'a:b' is not a batch specification"),
     (["--tol", "seg"], "--tol 'seg' is not a per-output tolerance"),
     (["--max-metric-drop", "-1"], "--max-metric-drop -1.0"),
+    (["--opset", "13"], "--opset 13 is too old (expected >= 17)"),
     (["--int8-activations", "sideways"], "--int8-activations: unknown scheme 'sideways'"),
     (["--target", "trt", "--precision", "int8", "--int8-activations", "asymmetric"],
      "--int8-activations asymmetric cannot feed TensorRT"),

@@ -221,6 +221,8 @@ def export_model(model_path: str | Path, out_dir: str | Path, *, target: str = "
     spec = parse_batch(batch) if batch is not None else None
     if max_metric_drop is not None and not max_metric_drop >= 0:
         raise DeploymtlError(f"--max-metric-drop {max_metric_drop}", hint="expected a fraction >= 0, e.g. 0.01")
+    if opset is not None and opset < onnx_export.MIN_OPSET:
+        raise DeploymtlError(f"--opset {opset} is too old", hint=f"expected >= {onnx_export.MIN_OPSET}")
     if calibration_samples is not None and calibration_samples < 1:
         raise DeploymtlError(f"--calibration-samples {calibration_samples}", hint="expected >= 1")
     if int8_activations not in INT8_ACTIVATIONS:
