@@ -1,7 +1,7 @@
 """Export benchmark: ONNX Runtime fp32/int8 vs PyTorch eager latency, GFLOP/s against a plain conv stack, and the
 export + verification time of a paper-scale Deeplab-ResNet-34. Writes one JSON document.
 
-    python benchmarks/bench_export.py -o bench_export.json [--threads 2] [--quick]
+    python benchmarks/bench_export.py [-o artifacts/bench/export.json] [--threads 2] [--only pruned|resnet34] [--quick]
 
 Models (built from the families' own layers and surgery registry, so they are what `deploymtl prune` emits):
 - *pruned*: Deeplab-ResNet-18 layout, width 32, 96x128 input, three tasks (segmentation, depth, classification) on
@@ -250,7 +250,8 @@ def bench_resnet34(args: argparse.Namespace, work: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("-o", "--out", type=Path, default=Path("bench_export.json"))
+    ap.add_argument("-o", "--out", type=Path, default=Path(__file__).resolve().parents[1] / "artifacts" / "bench"
+                    / "export.json")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--train-steps", type=int, default=150)
