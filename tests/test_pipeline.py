@@ -102,3 +102,25 @@ def test_demo_summary_reads_its_figures_from_the_run(run_dir: Path) -> None:
     md, page = demo.render_markdown(summary), demo.render_html(summary)
     assert f"| params | {prune['params']['before']['total']} |" in md
     assert page.count("data:image/png;base64,") == len(fam["pictures"]) >= 4
+
+
+def test_static_graph_shares_a_layer_emitted_twice() -> None:
+    import torch
+    from torch import nn
+
+    from deploymtl.surgery.graph import GraphBuilder, build_static
+
+    conv, bn = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4).eval()
+    b = GraphBuilder()
+    left = b.conv_module("left", "image", conv, bn)
+    right = b.conv_module("right", b.relu("r", "image"), conv, bn)  # same layer on another branch
+    b.output("a", b.add("sum", left, right))
+    model = b.build()
+    assert sum(p.numel() for p in model.parameters()) == 4 * 3 * 9 + 4  # stored once
+    assert [n.get("shares") for n in model.spec["nodes"]] == [None, None, "left", None]
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        expected = bn(conv(x)) + bn(conv(torch.relu(x)))
+        torch.testing.assert_close(model(x)["a"], expected, atol=1e-5, rtol=1e-5)
+        rebuilt = build_static(model.spec, model.state_dict())
+        torch.testing.assert_close(rebuilt(x)["a"], expected, atol=1e-5, rtol=1e-5)

@@ -188,6 +188,7 @@ class GraphBuilder:
         self.outputs: dict[str, str] = {}
         self._names: set[str] = {INPUT}
         self._emitted: dict[tuple, str] = {}  # source layer (+ channel slicing) -> owning node
+        self._sources: list[nn.Module | None] = []  # keeps keyed layers alive: ids in `_emitted` stay unique
 
     def _add(self, name: str, op: str, inputs: list[str], attrs: dict[str, Any] | None = None,
              shares: str | None = None, **params: torch.Tensor) -> str:
@@ -228,6 +229,7 @@ class GraphBuilder:
             w = w[:, in_index]
         node = self.conv(name, x, w, b, stride=conv.stride[0], padding=conv.padding[0], dilation=conv.dilation[0])
         self._emitted[key] = node
+        self._sources += [conv, bn]
         return node
 
     def relu(self, name: str, x: str) -> str:
