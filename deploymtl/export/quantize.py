@@ -87,60 +87,86 @@ def quantize_int8(model: onnx.ModelProto, calibration: Iterable[np.ndarray], *, 
                 activation_type=QuantType.QInt8 if symmetric_activations else QuantType.QUInt8,
                 weight_type=QuantType.QInt8, calibrate_method=methods[method], nodes_to_exclude=exclude_nodes or [],
                 extra_options={"ActivationSymmetric": symmetric_activations, "WeightSymmetric": True,
-                               "QuantizeBias": quantize_bias,
-                               # one Q->DQ pair per consumer of a shared activation (see _private_zero_points)
-                               "DedicatedQDQPair": symmetric_activations},
+                               "QuantizeBias": quantize_bias},
             )
         out = onnx.load(str(dst))
     if symmetric_activations:
-        _private_zero_points(out)
+        _private_qdq_pairs(out)
     del out.metadata_props[:]
     out.metadata_props.extend(model.metadata_props)
     return out
 
 
-def _private_zero_points(model: onnx.ModelProto) -> int:
-    """Give every activation QuantizeLinear (and the DequantizeLinear nodes it feeds) its own zero-point initializer;
-    returns how many Q nodes got one. In place; values, scales and graph semantics are unchanged.
+def _private_qdq_pairs(model: onnx.ModelProto) -> int:
+    """Rewrite every activation QuantizeLinear so that each consumer of the quantised tensor reads it through its
+    own Q->DQ pair with its own zero-point initializer (same value 0, same scale); returns the number of pairs
+    added. In place; the values the graph computes are unchanged (every pair quantises the same tensor the same
+    way).
 
     Why (ONNX Runtime CPU speed of the symmetric int8 graph): x86 kernels are u8 x s8, so ORT's QDQS8ToU8Transformer
     rewrites an int8 Q->DQ pair to uint8 (zero point 0 -> 128), but only a Q with exactly *one* DQ consumer; an int8
     DQ->Conv->Q left over is not fused (int8 activations are not allowed on x86) and runs in fp32. A tensor read by
-    several nodes (every residual block input: conv1, the shortcut Add or downsample conv) gets one Q->DQ pair per
-    consumer from onnxruntime.quantization's `DedicatedQDQPair`, but those pairs share their scale and zero-point
-    initializers, so ORT's common-subexpression elimination merges the Q nodes back into one Q with several DQs
-    before the S8->U8 pass. A private zero point per Q keeps them apart (ORT's ConstantSharing only merges float/
-    int32/int64 scalars, not int8). TensorRT reads the same symmetric zero-0 pairs (duplicated Q/DQ are fine there).
+    several nodes (every residual block input: conv1 and the shortcut Add or downsample conv; a head output read by
+    Resize and Shape) ends up as one Q feeding several DQs (ORT's EnsureUniqueDQForNodeUnit duplicates a shared
+    DQ), so before this pass 12 of 22 backbone convolutions stayed fp32. Separate Q nodes are not enough either:
+    with shared scale and zero-point initializers ORT's common-subexpression elimination merges them back; a
+    private int8 zero point keeps them apart (ORT's ConstantSharing merges only float/int32/int64 scalars).
+    TensorRT reads the same symmetric, zero-point-0 pairs; duplicated Q/DQ pairs are ordinary there.
     """
     inits = {i.name: i for i in model.graph.initializer}
+    outputs = {o.name for o in model.graph.output}
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
-    act_q = [n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits
-             and len(n.input) > 2 and n.input[2] in inits]
-    users: dict[str, int] = {}
-    for q in act_q:
-        users[q.input[2]] = users.get(q.input[2], 0) + 1
-    changed = 0
-    for k, q in enumerate(act_q):
-        zp = q.input[2]
-        if users[zp] < 2:
-            continue
-        private = onnx.TensorProto()
-        private.CopyFrom(inits[zp])
-        private.name = f"{zp}_{k}"
-        model.graph.initializer.append(private)
-        q.input[2] = private.name
-        for dq in consumers.get(q.output[0], []):
-            if dq.op_type == "DequantizeLinear" and len(dq.input) > 2 and dq.input[2] == zp:
-                dq.input[2] = private.name
-        changed += 1
+    extra: dict[int, list[onnx.NodeProto]] = {}  # id(DQ node) -> new nodes to insert after it
+    fresh: list[onnx.TensorProto] = []
+    added = 0
+    for q in [n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits]:
+        if len(q.input) < 3 or q.input[2] not in inits:
+            continue  # no constant zero point: check_qdq reports it
+        dqs = [d for d in consumers.get(q.output[0], []) if d.op_type == "DequantizeLinear"]
+        if len(dqs) != len(consumers.get(q.output[0], [])) or q.output[0] in outputs:
+            continue  # the quantised tensor itself is used: leave it alone
+        uses = [(dq, None) for dq in dqs if dq.output[0] in outputs]
+        uses += [(dq, node) for dq in dqs for node in consumers.get(dq.output[0], [])]
+        shared = inits[q.input[2]]
+        for k, (dq, node) in enumerate(uses):
+            zp = onnx.TensorProto()
+            zp.CopyFrom(shared)
+            zp.name = f"{shared.name}/{q.name}/{k}"
+            fresh.append(zp)
+            if k == 0:  # the first use keeps the original pair (and the graph output name, if any)
+                q.input[2] = zp.name
+                for d in dqs:
+                    d.input[2] = zp.name
+                continue
+            q_out, dq_out = f"{q.output[0]}/{k}", f"{dq.output[0]}/{k}"
+            new_q = onnx.helper.make_node("QuantizeLinear", [q.input[0], q.input[1], zp.name], [q_out],
+                                          name=f"{q.name}/{k}", axis=_axis(q))
+            new_dq = onnx.helper.make_node("DequantizeLinear", [q_out, dq.input[1], zp.name], [dq_out],
+                                           name=f"{dq.name}/{k}", axis=_axis(dq))
+            for i, name in enumerate(node.input):
+                if name == dq.output[0]:
+                    node.input[i] = dq_out
+            extra.setdefault(id(dq), []).extend([new_q, new_dq])
+            added += 1
+    nodes = []
+    for node in model.graph.node:
+        nodes.append(node)
+        nodes.extend(extra.get(id(node), []))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    model.graph.initializer.extend(fresh)
     used = {name for node in model.graph.node for name in node.input}
-    kept = [i for i in model.graph.initializer if i.name in used or i.name not in users]
+    kept = [i for i in model.graph.initializer if i.name in used]
     del model.graph.initializer[:]
     model.graph.initializer.extend(kept)
-    return changed
+    return added
+
+
+def _axis(node: onnx.NodeProto) -> int:
+    return next((a.i for a in node.attribute if a.name == "axis"), 1)
 
 
 def check_qdq(model: onnx.ModelProto, *, symmetric: bool = True) -> list[str]:
