@@ -1,0 +1,115 @@
+"""The default (symmetric, TensorRT-ready) int8 Q/DQ graph must run its convolutions as int8 kernels on ONNX
+Runtime CPU: every activation Q feeds exactly one DQ with a zero point of its own, so ORT's S8->U8 rewrite and
+QLinearConv fusion apply to residual-block inputs as well (`deploymtl.export.quantize._private_qdq_pairs`)."""
+
+from __future__ import annotations
+
+import collections
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from deploymtl.export import quantize
+from deploymtl.export.onnx import export_onnx
+from deploymtl.export.trt.lint import errors, lint_onnx
+from deploymtl.surgery.graph import GraphBuilder, StaticModel
+
+ort = pytest.importorskip("onnxruntime")
+H, W, C = 32, 32, 16
+
+
+def _conv(b: GraphBuilder, name: str, x: str, cin: int, cout: int, k: int = 3, stride: int = 1) -> str:
+    c = nn.Conv2d(cin, cout, k, stride, k // 2)
+    return b.conv(name, x, c.weight, c.bias, stride=stride, padding=k // 2)
+
+
+def _resnet() -> tuple[StaticModel, int]:
+    """Stem, two residual blocks (the second with a strided 1x1 downsample), a 1x1 output conv: 7 convolutions,
+    three tensors read by several nodes (each block input, the last block output)."""
+    torch.manual_seed(0)
+    b = GraphBuilder()
+    x = b.relu("stem_relu", _conv(b, "stem", "image", 3, C))
+    y = _conv(b, "b0_conv2", b.relu("b0_relu1", _conv(b, "b0_conv1", x, C, 11)), 11, C)
+    x = b.relu("b0_relu", b.add("b0_add", x, y))
+    y = _conv(b, "b1_conv2", b.relu("b1_relu1", _conv(b, "b1_conv1", x, C, 13, stride=2)), 13, 2 * C)
+    x = b.relu("b1_relu", b.add("b1_add", _conv(b, "b1_ds", x, C, 2 * C, k=1, stride=2), y))
+    b.output("out", _conv(b, "out", x, 2 * C, 5, k=1))
+    b.output("feat", x)  # a graph output that is also read by a conv
+    return b.build(), 7
+
+
+def _calibration() -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [rng.standard_normal((4, 3, H, W)).astype(np.float32) for _ in range(2)]
+
+
+def _optimized_ops(model: onnx.ModelProto, tmp_path: Path) -> collections.Counter:
+    """Operator counts of the graph ONNX Runtime CPU actually runs (ORT_ENABLE_ALL, the default level)."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return collections.Counter(n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node)
+
+
+def _run(model: onnx.ModelProto, x: np.ndarray, level) -> list[np.ndarray]:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.graph_optimization_level = level
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return sess.run(None, {"image": x})
+
+
+@pytest.fixture(scope="module")
+def fp32() -> onnx.ModelProto:
+    model, _ = _resnet()
+    return export_onnx(model.eval(), channels=3, height=H, width=W, outputs=["out", "feat"])
+
+
+def test_every_activation_q_has_one_dq_and_a_private_zero_point(fp32: onnx.ModelProto) -> None:
+    q8 = quantize.quantize_int8(fp32, _calibration())
+    g = q8.graph
+    inits = {i.name for i in g.initializer}
+    readers = collections.Counter(name for n in g.node for name in n.input)
+    act_q = [n for n in g.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits]
+    assert act_q
+    for q in act_q:
+        assert readers[q.output[0]] == 1, q.name
+        assert readers[q.input[2]] == 2, f"{q.name}: zero point {q.input[2]} shared beyond its own Q/DQ pair"
+    dq_of_act = [n for n in g.node if n.op_type == "DequantizeLinear" and n.input[0] not in inits]
+    outputs = {o.name for o in g.output}
+    assert all(readers[d.output[0]] + (d.output[0] in outputs) == 1 for d in dq_of_act)
+    assert quantize.check_qdq(q8) == []
+    assert errors(lint_onnx(q8)) == []
+    assert len(quantize.quantized_ops(q8)) == 7
+
+
+def test_symmetric_graph_fuses_every_conv_on_ort_cpu(fp32: onnx.ModelProto, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    _, n_conv = _resnet()
+    fused = _optimized_ops(quantize.quantize_int8(fp32, _calibration()), tmp_path)
+    assert fused["QLinearConv"] == n_conv and fused["Conv"] == 0
+    assert fused["QLinearAdd"] == 2 and fused["Add"] == 0
+    # without the rewrite, convs reading a shared tensor (block inputs) stay fp32: what the test guards against
+    monkeypatch.setattr(quantize, "_private_qdq_pairs", lambda model: 0)
+    plain = _optimized_ops(quantize.quantize_int8(fp32, _calibration()), tmp_path)
+    assert plain["Conv"] >= 3 and plain["QLinearConv"] <= n_conv - 3
+
+
+def test_rewrite_keeps_the_computed_values(fp32: onnx.ModelProto, monkeypatch: pytest.MonkeyPatch) -> None:
+    x = np.random.default_rng(1).standard_normal((2, 3, H, W)).astype(np.float32)
+    level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # reference semantics of the Q/DQ graph, no fusion
+    split = quantize.quantize_int8(fp32, _calibration())
+    monkeypatch.setattr(quantize, "_private_qdq_pairs", lambda model: 0)
+    shared = quantize.quantize_int8(fp32, _calibration())
+    for a, b in zip(_run(split, x, level), _run(shared, x, level), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # the fused uint8 kernels agree with the reference Q/DQ semantics to within one quantisation step
+    fused = _run(split, x, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    ref = _run(shared, x, level)
+    for a, b in zip(fused, ref, strict=True):
+        assert np.abs(a - b).max() <= 0.05 * np.abs(b).max()
