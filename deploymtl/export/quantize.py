@@ -3,8 +3,8 @@
 Scheme (shared/TENSORRT.md, "Explicit quantization"): QDQ format; int8 activations and weights; symmetric
 (every zero point 0); activations per tensor; weights per output channel (Conv axis 0); scales from MinMax
 calibration on batches of the recipe's *training* split (the validation split stays unseen for the metric gate).
-The same file runs on ONNX Runtime (which fuses DQ->Conv->Q into QLinearConv) and feeds TensorRT's explicit
-quantisation.
+The same file runs on ONNX Runtime (which fuses DQ->Conv->Q into QLinearConv; `_private_qdq_pairs` shapes the
+graph so it can for every convolution) and feeds TensorRT's explicit quantisation.
 
 `check_qdq` re-reads the result and lists every violation of that scheme, so a change in ONNX Runtime's
 defaults cannot silently produce a graph TensorRT rejects. (`deploymtl export --int8-activations asymmetric`
@@ -62,12 +62,13 @@ def quantize_int8(model: onnx.ModelProto, calibration: Iterable[np.ndarray], *, 
 
     Biases stay float (`quantize_bias=False`): TensorRT dequantizes only 8-bit (and narrower) types, not the int32
     biases ONNX Runtime would otherwise emit; it folds the float bias into the int8 convolution itself.
-    `symmetric_activations=False` gives asymmetric uint8 activations for ONNX Runtime on x86 CPUs only (TensorRT
-    rejects them): there ONNX Runtime converts int8 activations to uint8 (+128) and can then neither drop a ReLU
-    into the quantisation range nor fuse a convolution whose input tensor has several consumers (every residual
-    block input), so a symmetric graph runs at about fp32 speed; uint8 activations fuse every convolution
-    (measured 2.2-3.5x faster than fp32 on AVX512-VNNI, `benchmarks/bench_export.py`). Allowing int8 kernels
-    (`session.qdqisint8allowed`) fuses them all but runs ~8x slower still.
+    The symmetric graph is post-processed by `_private_qdq_pairs` (one Q->DQ pair per consumer, private zero
+    points) so ONNX Runtime on x86, which converts int8 activations to uint8 (+128), fuses the convolutions that
+    read a shared tensor (every residual block input) into QLinearConv too; before, 12 of 22 backbone convolutions
+    ran in fp32 and the graph ran at about fp32 speed. The ReLUs still run in fp32 there (DQ->Relu->Q: a zero point
+    of 128 cannot absorb them). `symmetric_activations=False` gives asymmetric uint8 activations for ONNX Runtime
+    on x86 CPUs only (TensorRT rejects them): the ReLUs vanish into the quantisation range as well, a little faster
+    still (`benchmarks/bench_export.py`). Allowing int8 kernels (`session.qdqisint8allowed`) runs ~8x slower.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
