@@ -22,8 +22,11 @@ per mixing term and a `wsum` with the beta coefficients (psi'). The heads fold A
 
 Folding widens the reader to |X| inputs, which can exceed V's C channels (X holds every kept shared
 channel, also those only other tasks read); option "fold_blends" = "auto" (default) folds only where
-|X| <= C and otherwise materialises V once (select / wsum, as for a residual) and reads C channels;
-"always" / "never" force either way.
+|X| <= C and otherwise materialises V once and reads C channels; "always" / "never" force either way.
+Materialising is arranged for few copies, since on CPU every extra op and copy costs latency that FLOPs do
+not show: all blends of one layer select from ONE concat of the layer's kept branches (one `select` per
+phi'_t, not a concat per task), and psi' is then a single `wsum` of the materialised phi'_t with the
+constant weights softmax(beta)_t (exactly the supernet's formula), not one `select` per mixing term.
 
 `round_channels = r` keeps each kept-filter count a multiple of r (capped at the branch width) by adding the
 lowest-index unread filters; their outputs exist but every consumer has zero columns for them.
@@ -130,10 +133,12 @@ def _mix_sources(model: GatedSupernet, gates: dict[str, list[list[int]]], layer:
 
 
 def _input_map(model: GatedSupernet, gates: dict[str, list[list[int]]], layer: int, plan: list[LayerKeep],
-               task: str | None) -> tuple[list[tuple[str, list[int]]], torch.Tensor, torch.Tensor]:
-    """(sources, A, S): V = A X with X the concat of `sources`; S (bool, like A) marks the terms of each row
+               task: str | None, sources: list[tuple[str, list[int]]] | None = None
+               ) -> tuple[list[tuple[str, list[int]]], torch.Tensor, torch.Tensor]:
+    """(sources, A, S): V = A X with X the concat of `sources` (default: what V reads, `_mix_sources`; a
+    superset such as every kept branch of the layer works too); S (bool, like A) marks the terms of each row
     by structure (a beta weight that underflows to 0 still has its term)."""
-    sources = _mix_sources(model, gates, layer, plan, task)
+    sources = sources if sources is not None else _mix_sources(model, gates, layer, plan, task)
     width = model.slots[layer].cout
     offsets, pos = {}, 0
     for key, kept in sources:
@@ -193,12 +198,28 @@ class _Emitter:
             return self.stem, torch.eye(self.model.slots[0].cin, dtype=torch.float64), None
         sources, a, support = _input_map(self.model, self.gates, layer, self.plan, task)
         support = support if task is None else None
-        x = self.concat([self.nodes[(layer, key)] for key, _ in sources], f"{name}_cat")
         if fold or _folds(self.fold, a.shape[1], a.shape[0]):
-            return x, a, support
+            return self.concat([self.nodes[(layer, key)] for key, _ in sources], f"{name}_cat"), a, support
         if (layer, task) not in self.blends:
-            self.blends[(layer, task)] = _materialize(self.b, name, x, a, support)
+            self.blends[(layer, task)] = self.materialize(layer, task, name)
         return self.blends[(layer, task)], torch.eye(a.shape[0], dtype=torch.float64), None
+
+    def materialize(self, layer: int, task: str | None, name: str) -> str:
+        """Node holding phi'_task^layer (a `select` from the layer-wide concat of every kept branch) or psi'^layer
+        (a `wsum` of every task's materialised phi'_t, weights softmax(beta^layer)_t on all channels)."""
+        names = self.model.task_names
+        if task is None:
+            parts = [self.blends.get((layer, t)) or self.materialize(layer, t, f"{name}_{t}") for t in names]
+            for t, node in zip(names, parts, strict=True):
+                self.blends[(layer, t)] = node
+            w = self.model.mixing(layer).double()
+            return self.b.wsum(f"{name}_mix", parts, w.view(-1, 1).expand(len(names), self.model.slots[layer].cout))
+        keep = self.plan[layer]
+        sources = [(t, keep.specific[t]) for t in names if keep.specific[t]]
+        sources += [(SHARED, keep.shared)] if keep.shared else []
+        _, a, _ = _input_map(self.model, self.gates, layer, self.plan, task, sources)
+        x = self.concat([self.nodes[(layer, key)] for key, _ in sources], f"l{layer}_cat")
+        return _materialize(self.b, name, x, a, None)
 
     def build(self) -> GraphBuilder:
         m, b = self.model, self.b
@@ -362,7 +383,7 @@ def expected_params(model: GatedSupernet, decisions: dict[str, Any], tasks: list
         x_width = sum(width[(layer, key)] for key, _ in _mix_sources(model, gates, layer, plan, task))
         if _folds(fold, x_width, channels):
             return x_width, True, 0
-        return channels, False, terms(layer, list(range(channels))) * channels if task is None else 0
+        return channels, False, len(names) * channels if task is None else 0  # psi' = wsum of every phi'_t
 
     total = _conv_params(model.stem.conv.conv, model.stem.conv.conv.in_channels, model.slots[0].cin)
     for layer, (slot, keep) in enumerate(zip(model.slots, plan, strict=True)):
