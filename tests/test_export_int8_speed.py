@@ -88,11 +88,24 @@ def test_every_activation_q_has_one_dq_and_a_private_zero_point(fp32: onnx.Model
     assert len(quantize.quantized_ops(q8)) == 7
 
 
+def test_graph_outputs_stay_float(fp32: onnx.ModelProto) -> None:
+    """No Q->DQ rounding on the task outputs: the output conv reads int8 (DQ input and weight), writes float."""
+    q8 = quantize.quantize_int8(fp32, _calibration())
+    producer = {o: n for n in q8.graph.node for o in n.output}
+    assert {o.name: producer[o.name].op_type for o in q8.graph.output} == {"out": "Conv", "feat": "Relu"}
+    conv = producer["out"]
+    assert [producer[i].op_type for i in conv.input[:2]] == ["DequantizeLinear", "DequantizeLinear"]
+    # "feat" is still quantised for the convs that read it, through a pair of their own
+    readers = [n for n in q8.graph.node if "feat" in n.input or producer["feat"].output[0] in n.input]
+    assert readers and all(n.op_type == "QuantizeLinear" for n in readers)
+
+
 def test_symmetric_graph_fuses_every_conv_on_ort_cpu(fp32: onnx.ModelProto, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     _, n_conv = _resnet()
     fused = _optimized_ops(quantize.quantize_int8(fp32, _calibration()), tmp_path)
-    assert fused["QLinearConv"] == n_conv and fused["Conv"] == 0
+    # all but the output conv, which writes the float graph output "out" (no Q after it, see test below)
+    assert fused["QLinearConv"] == n_conv - 1 and fused["Conv"] == 1
     assert fused["QLinearAdd"] == 2 and fused["Add"] == 0
     # without the rewrite, convs reading a shared tensor (block inputs) stay fp32: what the test guards against
     monkeypatch.setattr(quantize, "_private_qdq_pairs", lambda model: 0)
