@@ -89,15 +89,20 @@ def test_every_activation_q_has_one_dq_and_a_private_zero_point(fp32: onnx.Model
 
 
 def test_graph_outputs_stay_float(fp32: onnx.ModelProto) -> None:
-    """No Q->DQ rounding on the task outputs: the output conv reads int8 (DQ input and weight), writes float."""
-    q8 = quantize.quantize_int8(fp32, _calibration())
+    """No Q->DQ rounding on the task outputs; `float_output_layers` keeps the layer writing one in fp32."""
+    assert quantize.output_layers(fp32) == ["layers.out/Conv"]
+    q8 = quantize.quantize_int8(fp32, _calibration(), float_output_layers=True)
     producer = {o: n for n in q8.graph.node for o in n.output}
     assert {o.name: producer[o.name].op_type for o in q8.graph.output} == {"out": "Conv", "feat": "Relu"}
     conv = producer["out"]
-    assert [producer[i].op_type for i in conv.input[:2]] == ["DequantizeLinear", "DequantizeLinear"]
-    # "feat" is still quantised for the convs that read it, through a pair of their own
-    readers = [n for n in q8.graph.node if "feat" in n.input or producer["feat"].output[0] in n.input]
-    assert readers and all(n.op_type == "QuantizeLinear" for n in readers)
+    assert conv.input[1] in {i.name for i in q8.graph.initializer} and conv.input[0] == "feat"
+    assert len(quantize.quantized_ops(q8)) == 6
+    kept = quantize.quantize_int8(fp32, _calibration())  # default: the output layer runs int8, writes float
+    conv = next(n for n in kept.graph.node if n.name == "layers.out/Conv")
+    assert conv.output[0] == "out" and "out" in {o.name for o in kept.graph.output}
+    assert len(quantize.quantized_ops(kept)) == 7
+    # "feat" is read only by the fp32 output layer and as a graph output: no Q->DQ pair left on it
+    assert [n.name for n in q8.graph.node if "feat" in n.input] == ["layers.out/Conv"]
 
 
 def test_symmetric_graph_fuses_every_conv_on_ort_cpu(fp32: onnx.ModelProto, tmp_path: Path,
