@@ -12,27 +12,12 @@ float16's 65504 before the division (the "normalisation layers" pitfall of share
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import warnings
-from collections.abc import Iterator
-
 import onnx
+
+from .quiet import quiet_root_logger
 
 FP32_OPS = ("ReduceMean", "GlobalAveragePool")
 
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        root.setLevel(level)
 
 
 def convert_fp16(model: onnx.ModelProto, *, keep_fp32_ops: tuple[str, ...] = FP32_OPS) -> onnx.ModelProto:
@@ -41,7 +26,7 @@ def convert_fp16(model: onnx.ModelProto, *, keep_fp32_ops: tuple[str, ...] = FP3
 
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
-    with _quiet():
+    with quiet_root_logger(ignore_warnings=True):
         out = convert_float_to_float16(copy, keep_io_types=True, op_block_list=[*DEFAULT_OP_BLOCK_LIST,
                                                                                  *keep_fp32_ops])
     toposort(out.graph)  # the converter appends its boundary Casts at the end of the node list

@@ -13,8 +13,6 @@ opts out of TensorRT compatibility for ONNX Runtime CPU speed, see `quantize_int
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -25,6 +23,7 @@ from onnx import numpy_helper
 
 from ..errors import DeploymtlError
 from .onnx import INPUT_NAME
+from .quiet import quiet_root_logger
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
@@ -42,17 +41,6 @@ class _Reader:
     def rewind(self) -> None:  # part of the reader protocol; calibration reads once
         pass
 
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    # quantize_static logs "consider pre-processing" on the root logger; our graph is already shape-inferred.
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(level)
 
 
 def quantize_int8(model: onnx.ModelProto, calibration: Iterable[np.ndarray], *, per_channel: bool = True,
@@ -89,7 +77,8 @@ def quantize_int8(model: onnx.ModelProto, calibration: Iterable[np.ndarray], *, 
     with tempfile.TemporaryDirectory(prefix="deploymtl-quant-") as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         onnx.save(model, src)
-        with _quiet():
+        # quantize_static logs "consider pre-processing" on the root logger; our graph is already shape-inferred.
+        with quiet_root_logger():
             quantize_static(
                 str(src), str(dst), _Reader(batches), quant_format=QuantFormat.QDQ, per_channel=per_channel,
                 activation_type=QuantType.QInt8 if symmetric_activations else QuantType.QUInt8,
