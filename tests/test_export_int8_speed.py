@@ -131,3 +131,80 @@ def test_rewrite_keeps_the_computed_values(fp32: onnx.ModelProto, monkeypatch: p
     ref = _run(shared, x, level)
     for a, b in zip(fused, ref, strict=True):
         assert np.abs(a - b).max() <= 0.05 * np.abs(b).max()
+
+
+def test_cpu_lowering_folds_the_relus_into_uint8(fp32: onnx.ModelProto, tmp_path: Path) -> None:
+    """`backends.ort_lowering`: what the CPU session runs has no fp32 ReLU left, the file is unchanged, and the
+    values stay int8-accurate (one rounding instead of two)."""
+    from deploymtl.backends.ort_lowering import lower_for_cpu
+
+    q8 = quantize.quantize_int8(fp32, _calibration())
+    n_relu = sum(n.op_type == "Relu" for n in q8.graph.node)
+    lowered, folded = lower_for_cpu(q8)
+    # every ReLU but b1_relu, whose output "feat" is a graph output (its float value must stay exact)
+    assert folded == n_relu - 1 == 4
+    assert sum(n.op_type == "Relu" for n in q8.graph.node) == n_relu  # the input graph is not modified
+    producer = {o: n for n in lowered.graph.node for o in n.output}
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in lowered.graph.initializer}
+    uint8_q = [n for n in lowered.graph.node if n.op_type == "QuantizeLinear" and inits[n.input[2]].dtype == np.uint8]
+    assert sorted(producer[q.input[0]].name for q in uint8_q) == sorted(  # ReLU -> uint8 Q; MaxPool: none here
+        f"layers.{r}/Relu" for r in ("stem_relu", "b0_relu1", "b0_relu", "b1_relu1"))
+    assert all(producer[producer[q.input[0]].input[0]].op_type in ("Conv", "Add") for q in uint8_q)
+    assert quantize.check_qdq(q8) == []
+    fused = _optimized_ops(lowered, tmp_path)
+    plain = _optimized_ops(q8, tmp_path)
+    assert plain["Relu"] == n_relu and fused["Relu"] == 1
+    assert fused["QLinearConv"] == plain["QLinearConv"] == 6
+    assert fused["QuantizeLinear"] + fused["DequantizeLinear"] < plain["QuantizeLinear"] + plain["DequantizeLinear"]
+
+    x = np.random.default_rng(1).standard_normal((3, 3, H, W)).astype(np.float32)
+    ref = _run(fp32, x, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    err_file = [float(np.abs(a - r).max()) for a, r in zip(_run(q8, x, ort.GraphOptimizationLevel.ORT_ENABLE_ALL),
+                                                           ref, strict=True)]
+    err_low = [float(np.abs(a - r).max()) for a, r in zip(_run(lowered, x, ort.GraphOptimizationLevel.ORT_ENABLE_ALL),
+                                                          ref, strict=True)]
+    assert all(0 < e < 0.05 * float(np.abs(r).max()) for e, r in zip(err_low, ref, strict=True))
+    assert max(err_low) <= 1.5 * max(err_file)
+
+    assert lower_for_cpu(fp32) == (fp32, 0)  # nothing quantised: nothing to do, no copy
+
+
+def test_ort_runner_lowers_int8_files_on_cpu_only(fp32: onnx.ModelProto, tmp_path: Path) -> None:
+    from deploymtl.backends.ort_runner import OrtRunner
+    from deploymtl.export.onnx import set_metadata
+
+    q8 = quantize.quantize_int8(fp32, _calibration())
+    path = tmp_path / "model.onnx"
+    set_metadata(q8, {"precision": "int8", "batch": {"min": 1, "opt": 2, "max": 4}})
+    onnx.save(q8, path)
+    x = np.random.default_rng(2).standard_normal((2, 3, H, W)).astype(np.float32)
+    lowered, as_file = OrtRunner(path, threads=1), OrtRunner(path, threads=1, lower=False)
+    assert (lowered.lowered_tensors, as_file.lowered_tensors) == (4, 0)
+    a, b = lowered.infer(x), as_file.infer(x)
+    assert set(a) == {"out", "feat"}
+    for name in ("out", "feat"):  # a rounding step here and there, no more
+        assert 0 < float(np.abs(a[name] - b[name]).max()) < 0.05 * float(np.abs(b[name]).max())
+    set_metadata(q8, {"precision": "fp32"})  # only int8 artifacts are lowered
+    onnx.save(q8, path)
+    assert OrtRunner(path, threads=1).lowered_tensors == 0
+
+
+def test_cpu_lowering_carries_uint8_through_maxpool(tmp_path: Path) -> None:
+    """stem conv -> ReLU -> MaxPool -> conv: the MaxPool's Q/DQ become uint8 too, so ORT drops them and runs the
+    pool on the quantised tensor between two QLinearConvs (no float round trip)."""
+    from deploymtl.backends.ort_lowering import lower_for_cpu
+
+    torch.manual_seed(0)
+    b = GraphBuilder()
+    x = b.relu("stem_relu", _conv(b, "stem", "image", 3, C))
+    x = b.maxpool("pool", x, nn.MaxPool2d(3, 2, 1))
+    y = b.relu("relu2", _conv(b, "conv2", x, C, C))
+    b.output("out", y)
+    b.output("head", _conv(b, "head", y, C, 3, k=1))
+    proto = export_onnx(b.build().eval(), channels=3, height=H, width=W, outputs=["out", "head"])
+    q8 = quantize.quantize_int8(proto, _calibration())
+    lowered, requantised = lower_for_cpu(q8)
+    assert requantised == 2  # the stem ReLU's tensor and the pooled one; relu2 writes a graph output: kept
+    fused = _optimized_ops(lowered, tmp_path)
+    assert fused["QLinearConv"] == 2 and fused["Relu"] == 1 and fused["MaxPool"] == 0
+    assert _optimized_ops(q8, tmp_path)["Relu"] == 2

@@ -1,4 +1,9 @@
-"""ONNX Runtime runner with explicitly chosen execution providers and no silent fallback."""
+"""ONNX Runtime runner with explicitly chosen execution providers and no silent fallback.
+
+On the CPU provider an int8 graph is run through `ort_lowering.lower_for_cpu` (ReLUs folded into uint8
+quantisation, in memory; the file is unchanged); `lowered_tensors` counts the tensors requantised to uint8.
+`lower=False` runs the file as is.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import numpy as np
 from ..errors import DeploymtlError
 from ..export.metadata import from_props
 from .base import InputSpec, Runner
+from .ort_lowering import lower_for_cpu
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "trt": "TensorrtExecutionProvider"}
 
@@ -16,7 +22,8 @@ PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tr
 class OrtRunner(Runner):
     backend = "onnxruntime"
 
-    def __init__(self, path: str | Path, provider: str = "cpu", threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, provider: str = "cpu", threads: int | None = None,
+                 lower: bool = True) -> None:
         import onnxruntime as ort
 
         if provider not in PROVIDERS:
@@ -39,6 +46,14 @@ class OrtRunner(Runner):
         if running != wanted:  # no silent CPU fallback
             raise DeploymtlError(f"ONNX Runtime runs {running} although {wanted} was requested for {path}")
         meta = from_props(self.session.get_modelmeta().custom_metadata_map)
+        self.lowered_tensors = 0
+        if lower and provider == "cpu" and meta.get("precision") == "int8":
+            import onnx
+
+            lowered, self.lowered_tensors = lower_for_cpu(onnx.load(str(path)))
+            if self.lowered_tensors:
+                self.session = ort.InferenceSession(lowered.SerializeToString(), sess_options=opts,
+                                                    providers=[wanted])
         inp = self.session.get_inputs()[0]
         shape = inp.shape
         batch = meta.get("batch", {})

@@ -358,6 +358,8 @@ def _export(model_path: str | Path, out: Path, staging: Path, *, target: str, pr
     from ..backends.load import open_runner
 
     runner = open_runner(onnx_path, threads=threads)
+    if qdq is not None:  # what ONNX Runtime CPU runs: ReLUs folded into uint8 (backends.ort_lowering)
+        qdq["onnxruntime_cpu_uint8_tensors"] = getattr(runner, "lowered_tensors", 0)
     onnx_report, sizes = compare_runner(runner, inputs, reference, tolerances)
     lap("parity", t0)
     for line in onnx_report.summary().splitlines():
