@@ -14,6 +14,10 @@ Models (built from the families' own layers and surgery registry, so they are wh
   (batch 1:1:2) through `export_model`, timed end to end.
 
 Latency: median of `--repeats` runs after 2 warm-ups, `--threads` intra-op threads (ORT and torch), batch 1 and 8.
+`ort_*` is what deploymtl runs on ONNX Runtime CPU (`OrtRunner`: the graph lowered in memory by
+`deploymtl.backends.ort_lowering`: fp32 odd channel counts padded to the SIMD block, int8 ReLUs folded into uint8
+quantisation); `*_file_as_is` is the same file in a plain onnxruntime session. GFLOP/s count the model's own FLOPs
+(torch.utils.flop_counter on the unpadded static model), so padding earns nothing there but time.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from deploymtl import __version__
+from deploymtl.backends.ort_lowering import lower_for_cpu
 from deploymtl.config import DataConfig
 from deploymtl.data import build_datasets
 from deploymtl.errors import VerificationError
@@ -135,13 +140,16 @@ def _median_latency(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def ort_session(path_or_proto, threads: int):
+def ort_session(path_or_proto, threads: int, lower: bool = False):
+    """A CPU session on the file as it is, or (`lower`) as deploymtl's OrtRunner runs it (backends.ort_lowering)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-    src = path_or_proto.SerializeToString() if isinstance(path_or_proto, onnx.ModelProto) else str(path_or_proto)
-    return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+    proto = path_or_proto if isinstance(path_or_proto, onnx.ModelProto) else onnx.load(str(path_or_proto))
+    if lower:
+        proto = lower_for_cpu(proto)[0]
+    return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
 def latency_table(models: dict, torch_model: nn.Module, shape: tuple[int, int, int], threads: int,
@@ -152,7 +160,7 @@ def latency_table(models: dict, torch_model: nn.Module, shape: tuple[int, int, i
         x = np.random.default_rng(batch).standard_normal((batch, *shape)).astype(np.float32)
         row = {}
         for name, model in models.items():
-            sess = ort_session(model, threads)
+            sess = ort_session(model, threads, lower=not name.endswith("_file_as_is"))
             row[name] = _median_latency(lambda s=sess, x=x: s.run(None, {"image": x}), repeats)
             del sess  # its spinning intra-op threads would otherwise steal the cores from the next measurement
             gc.collect()
@@ -192,8 +200,12 @@ def bench_pruned(args: argparse.Namespace, work: Path) -> dict:
     from deploymtl.export.onnx import export_onnx
 
     stack_proto = export_onnx(stack, channels=3, height=h, width=w, outputs=["out"])
+    # ort_*: what deploymtl's OrtRunner runs (fp32 odd widths padded, int8 ReLUs folded into uint8);
+    # *_file_as_is: the same ONNX files in a plain onnxruntime session
     models = {"ort_fp32": work / "fp32" / "model.onnx", "ort_int8_symmetric": work / "int8" / "model.onnx",
-              "ort_int8_asymmetric_u8": work / "int8_asym" / "model.onnx"}
+              "ort_int8_asymmetric_u8": work / "int8_asym" / "model.onnx",
+              "ort_fp32_file_as_is": work / "fp32" / "model.onnx",
+              "ort_int8_symmetric_file_as_is": work / "int8" / "model.onnx"}
     lat = latency_table(models, model, (3, h, w), args.threads, args.repeats, flops)
     stack_lat = latency_table({"ort_fp32": stack_proto}, stack, (3, h, w), args.threads, args.repeats, stack_flops)
     ratio = {b: round(lat[b]["ort_fp32_gflops_per_s"] / stack_lat[b]["ort_fp32_gflops_per_s"], 3) for b in lat}

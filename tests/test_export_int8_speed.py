@@ -140,7 +140,8 @@ def test_cpu_lowering_folds_the_relus_into_uint8(fp32: onnx.ModelProto, tmp_path
 
     q8 = quantize.quantize_int8(fp32, _calibration())
     n_relu = sum(n.op_type == "Relu" for n in q8.graph.node)
-    lowered, folded = lower_for_cpu(q8)
+    lowered, counts = lower_for_cpu(q8)
+    folded = counts["uint8_tensors"]
     # every ReLU but b1_relu, whose output "feat" is a graph output (its float value must stay exact)
     assert folded == n_relu - 1 == 4
     assert sum(n.op_type == "Relu" for n in q8.graph.node) == n_relu  # the input graph is not modified
@@ -166,7 +167,7 @@ def test_cpu_lowering_folds_the_relus_into_uint8(fp32: onnx.ModelProto, tmp_path
     assert all(0 < e < 0.05 * float(np.abs(r).max()) for e, r in zip(err_low, ref, strict=True))
     assert max(err_low) <= 1.5 * max(err_file)
 
-    assert lower_for_cpu(fp32) == (fp32, 0)  # nothing quantised: nothing to do, no copy
+    assert lower_for_cpu(q8)[1]["padded_convs"] == 0  # int8 convolutions read DQ weights: not padded
 
 
 def test_ort_runner_lowers_int8_files_on_cpu_only(fp32: onnx.ModelProto, tmp_path: Path) -> None:
@@ -179,14 +180,14 @@ def test_ort_runner_lowers_int8_files_on_cpu_only(fp32: onnx.ModelProto, tmp_pat
     onnx.save(q8, path)
     x = np.random.default_rng(2).standard_normal((2, 3, H, W)).astype(np.float32)
     lowered, as_file = OrtRunner(path, threads=1), OrtRunner(path, threads=1, lower=False)
-    assert (lowered.lowered_tensors, as_file.lowered_tensors) == (4, 0)
+    assert (lowered.lowering, as_file.lowering) == ({"padded_convs": 0, "uint8_tensors": 4}, {})
     a, b = lowered.infer(x), as_file.infer(x)
     assert set(a) == {"out", "feat"}
     for name in ("out", "feat"):  # a rounding step here and there, no more
         assert 0 < float(np.abs(a[name] - b[name]).max()) < 0.05 * float(np.abs(b[name]).max())
-    set_metadata(q8, {"precision": "fp32"})  # only int8 artifacts are lowered
+    set_metadata(q8, {"precision": "fp16"})  # fp16 artifacts are run as they are
     onnx.save(q8, path)
-    assert OrtRunner(path, threads=1).lowered_tensors == 0
+    assert OrtRunner(path, threads=1).lowering == {}
 
 
 def test_cpu_lowering_carries_uint8_through_maxpool(tmp_path: Path) -> None:
@@ -203,8 +204,31 @@ def test_cpu_lowering_carries_uint8_through_maxpool(tmp_path: Path) -> None:
     b.output("head", _conv(b, "head", y, C, 3, k=1))
     proto = export_onnx(b.build().eval(), channels=3, height=H, width=W, outputs=["out", "head"])
     q8 = quantize.quantize_int8(proto, _calibration())
-    lowered, requantised = lower_for_cpu(q8)
-    assert requantised == 2  # the stem ReLU's tensor and the pooled one; relu2 writes a graph output: kept
+    lowered, counts = lower_for_cpu(q8)
+    assert counts["uint8_tensors"] == 2  # the stem ReLU's tensor and the pooled one; relu2 writes a graph output: kept
     fused = _optimized_ops(lowered, tmp_path)
     assert fused["QLinearConv"] == 2 and fused["Relu"] == 1 and fused["MaxPool"] == 0
     assert _optimized_ops(q8, tmp_path)["Relu"] == 2
+
+
+def test_cpu_lowering_pads_odd_channel_counts(fp32: onnx.ModelProto, tmp_path: Path) -> None:
+    """fp32: the block-inner convolutions (11 and 13 filters) are padded to the SIMD block with zero filters and
+    their readers with zero columns, so ORT runs them as NCHWc kernels; the outputs do not change."""
+    from deploymtl.backends.ort_lowering import lower_for_cpu
+
+    lowered, counts = lower_for_cpu(fp32, block=16)
+    assert counts == {"padded_convs": 2, "uint8_tensors": 0}
+    shapes = {i.name: tuple(i.dims) for i in lowered.graph.initializer}
+    convs = {n.name: shapes[n.input[1]] for n in lowered.graph.node if n.op_type == "Conv"}
+    assert convs["layers.b0_conv1/Conv"][0] == 16 and convs["layers.b0_conv2/Conv"][1] == 16
+    assert convs["layers.b1_conv1/Conv"][0] == 16 and convs["layers.b1_conv2/Conv"][1] == 16
+    assert convs["layers.out/Conv"][0] == 5  # writes a graph output: left alone
+    assert {tuple(i.dims) for i in fp32.graph.initializer} != set(shapes.values())  # the input is unchanged
+    plain, padded = _optimized_ops(fp32, tmp_path), _optimized_ops(lowered, tmp_path)
+    # an odd count leaves ORT's blocked layout (ReorderOutput back to NCHW, then the slow NCHW-input kernel)
+    assert padded["ReorderOutput"] < plain["ReorderOutput"]
+    x = np.random.default_rng(3).standard_normal((2, 3, H, W)).astype(np.float32)
+    for a, b in zip(_run(fp32, x, ort.GraphOptimizationLevel.ORT_ENABLE_ALL),
+                    _run(lowered, x, ort.GraphOptimizationLevel.ORT_ENABLE_ALL), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert lower_for_cpu(fp32, block=1) == (fp32, {"padded_convs": 0, "uint8_tensors": 0})

@@ -1,4 +1,17 @@
-"""ONNX Runtime CPU lowering of the TensorRT-style int8 graph: ReLUs folded into unsigned quantisation.
+"""ONNX Runtime CPU lowering: the exported graph rewritten, in memory, into the form ORT's CPU kernels run fastest.
+
+The exported file stays what every runtime reads (TensorRT included); `lower_for_cpu` applies two rewrites for
+the CPU session only, each keeping what the graph computes (see each for the exact numerical effect):
+
+1. `pad_conv_channels` (fp32): pruning leaves odd channel counts (17, 45, ...). ORT's fast NCHWc convolutions
+   (MLAS) take only channel counts that are multiples of the SIMD block (16 floats with AVX-512, 8 with AVX2);
+   any other count falls back to the generic im2col path. Zero filters pad such a convolution's output to the
+   next multiple and zero input columns pad its readers: the padded channels are exactly 0 (bias 0, ReLU(0) = 0)
+   and contribute exact zeros, so the outputs are unchanged up to summation order. On the benchmark's pruned
+   ResNet-18 this makes fp32 about 25% faster at batch 8.
+2. `fold_relu_into_uint8` (int8), below.
+
+The int8 rewrite:
 
 The exported int8 graph is symmetric (every zero point 0, int8) so that TensorRT can read it
 (shared/TENSORRT.md). TensorRT fuses Conv+ReLU+Q itself; ONNX Runtime's CPU provider cannot: its x86 kernels
@@ -130,12 +143,71 @@ def fold_relu_into_uint8(model: onnx.ModelProto) -> int:
     return g.apply()
 
 
-def lower_for_cpu(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
-    """A copy of `model` as the ONNX Runtime CPU session should run it, and the number of tensors requantised to
-    uint8 (0: the model is returned unchanged, not copied)."""
-    if not any(n.op_type == "QuantizeLinear" for n in model.graph.node):
-        return model, 0
+def simd_block() -> int:
+    """Channel block of ORT's NCHWc kernels on this CPU: 16 with AVX-512F, else 8 (AVX2 and others)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            return 16 if " avx512f" in f.read(1 << 16) else 8
+    except OSError:
+        return 8
+
+
+def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
+    return next((int(onnx.helper.get_attribute_value(a)) for a in node.attribute if a.name == name), default)
+
+
+def pad_conv_channels(model: onnx.ModelProto, multiple: int) -> int:
+    """Pad every float Conv whose output channel count is not a multiple of `multiple` with zero filters, when
+    its output reaches only float Convs (directly or through single-reader ReLUs) whose matching input columns are
+    padded with zeros; in place; returns the number of convolutions padded. A Conv writing a graph output, read by
+    anything else (Add, Concat, a Q/DQ) or grouped is left alone."""
+    g = _Graph(model)
+
+    def is_float_conv(node: onnx.NodeProto) -> bool:
+        return node.op_type == "Conv" and _attr(node, "group", 1) == 1 and node.input[1] in g.inits
+
+    def set_init(node: onnx.NodeProto, k: int, value: np.ndarray) -> None:
+        name = node.input[k]
+        if len(g.readers[name]) > 1:  # shared (the exporter dedupes equal constants): give this node its own copy
+            g.readers[name].remove(node)
+            name = node.input[k] = f"{name}/padded/{node.name}"
+            g.readers[name] = [node]
+            g.graph.initializer.append(numpy_helper.from_array(value, name))
+            g.inits[name] = g.graph.initializer[-1]
+        else:
+            g.inits[name].CopyFrom(numpy_helper.from_array(value, name))
+
+    padded = 0
+    for conv in [n for n in g.graph.node if is_float_conv(n)]:
+        weight = numpy_helper.to_array(g.inits[conv.input[1]])
+        cout = weight.shape[0]
+        extra = -cout % multiple
+        tensor = conv.output[0]
+        while len(g.readers.get(tensor, [])) == 1 and g.readers[tensor][0].op_type == "Relu" \
+                and tensor not in g.outputs:
+            tensor = g.readers[tensor][0].output[0]
+        readers = g.readers.get(tensor, [])
+        if not extra or not readers or tensor in g.outputs \
+                or not all(is_float_conv(r) and list(r.input).index(tensor) == 0 for r in readers):
+            continue
+        set_init(conv, 1, np.concatenate([weight, np.zeros((extra, *weight.shape[1:]), weight.dtype)]))
+        if len(conv.input) > 2 and conv.input[2]:
+            bias = numpy_helper.to_array(g.inits[conv.input[2]])
+            set_init(conv, 2, np.concatenate([bias, np.zeros(extra, bias.dtype)]))
+        for r in readers:
+            w = numpy_helper.to_array(g.inits[r.input[1]])
+            set_init(r, 1, np.concatenate([w, np.zeros((w.shape[0], extra, *w.shape[2:]), w.dtype)], axis=1))
+        padded += 1
+    if padded:
+        del g.graph.value_info[:]  # intermediate shapes changed; ORT re-infers them
+    return padded
+
+
+def lower_for_cpu(model: onnx.ModelProto, block: int | None = None) -> tuple[onnx.ModelProto, dict[str, int]]:
+    """A copy of `model` as the ONNX Runtime CPU session should run it, and what was rewritten:
+    {"padded_convs": n, "uint8_tensors": m}; with nothing to rewrite, `model` itself (not a copy)."""
     lowered = onnx.ModelProto()
     lowered.CopyFrom(model)
-    folded = fold_relu_into_uint8(lowered)
-    return (lowered, folded) if folded else (model, 0)
+    counts = {"padded_convs": pad_conv_channels(lowered, block or simd_block()),
+              "uint8_tensors": fold_relu_into_uint8(lowered)}
+    return (lowered, counts) if any(counts.values()) else (model, counts)

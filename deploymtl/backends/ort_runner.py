@@ -1,8 +1,8 @@
 """ONNX Runtime runner with explicitly chosen execution providers and no silent fallback.
 
-On the CPU provider an int8 graph is run through `ort_lowering.lower_for_cpu` (ReLUs folded into uint8
-quantisation, in memory; the file is unchanged); `lowered_tensors` counts the tensors requantised to uint8.
-`lower=False` runs the file as is.
+On the CPU provider fp32 and int8 graphs run through `ort_lowering.lower_for_cpu` (odd channel counts padded to
+the SIMD block, ReLUs folded into uint8 quantisation; in memory, the file is unchanged); `lowering` says what was
+rewritten. `lower=False` runs the file as is.
 """
 
 from __future__ import annotations
@@ -46,12 +46,12 @@ class OrtRunner(Runner):
         if running != wanted:  # no silent CPU fallback
             raise DeploymtlError(f"ONNX Runtime runs {running} although {wanted} was requested for {path}")
         meta = from_props(self.session.get_modelmeta().custom_metadata_map)
-        self.lowered_tensors = 0
-        if lower and provider == "cpu" and meta.get("precision") == "int8":
+        self.lowering: dict[str, int] = {}
+        if lower and provider == "cpu" and meta.get("precision") in ("fp32", "int8"):
             import onnx
 
-            lowered, self.lowered_tensors = lower_for_cpu(onnx.load(str(path)))
-            if self.lowered_tensors:
+            lowered, self.lowering = lower_for_cpu(onnx.load(str(path)))
+            if any(self.lowering.values()):
                 self.session = ort.InferenceSession(lowered.SerializeToString(), sess_options=opts,
                                                     providers=[wanted])
         inp = self.session.get_inputs()[0]

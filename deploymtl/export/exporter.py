@@ -358,8 +358,7 @@ def _export(model_path: str | Path, out: Path, staging: Path, *, target: str, pr
     from ..backends.load import open_runner
 
     runner = open_runner(onnx_path, threads=threads)
-    if qdq is not None:  # what ONNX Runtime CPU runs: ReLUs folded into uint8 (backends.ort_lowering)
-        qdq["onnxruntime_cpu_uint8_tensors"] = getattr(runner, "lowered_tensors", 0)
+    lowering = getattr(runner, "lowering", {})  # what ONNX Runtime CPU runs (backends.ort_lowering)
     onnx_report, sizes = compare_runner(runner, inputs, reference, tolerances)
     lap("parity", t0)
     for line in onnx_report.summary().splitlines():
@@ -415,7 +414,8 @@ def _export(model_path: str | Path, out: Path, staging: Path, *, target: str, pr
         "tasks": names, "outputs": outputs, "batch_sizes_checked": sizes,
         "onnx_outputs": _outputs_dict(onnx_report) if target == "trt" else None,
         "metrics": metrics, "passes": passes, "removed_parts_check": removed_check, "structure": final_problems,
-        "lint": lint, "quantization": qdq, "localization": localization, "trt": trt_section,
+        "lint": lint, "quantization": qdq, "onnxruntime_cpu_lowering": lowering, "localization": localization,
+        "trt": trt_section,
         "source": {"model": str(model_path), "family": art.family, "plan_hash": art.plan_hash,
                    "pruned": prune_report is not None,
                    "prune_passed": None if prune_report is None else prune_report.get("passed")},
