@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import DeploymtlError
+from .fastpath import Plan, global_hooks
 
 INPUT = "image"
 
@@ -127,16 +128,31 @@ class StaticModel(nn.Module):
                 self.layers[node["name"]] = OPS[node["op"]](node.get("attrs", {}))
             self._order.append((node["name"], owner or node["name"], list(node["inputs"])))
         self.outputs = dict(spec["outputs"])
+        self._plan: Plan | None = None  # built on first use: plain Python, holds no tensors of its own
 
     @property
     def task_names(self) -> list[str]:
         return list(self.outputs)
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Runs the node list. Without autograd, tracing or hooks, an equivalent lower-overhead plan runs instead
+        (`fastpath.Plan`: no Module.__call__, in-place ReLU/accumulation into dead tensors, freed
+        intermediates); tracing and export always see one module call per node (ONNX node scopes come from it)."""
+        if self._plan_usable():
+            if self._plan is None:
+                self._plan = Plan(self)
+            return self._plan.run(image)
         env = {INPUT: image}
         for name, layer, inputs in self._order:
             env[name] = self.layers[layer](*[env[i] for i in inputs])
         return {task: env[node] for task, node in self.outputs.items()}
+
+    def _plan_usable(self) -> bool:
+        if torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.jit.is_tracing():
+            return False  # autograd needs the un-mutated intermediates; tracers need module calls
+        if global_hooks():
+            return False
+        return not any(m._forward_hooks or m._forward_pre_hooks for m in self.layers.values())
 
 
 def validate_spec(spec: dict[str, Any]) -> None:
