@@ -1,0 +1,127 @@
+"""The StaticModel's eager fast path (`surgery.fastpath.Plan`): same values as the node-by-node interpreter,
+fewer steps (ReLUs fused in place, sums accumulated into dead tensors), and never used where it could be seen
+(autograd, hooks, tracing)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_gated_surgery import NAMES, make, plan_of
+
+from deploymtl.surgery import gated as surgeon
+from deploymtl.surgery.graph import GraphBuilder, StaticModel
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _block(dilation: int = 1) -> StaticModel:
+    """stem conv -> relu -> [conv -> relu -> conv] + ds -> add -> relu; the stem relu is also an output."""
+    g = torch.Generator().manual_seed(0)
+    b = GraphBuilder()
+
+    def conv(name: str, x: str, cin: int, cout: int, k: int, d: int = 1) -> str:
+        return b.conv(name, x, torch.randn(cout, cin, k, k, generator=g), torch.randn(cout, generator=g),
+                      padding=d * (k // 2), dilation=d)
+
+    stem = b.relu("stem_relu", conv("stem", "image", 3, 8, 3))
+    h = b.relu("relu1", conv("conv1", stem, 8, 16, 3, dilation))
+    h = conv("conv2", h, 16, 16, 3, dilation)
+    out = b.relu("out", b.add("add", h, conv("ds", stem, 8, 16, 1)))
+    b.output("feat", stem)
+    b.output("y", out)
+    return b.build()
+
+
+def _reference(model: StaticModel, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    with torch.enable_grad():  # autograd on: the interpreter runs, one module call per node
+        return {k: v.detach() for k, v in model(x).items()}
+
+
+def test_plan_fuses_relus_and_accumulates_in_place() -> None:
+    model = _block()
+    x = torch.randn(2, 3, 12, 16)
+    with torch.inference_mode():
+        got = model(x)
+    plan = model._plan
+    assert plan is not None
+    # 8 nodes -> 5 steps: stem+relu, conv1+relu, conv2, ds, add(into conv2)+relu. The stem's relu is an output
+    # read by two convs, so it is a value of its own; nothing writes into it.
+    assert [fn.__qualname__.split(".")[0] for fn, *_ in plan.steps] == ["_conv"] * 4 + ["_add"]
+    assert len(plan.steps) == 5 and len(model._order) == 8
+    want = _reference(model, x)
+    for k in want:
+        assert torch.equal(got[k], want[k]), k  # bit-identical: same ops in the same order
+    assert torch.equal(got["feat"], torch.relu(torch.nn.functional.conv2d(
+        x, model.layers["stem"].weight, model.layers["stem"].bias, padding=1)))
+
+
+def test_input_is_not_modified() -> None:
+    model = _block()
+    x = torch.randn(1, 3, 12, 16)
+    before = x.clone()
+    with torch.inference_mode():
+        model(x)
+    assert torch.equal(x, before)
+
+
+def test_dilated_batch1_bias_added_after_the_conv_matches() -> None:
+    model = _block(dilation=2)
+    for batch in (1, 3):
+        x = torch.randn(batch, 3, 7, 9, generator=torch.Generator().manual_seed(batch))
+        with torch.inference_mode():
+            got = model(x)
+        want = _reference(model, x)
+        for k in want:
+            # batch 1: bias added after the native dilated kernel (rounding may differ); batch 3: the same call
+            assert torch.allclose(got[k], want[k], rtol=0, atol=1e-5), k
+            if batch > 1:
+                assert torch.equal(got[k], want[k]), k
+
+
+def test_hooks_autograd_and_export_see_the_interpreter() -> None:
+    model = _block()
+    x = torch.randn(1, 3, 12, 16)
+    seen: list[torch.Tensor] = []
+    handle = model.layers["conv2"].register_forward_hook(lambda _m, _i, out: seen.append(out))
+    try:
+        with torch.inference_mode():
+            model(x)
+    finally:
+        handle.remove()
+    assert model._plan is None  # the hook made forward interpret node by node
+    # The hooked conv2 output is the interpreter's own tensor: no later add/relu wrote into it.
+    h = torch.relu(torch.nn.functional.conv2d(torch.relu(torch.nn.functional.conv2d(
+        x, model.layers["stem"].weight, model.layers["stem"].bias, padding=1)), model.layers["conv1"].weight,
+        model.layers["conv1"].bias, padding=1))
+    assert torch.allclose(seen[0], torch.nn.functional.conv2d(h, model.layers["conv2"].weight,
+                                                              model.layers["conv2"].bias, padding=1), atol=1e-5)
+    out = model(x.requires_grad_())  # autograd: the interpreter, and a gradient flows
+    out["y"].sum().backward()
+    assert model._plan is None and x.grad is not None and x.grad.abs().sum() > 0
+    program = torch.export.export(model, (torch.randn(2, 3, 12, 16),), strict=False)
+    calls = [n for n in program.graph.nodes if n.op == "call_function" and "relu" in str(n.target)]
+    assert len(calls) == 3 and model._plan is None  # traced: one relu per relu node, module scopes intact
+    assert all(n.meta.get("nn_module_stack") for n in calls)
+
+
+@pytest.mark.parametrize("fold", ["auto", "never", "always"])
+def test_gated_graph_same_values_fewer_steps(fold: str) -> None:
+    model = make()
+    plan = plan_of(model, seed=3)
+    surgeon.apply_plan(model, plan)
+    static = surgeon.build_graph(model, plan, NAMES, {"fold_blends": fold}).build()
+    x = torch.randn(2, 3, 32, 40, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        got = static(x)
+    want = _reference(static, x)
+    for t in NAMES:
+        assert torch.equal(got[t], want[t]), t
+    relus = sum(1 for n in static.spec["nodes"] if n["op"] == "relu")
+    # Every relu of the gated graph reads a conv or add output read by nothing else: all fused.
+    assert len(static._plan.steps) == len(static._order) - relus
