@@ -31,12 +31,16 @@ pruning: the masked supernet also pays for BatchNorm and blends that FLOPs do no
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
+import io
+import logging
 import os
 import platform
 import statistics
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -181,17 +185,19 @@ def bench(cfg: dict[str, Any], batches: list[int], warmup: int, repeats: int, se
 def export_masked(model: torch.nn.Module, deployed: list[str], shape: tuple[int, int]) -> tuple[Any, str]:
     """The masked supernet (deployed mode) as an ONNX ModelProto with a symbolic batch, and how it was exported.
     Raises with both exporters' first error lines when neither can export it."""
-    import io
-
     import onnx
 
     from deploymtl.export.onnx import export_onnx
 
     h, w = shape
+    logging.disable(logging.CRITICAL)  # a failed torch.export logs the whole traced graph; its cause is kept below
     try:
-        return export_onnx(model, channels=3, height=h, width=w, outputs=deployed), "torch.export (dynamo=True)"
+        with contextlib.redirect_stderr(io.StringIO()):
+            return export_onnx(model, channels=3, height=h, width=w, outputs=deployed), "torch.export (dynamo=True)"
     except Exception as exc:  # noqa: BLE001 - recorded, then the tracer gets its chance
         first = str(exc).splitlines()[0][:300]
+    finally:
+        logging.disable(logging.NOTSET)
 
     class Outputs(torch.nn.Module):  # the tracer wants a tuple of outputs
         def __init__(self) -> None:
@@ -204,7 +210,8 @@ def export_masked(model: torch.nn.Module, deployed: list[str], shape: tuple[int,
 
     buf = io.BytesIO()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the tracer warns about the Python bool() it bakes in
             torch.onnx.export(Outputs().eval(), (torch.zeros(2, 3, h, w),), buf, dynamo=False, input_names=["image"],
                               output_names=deployed, opset_version=18,
                               dynamic_axes={"image": {0: "batch"}} | {t: {0: "batch"} for t in deployed})
