@@ -48,6 +48,7 @@ def _run(capsys, *args):
     (["--max-metric-drop", "-1"], "--max-metric-drop -1.0"),
     (["--opset", "13"], "--opset 13 is too old (expected >= 17)"),
     (["--int8-activations", "sideways"], "--int8-activations: unknown scheme 'sideways'"),
+    (["--int8-output-layers", "fp8"], "--int8-output-layers: unknown precision 'fp8'"),
     (["--target", "trt", "--precision", "int8", "--int8-activations", "asymmetric"],
      "--int8-activations asymmetric cannot feed TensorRT"),
 ])

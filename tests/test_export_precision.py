@@ -76,9 +76,15 @@ def test_int8_graph_is_symmetric_qdq_with_per_channel_weights(int8_strict):
              "_quantized")
     assert numpy_helper.to_array(inits[w.input[1]]).shape == (12,)  # one scale per output channel
     convs = [n.name for n in proto.graph.node if n.op_type in ("Conv", "Gemm")]
-    assert len(convs) == 11 and set(convs) <= set(quantized_ops(proto))  # every conv and the classifier run int8
+    # every conv runs int8 but the layer writing each task output (seg/depth head 1x1 conv, count classifier)
+    heads = ["layers.seg_out/Conv", "layers.depth_out/Conv", "layers.count_fc/Gemm"]
+    assert report["quantization"]["fp32_output_layers"] == heads
+    assert len(convs) == 11 and set(quantized_ops(proto)) & set(convs) == set(convs) - set(heads)
+    inits = {i.name for i in proto.graph.initializer}
+    assert all(n.input[1] in inits for n in proto.graph.node if n.name in heads)  # float weights, no DQ
     assert all(n.startswith("layers.") for n in convs)  # module scopes survive simplification and quantisation
     assert report["quantization"]["issues"] == [] and report["quantization"]["calibration_split"] == "train"
+    assert report["onnxruntime_cpu_lowering"]["uint8_tensors"] > 0  # ReLUs folded for the CPU session
 
 
 def test_int8_parity_figures_are_loose_but_close(int8_strict):
@@ -109,8 +115,11 @@ def test_asymmetric_int8_for_onnxruntime_cpu_and_the_api_gate_error(model_path, 
     """`int8_activations="asymmetric"`: uint8 activations with real zero points (not TensorRT-ready, said so)."""
     with pytest.raises(VerificationError, match="metric gate"):
         export_model(model_path, tmp_path / "o", precision="int8", batch="1:1:2", max_metric_drop=0.0,
-                     calibration_samples=8, simplify_graph=False, threads=1, int8_activations="asymmetric")
+                     calibration_samples=8, simplify_graph=False, threads=1, int8_activations="asymmetric",
+                     int8_output_layers="int8")
     report = json.loads((tmp_path / "o" / "export_report.json").read_text())
+    assert report["quantization"]["fp32_output_layers"] == []
+    assert report["quantization"]["quantized_nodes"] == 13  # --int8-output-layers int8: every layer (+2 Mul)
     assert report["quantization"]["calibration_samples"] == 8 and report["passes"] == []
     assert report["quantization"]["activations"] == "asymmetric" and report["quantization"]["issues"] == []
     assert all(o["passed"] for o in report["outputs"].values())

@@ -31,6 +31,9 @@ def export(
     int8_activations: str = typer.Option("symmetric", "--int8-activations",
                                          help="symmetric (TensorRT-ready) or asymmetric (ONNX Runtime CPU only, "
                                               "faster on x86)."),
+    int8_output_layers: str = typer.Option("fp32", "--int8-output-layers",
+                                           help="fp32 (default: each task head's last layer stays fp32, the "
+                                                "accuracy-sensitive one) or int8 (every layer quantised)."),
     quiet: bool = Quiet,
 ) -> None:
     """Export MODEL to ONNX or TensorRT, simplify, verify against PyTorch, write export_report.json."""
@@ -44,7 +47,7 @@ def export(
                           per_output=per_output, simplify_graph=not no_simplify, opset=opset,
                           calibration_samples=calibration_samples, max_metric_drop=max_metric_drop,
                           workspace_mb=workspace_mb, timing_cache=timing_cache, threads=threads,
-                          int8_activations=int8_activations, log=log)
+                          int8_activations=int8_activations, int8_output_layers=int8_output_layers, log=log)
     typer.echo(f"wrote {out_dir / report['artifact']} and {out_dir / 'export_report.json'}")
 
 

@@ -52,6 +52,7 @@ from .simplify import PASSES, simplify
 TARGETS = ("onnx", "trt")
 PRECISIONS = ("fp32", "fp16", "int8")
 INT8_ACTIVATIONS = ("symmetric", "asymmetric")
+INT8_OUTPUT_LAYERS = ("fp32", "int8")
 SUPERNET_FORMAT = "deploymtl.supernet/1"
 ONNX_NAME = "model.onnx"
 REPORT_NAME = "export_report.json"
@@ -207,14 +208,16 @@ def export_model(model_path: str | Path, out_dir: str | Path, *, target: str = "
                  opset: int | None = None, calibration_samples: int | None = None,
                  max_metric_drop: float | None = None, workspace_mb: int = 1024,
                  timing_cache: str | Path | None = None, threads: int | None = None,
-                 int8_activations: str = "symmetric", log: Callable[[str], None] = _echo_none) -> dict[str, Any]:
+                 int8_activations: str = "symmetric", int8_output_layers: str = "fp32",
+                 log: Callable[[str], None] = _echo_none) -> dict[str, Any]:
     """Export, verify and write `out_dir/{model.onnx|model.plan, model.parity.npz, export_report.json}`.
 
     Returns the report (also written). Raises DeploymtlError (exit 2) on bad input or an export the tools cannot
     do, VerificationError (exit 1) after writing everything when parity, the metric gate or a structural check
     fails. Defaults for batch, opset, calibration samples and max metric drop come from the model's recipe.
     `int8_activations="asymmetric"` (uint8 activations, ONNX Runtime CPU only) trades TensorRT compatibility for
-    speed on x86 CPUs, where ONNX Runtime runs symmetric int8 activations slower than fp32 (see `export.quantize`).
+    a little speed on x86 CPUs (see `export.quantize`). `int8_output_layers="fp32"` (default) keeps the layer that
+    writes each task output (the head's last 1x1 conv or classifier) in fp32, "int8" quantises it too.
     """
     t_start = time.perf_counter()
     out = check_options(target, precision, out_dir)
@@ -228,6 +231,9 @@ def export_model(model_path: str | Path, out_dir: str | Path, *, target: str = "
     if int8_activations not in INT8_ACTIVATIONS:
         raise DeploymtlError(f"--int8-activations: unknown scheme '{int8_activations}'",
                              hint=f"expected one of {', '.join(INT8_ACTIVATIONS)}")
+    if int8_output_layers not in INT8_OUTPUT_LAYERS:
+        raise DeploymtlError(f"--int8-output-layers: unknown precision '{int8_output_layers}'",
+                             hint=f"expected one of {', '.join(INT8_OUTPUT_LAYERS)}")
     if target == "trt" and int8_activations != "symmetric":
         raise DeploymtlError("--int8-activations asymmetric cannot feed TensorRT (it needs zero points of 0)",
                              hint="use symmetric (the default) with --target trt")
@@ -242,7 +248,8 @@ def export_model(model_path: str | Path, out_dir: str | Path, *, target: str = "
                          rtol=rtol, per_output=per_output, simplify_graph=simplify_graph, opset=opset,
                          calibration_samples=calibration_samples, max_metric_drop=max_metric_drop,
                          workspace_mb=workspace_mb, timing_cache=timing_cache, threads=threads, log=log,
-                         t_start=t_start, symmetric=int8_activations == "symmetric")
+                         t_start=t_start, symmetric=int8_activations == "symmetric",
+                         float_output_layers=int8_output_layers == "fp32")
         _move_into(staging, out, REPORT_NAME)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -257,7 +264,7 @@ def _export(model_path: str | Path, out: Path, staging: Path, *, target: str, pr
             per_output: Mapping[str, Mapping[str, float]] | None, simplify_graph: bool, opset: int | None,
             calibration_samples: int | None, max_metric_drop: float | None, workspace_mb: int,
             timing_cache: str | Path | None, threads: int | None, log: Callable[[str], None],
-            t_start: float, symmetric: bool = True) -> dict[str, Any]:
+            t_start: float, symmetric: bool = True, float_output_layers: bool = True) -> dict[str, Any]:
     timings: dict[str, float] = {}
     failures: list[str] = []
 
@@ -330,17 +337,18 @@ def _export(model_path: str | Path, out: Path, staging: Path, *, target: str, pr
 
         proto = convert_fp16(proto)
     elif precision == "int8":
-        from .quantize import check_qdq, quantize_int8, quantized_ops
+        from .quantize import check_qdq, output_layers, quantize_int8, quantized_ops
 
         calib = _take(sets["train"].images, n_calib)
         batches = [calib[k:k + CALIBRATION_BATCH] for k in range(0, len(calib), CALIBRATION_BATCH)]
-        proto = quantize_int8(proto, batches, symmetric_activations=symmetric)
+        float_layers = output_layers(proto) if float_output_layers else []
+        proto = quantize_int8(proto, batches, symmetric_activations=symmetric, exclude_nodes=float_layers)
         issues = check_qdq(proto, symmetric=symmetric)
         scheme = "int8 symmetric (TensorRT-ready)" if symmetric else "uint8 asymmetric (ONNX Runtime CPU only)"
         qdq = {"calibration_samples": n_calib, "calibration_split": "train", "method": "minmax",
                "scheme": f"{scheme} activations per tensor, int8 symmetric weights per channel, float bias",
                "activations": "symmetric" if symmetric else "asymmetric",
-               "quantized_nodes": len(quantized_ops(proto)), "issues": issues}
+               "quantized_nodes": len(quantized_ops(proto)), "fp32_output_layers": float_layers, "issues": issues}
         if issues:
             failures.append(f"Q/DQ graph violates its quantisation scheme: {issues[0]}")
     lap("precision", t0)

@@ -52,17 +52,18 @@ def quantize_int8(model: onnx.ModelProto, calibration: Iterable[np.ndarray], *, 
     Biases stay float (`quantize_bias=False`): TensorRT dequantizes only 8-bit (and narrower) types, not the int32
     biases ONNX Runtime would otherwise emit; it folds the float bias into the int8 convolution itself.
     `_drop_float_only_pairs` leaves every task output unrounded (always). `float_output_layers=True` also keeps
-    the layer that writes each task output (`output_layers`: the head's last Conv/Gemm, before any Resize) in fp32:
-    on the benchmark's pruned ResNet-18 the symmetric graph lost 1.02% depth abs error without it (gate 1%), 0.91%
-    with it; those are 1x1 convolutions with a handful of output channels, negligible time on either runtime. Off
-    by default: the exporter's contract is that every convolution and classifier runs int8.
+    the layer that writes each task output (`output_layers`: the head's last Conv/Gemm, before any Resize) in fp32
+    (the exporter's default, `--int8-output-layers fp32`): on the benchmark's pruned ResNet-18 the symmetric graph
+    lost 1.02% depth abs error with them in int8 (gate 1%), 0.92% without; they are 1x1 convolutions with a handful
+    of output channels, negligible time on either runtime.
     The symmetric graph is post-processed by `_private_qdq_pairs` (one Q->DQ pair per consumer, private zero
     points) so ONNX Runtime on x86, which converts int8 activations to uint8 (+128), fuses the convolutions that
     read a shared tensor (every residual block input) into QLinearConv too; before, 12 of 22 backbone convolutions
-    ran in fp32 and the graph ran at about fp32 speed. The ReLUs still run in fp32 there (DQ->Relu->Q: a zero point
-    of 128 cannot absorb them). `symmetric_activations=False` gives asymmetric uint8 activations for ONNX Runtime
-    on x86 CPUs only (TensorRT rejects them): the ReLUs vanish into the quantisation range as well, a little faster
-    still (`benchmarks/bench_export.py`). Allowing int8 kernels (`session.qdqisint8allowed`) runs ~8x slower.
+    ran in fp32 and the graph ran at about fp32 speed. The ReLUs of the file run in fp32 there (DQ->Relu->Q: a zero
+    point of 128 cannot absorb them); deploymtl's ONNX Runtime CPU sessions fold them into uint8 quantisation in
+    memory (`deploymtl.backends.ort_lowering`). `symmetric_activations=False` gives asymmetric uint8 activations for
+    ONNX Runtime on x86 CPUs only (TensorRT rejects them). Allowing int8 kernels (`session.qdqisint8allowed`) runs
+    ~8x slower.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
