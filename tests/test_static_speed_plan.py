@@ -125,3 +125,17 @@ def test_gated_graph_same_values_fewer_steps(fold: str) -> None:
     relus = sum(1 for n in static.spec["nodes"] if n["op"] == "relu")
     # Every relu of the gated graph reads a conv or add output read by nothing else: all fused.
     assert len(static._plan.steps) == len(static._order) - relus
+
+
+def test_a_copy_runs_its_own_weights() -> None:
+    import copy
+
+    model = _block()
+    x = torch.randn(2, 3, 12, 16)
+    with torch.inference_mode():
+        model(x)  # builds the plan
+        twin = copy.deepcopy(model)
+        twin.layers["conv2"].bias.add_(1.0)
+        assert twin._plan is None
+        assert not torch.equal(twin(x)["y"], model(x)["y"])
+        assert torch.equal(twin(x)["y"], _reference(twin, x)["y"])

@@ -147,6 +147,10 @@ class StaticModel(nn.Module):
             env[name] = self.layers[layer](*[env[i] for i in inputs])
         return {task: env[node] for task, node in self.outputs.items()}
 
+    def __getstate__(self) -> dict[str, Any]:
+        # The plan's closures hold this instance's layers: a copy (deepcopy, pickle) builds its own on first use.
+        return {**self.__dict__, "_plan": None}
+
     def _plan_usable(self) -> bool:
         if torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.jit.is_tracing():
             return False  # autograd needs the un-mutated intermediates; tracers need module calls
