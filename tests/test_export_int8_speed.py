@@ -140,7 +140,7 @@ def test_cpu_lowering_folds_the_relus_into_uint8(fp32: onnx.ModelProto, tmp_path
 
     q8 = quantize.quantize_int8(fp32, _calibration())
     n_relu = sum(n.op_type == "Relu" for n in q8.graph.node)
-    lowered, counts = lower_for_cpu(q8)
+    lowered, counts = lower_for_cpu(q8, block=16)  # 11, 13 < 16: no padding here (see the padding tests)
     folded = counts["uint8_tensors"]
     # every ReLU but b1_relu, whose output "feat" is a graph output (its float value must stay exact)
     assert folded == n_relu - 1 == 4
@@ -167,7 +167,7 @@ def test_cpu_lowering_folds_the_relus_into_uint8(fp32: onnx.ModelProto, tmp_path
     assert all(0 < e < 0.05 * float(np.abs(r).max()) for e, r in zip(err_low, ref, strict=True))
     assert max(err_low) <= 1.5 * max(err_file)
 
-    assert lower_for_cpu(q8)[1]["padded_convs"] == 0  # int8 convolutions read DQ weights: not padded
+
 
 
 def test_ort_runner_lowers_int8_files_on_cpu_only(fp32: onnx.ModelProto, tmp_path: Path) -> None:
@@ -180,7 +180,7 @@ def test_ort_runner_lowers_int8_files_on_cpu_only(fp32: onnx.ModelProto, tmp_pat
     onnx.save(q8, path)
     x = np.random.default_rng(2).standard_normal((2, 3, H, W)).astype(np.float32)
     lowered, as_file = OrtRunner(path, threads=1), OrtRunner(path, threads=1, lower=False)
-    assert (lowered.lowering, as_file.lowering) == ({"padded_convs": 0, "uint8_tensors": 4}, {})
+    assert (lowered.lowering["uint8_tensors"], as_file.lowering) == (4, {})
     a, b = lowered.infer(x), as_file.infer(x)
     assert set(a) == {"out", "feat"}
     for name in ("out", "feat"):  # a rounding step here and there, no more
@@ -204,7 +204,7 @@ def test_cpu_lowering_carries_uint8_through_maxpool(tmp_path: Path) -> None:
     b.output("head", _conv(b, "head", y, C, 3, k=1))
     proto = export_onnx(b.build().eval(), channels=3, height=H, width=W, outputs=["out", "head"])
     q8 = quantize.quantize_int8(proto, _calibration())
-    lowered, counts = lower_for_cpu(q8)
+    lowered, counts = lower_for_cpu(q8, block=16)
     assert counts["uint8_tensors"] == 2  # the stem ReLU's tensor and the pooled one; relu2 writes a graph output: kept
     fused = _optimized_ops(lowered, tmp_path)
     assert fused["QLinearConv"] == 2 and fused["Relu"] == 1 and fused["MaxPool"] == 0
@@ -234,3 +234,29 @@ def test_cpu_lowering_pads_odd_channel_counts(fp32: onnx.ModelProto, tmp_path: P
     assert lower_for_cpu(fp32, block=1) == (fp32, {"padded_convs": 0, "uint8_tensors": 0})
     # narrower than AVX-512's block of 16: padding would add more than half the work again, so it is left alone
     assert lower_for_cpu(fp32, block=16) == (fp32, {"padded_convs": 0, "uint8_tensors": 0})
+
+
+def test_cpu_lowering_pads_int8_convolutions_through_their_qdq(fp32: onnx.ModelProto, tmp_path: Path) -> None:
+    """int8: the padded filters are int8 zeros with scale 1 and zero point 0 in the weight DQ, the reader's weight
+    gets zero columns; activation Q/DQ pairs are per tensor and stay as they are; the values do not change."""
+    from deploymtl.backends.ort_lowering import lower_for_cpu
+
+    q8 = quantize.quantize_int8(fp32, _calibration())
+    plain, _ = lower_for_cpu(q8, block=16)
+    padded, counts = lower_for_cpu(q8, block=8)
+    assert counts == {"padded_convs": 2, "uint8_tensors": 4}
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in padded.graph.initializer}
+    producer = {o: n for n in padded.graph.node for o in n.output}
+    conv1 = next(n for n in padded.graph.node if n.name == "layers.b0_conv1/Conv")
+    w_dq = producer[conv1.input[1]]
+    w, scale, zp = (inits[i] for i in w_dq.input)
+    assert w.dtype == np.int8 and w.shape[0] == scale.shape[0] == zp.shape[0] == 16
+    assert not w[11:].any() and (scale[11:] == 1).all() and not zp[11:].any() and not inits[conv1.input[2]][11:].any()
+    conv2 = next(n for n in padded.graph.node if n.name == "layers.b0_conv2/Conv")
+    w2 = inits[producer[conv2.input[1]].input[0]]
+    assert w2.shape[1] == 16 and not w2[:, 11:].any()
+    assert _optimized_ops(padded, tmp_path)["QLinearConv"] == 6
+    x = np.random.default_rng(4).standard_normal((2, 3, H, W)).astype(np.float32)
+    for a, b in zip(_run(plain, x, ort.GraphOptimizationLevel.ORT_ENABLE_ALL),
+                    _run(padded, x, ort.GraphOptimizationLevel.ORT_ENABLE_ALL), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -31,6 +31,8 @@ values differ from the file's by the dropped first rounding (one rounding instea
 values above the calibrated range clip at 255*s2 instead of 127*s2. That is what a fused Conv+ReLU+Q computes on
 TensorRT too, and the export verifies (parity and the task-metric gate) through this same lowering, so the
 figures in export_report.json are the figures of what ONNX Runtime runs. The file on disk is never changed.
+The asymmetric (uint8) graph keeps its ReLUs in the file too (`quantize_int8`); there Q1 has a real zero point
+and Q2 already a uint8 zero point 0, and the same rewrite drops the requantisation between them.
 """
 
 from __future__ import annotations
@@ -44,12 +46,21 @@ def _const(inits: dict[str, onnx.TensorProto], name: str) -> np.ndarray | None:
     return numpy_helper.to_array(inits[name]) if name in inits else None
 
 
-def _symmetric_int8_q(node: onnx.NodeProto | None, inits: dict[str, onnx.TensorProto]) -> bool:
-    """An activation QuantizeLinear with a constant per-tensor scale and a constant int8 zero point 0."""
+def _activation_q(node: onnx.NodeProto | None, inits: dict[str, onnx.TensorProto]) -> bool:
+    """An activation QuantizeLinear with a constant per-tensor scale and a constant zero point."""
     if node is None or node.op_type != "QuantizeLinear" or len(node.input) < 3 or node.input[0] in inits:
         return False
     scale, zp = _const(inits, node.input[1]), _const(inits, node.input[2])
-    return scale is not None and scale.size == 1 and zp is not None and zp.dtype == np.int8 and not zp.any()
+    return scale is not None and scale.size == 1 and zp is not None and zp.size == 1
+
+
+def _zero_point_0_q(node: onnx.NodeProto | None, inits: dict[str, onnx.TensorProto]) -> bool:
+    """An activation Q with zero point 0: int8 (the symmetric scheme) or uint8 (what a ReLU output gets in the
+    asymmetric one)."""
+    if not _activation_q(node, inits):
+        return False
+    zp = _const(inits, node.input[2])
+    return zp.dtype in (np.int8, np.uint8) and not zp.any()
 
 
 # Ops whose output is non-negative when their input is, and around which ONNX Runtime drops a Q/DQ pair of
@@ -73,10 +84,10 @@ class _Graph:
         self.zero_points: list[onnx.TensorProto] = []
 
     def uint8_group(self, tensor: str) -> list[onnx.NodeProto] | None:
-        """The Qs reading `tensor` if it can be requantised to uint8: read only by symmetric int8 Qs of one
-        scale, each read only by DQs, none of it a graph output."""
+        """The Qs reading `tensor` if it can be requantised to uint8: read only by zero-point-0 Qs of one scale,
+        each read only by DQs, none of it a graph output."""
         qs = self.readers.get(tensor, [])
-        if not qs or tensor in self.outputs or not all(_symmetric_int8_q(q, self.inits) for q in qs):
+        if not qs or tensor in self.outputs or not all(_zero_point_0_q(q, self.inits) for q in qs):
             return None
         if len({float(_const(self.inits, q.input[1])) for q in qs}) != 1:
             return None
@@ -130,7 +141,7 @@ def fold_relu_into_uint8(model: onnx.ModelProto) -> int:
     for relu in [n for n in g.graph.node if n.op_type == "Relu"]:
         dq1 = g.producer.get(relu.input[0])
         q1 = g.producer.get(dq1.input[0]) if dq1 is not None and dq1.op_type == "DequantizeLinear" else None
-        if not _symmetric_int8_q(q1, g.inits) or q1.output[0] in g.outputs or dq1.output[0] in g.outputs:
+        if not _activation_q(q1, g.inits) or q1.output[0] in g.outputs or dq1.output[0] in g.outputs:
             continue
         if len(g.readers.get(q1.output[0], [])) != 1 or len(g.readers.get(dq1.output[0], [])) != 1:
             continue  # the int8 value before the ReLU is read elsewhere too: it must stay
@@ -156,51 +167,96 @@ def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
     return next((int(onnx.helper.get_attribute_value(a)) for a in node.attribute if a.name == name), default)
 
 
+def _weight(g: _Graph, conv: onnx.NodeProto) -> tuple[onnx.NodeProto, int, onnx.NodeProto | None] | None:
+    """Where a Conv's constant weight values live: (node, input index, weight DQ or None). A float weight is the
+    Conv's own initializer; an int8 one the initializer of a per-output-channel DequantizeLinear (axis 0)."""
+    if conv.op_type != "Conv" or _attr(conv, "group", 1) != 1:
+        return None
+    if conv.input[1] in g.inits:
+        return conv, 1, None
+    dq = g.producer.get(conv.input[1])
+    if dq is None or dq.op_type != "DequantizeLinear" or _attr(dq, "axis", 1) != 0 \
+            or not all(i in g.inits for i in dq.input) or len(g.readers[dq.output[0]]) != 1:
+        return None
+    return dq, 0, dq
+
+
+def _conv_readers(g: _Graph, conv: onnx.NodeProto) -> list[onnx.NodeProto] | None:
+    """The Convs that read `conv`'s output as their data input, through single-reader ReLUs and (int8) activation
+    Q -> DQ pairs, if nothing else reads it and it is no graph output; else None."""
+    tensor = conv.output[0]
+    while len(g.readers.get(tensor, [])) == 1 and g.readers[tensor][0].op_type == "Relu" and tensor not in g.outputs:
+        tensor = g.readers[tensor][0].output[0]
+    if tensor in g.outputs:
+        return None
+    inputs, pending = [], list(g.readers.get(tensor, []))
+    for node in pending:
+        if _activation_q(node, g.inits) and node.output[0] not in g.outputs:
+            dqs = g.readers.get(node.output[0], [])
+            if any(d.op_type != "DequantizeLinear" or d.output[0] in g.outputs for d in dqs):
+                return None
+            inputs += [(d.output[0], r) for d in dqs for r in g.readers.get(d.output[0], [])]
+        else:
+            inputs.append((tensor, node))
+    readers = [r for _, r in inputs]
+    if not readers or any(r.input[0] != name or _weight(g, r) is None for name, r in inputs):
+        return None
+    return readers
+
+
 def pad_conv_channels(model: onnx.ModelProto, multiple: int) -> int:
-    """Pad every float Conv whose output channel count is not a multiple of `multiple` with zero filters, when
-    its output reaches only float Convs (directly or through single-reader ReLUs) whose matching input columns are
-    padded with zeros; in place; returns the number of convolutions padded. A Conv writing a graph output, read by
-    anything else (Add, Concat, a Q/DQ) or grouped is left alone, and so is one narrower than `multiple` or that
-    padding would widen by more than half (45 -> 48 and 23 -> 32 are padded; 8 -> 16 and 17 -> 32 are not: on the
-    tiny Aux-NAS model, padding 8 -> 16 made ONNX Runtime about 10% slower)."""
+    """Pad every Conv (float, or int8 through a weight DQ) whose output channel count is not a multiple of
+    `multiple` with zero filters, when its output reaches only Convs (through single-reader ReLUs and activation
+    Q/DQ pairs, which are per tensor) whose matching input columns are padded with zeros; in place; returns the
+    number of convolutions padded. An int8 filter pads with weight 0, scale 1, zero point 0. A Conv writing a graph
+    output, read by anything else (Add, Concat) or grouped is left alone, and so is one narrower than `multiple` or
+    that padding would widen by more than half (45 -> 48 and 23 -> 32 are padded; 8 -> 16 and 17 -> 32 are not: on
+    the tiny Aux-NAS model, padding 8 -> 16 made ONNX Runtime about 10% slower)."""
     g = _Graph(model)
 
-    def is_float_conv(node: onnx.NodeProto) -> bool:
-        return node.op_type == "Conv" and _attr(node, "group", 1) == 1 and node.input[1] in g.inits
+    def value(node: onnx.NodeProto, k: int) -> np.ndarray:
+        return numpy_helper.to_array(g.inits[node.input[k]])
 
-    def set_init(node: onnx.NodeProto, k: int, value: np.ndarray) -> None:
+    def set_init(node: onnx.NodeProto, k: int, array: np.ndarray) -> None:
         name = node.input[k]
         if len(g.readers[name]) > 1:  # shared (the exporter dedupes equal constants): give this node its own copy
             g.readers[name].remove(node)
             name = node.input[k] = f"{name}/padded/{node.name}"
             g.readers[name] = [node]
-            g.graph.initializer.append(numpy_helper.from_array(value, name))
+            g.graph.initializer.append(numpy_helper.from_array(array, name))
             g.inits[name] = g.graph.initializer[-1]
         else:
-            g.inits[name].CopyFrom(numpy_helper.from_array(value, name))
+            g.inits[name].CopyFrom(numpy_helper.from_array(array, name))
+
+    def pad(node: onnx.NodeProto, k: int, extra: int, axis: int, fill: float = 0) -> None:
+        a = value(node, k)
+        shape = list(a.shape)
+        shape[axis] = extra
+        set_init(node, k, np.concatenate([a, np.full(shape, fill, a.dtype)], axis=axis))
 
     padded = 0
-    for conv in [n for n in g.graph.node if is_float_conv(n)]:
-        weight = numpy_helper.to_array(g.inits[conv.input[1]])
-        cout = weight.shape[0]
-        extra = -cout % multiple
-        if cout < multiple or extra > cout // 2:
-            continue  # padding would add half or more of the work again (8 -> 16 doubles it): ORT is faster as is
-        tensor = conv.output[0]
-        while len(g.readers.get(tensor, [])) == 1 and g.readers[tensor][0].op_type == "Relu" \
-                and tensor not in g.outputs:
-            tensor = g.readers[tensor][0].output[0]
-        readers = g.readers.get(tensor, [])
-        if not extra or not readers or tensor in g.outputs \
-                or not all(is_float_conv(r) and list(r.input).index(tensor) == 0 for r in readers):
+    for conv in list(g.graph.node):
+        where = _weight(g, conv)
+        if where is None or (len(conv.input) > 2 and conv.input[2] and conv.input[2] not in g.inits):
             continue
-        set_init(conv, 1, np.concatenate([weight, np.zeros((extra, *weight.shape[1:]), weight.dtype)]))
+        holder, k, dq = where
+        cout = value(holder, k).shape[0]
+        extra = -cout % multiple
+        if not extra or cout < multiple or extra > cout // 2:
+            continue  # padding would add half or more of the work again (8 -> 16 doubles it): ORT is faster as is
+        readers = _conv_readers(g, conv)
+        if readers is None:
+            continue
+        pad(holder, k, extra, 0)
+        if dq is not None:  # per-output-channel scale and zero point
+            pad(dq, 1, extra, 0, fill=1)
+            if len(dq.input) > 2 and dq.input[2]:
+                pad(dq, 2, extra, 0)
         if len(conv.input) > 2 and conv.input[2]:
-            bias = numpy_helper.to_array(g.inits[conv.input[2]])
-            set_init(conv, 2, np.concatenate([bias, np.zeros(extra, bias.dtype)]))
+            pad(conv, 2, extra, 0)
         for r in readers:
-            w = numpy_helper.to_array(g.inits[r.input[1]])
-            set_init(r, 1, np.concatenate([w, np.zeros((w.shape[0], extra, *w.shape[2:]), w.dtype)], axis=1))
+            r_holder, r_k, _ = _weight(g, r)
+            pad(r_holder, r_k, extra, 1)
         padded += 1
     if padded:
         del g.graph.value_info[:]  # intermediate shapes changed; ORT re-infers them
@@ -212,6 +268,6 @@ def lower_for_cpu(model: onnx.ModelProto, block: int | None = None) -> tuple[onn
     {"padded_convs": n, "uint8_tensors": m}; with nothing to rewrite, `model` itself (not a copy)."""
     lowered = onnx.ModelProto()
     lowered.CopyFrom(model)
-    counts = {"padded_convs": pad_conv_channels(lowered, block or simd_block()),
-              "uint8_tensors": fold_relu_into_uint8(lowered)}
+    folded = fold_relu_into_uint8(lowered)  # first: padding then sees Conv -> Relu -> Q -> DQ -> Conv
+    counts = {"padded_convs": pad_conv_channels(lowered, block or simd_block()), "uint8_tensors": folded}
     return (lowered, counts) if any(counts.values()) else (model, counts)
