@@ -126,3 +126,15 @@ def test_asymmetric_int8_for_onnxruntime_cpu_and_the_api_gate_error(model_path, 
     proto = onnx.load(tmp_path / "o" / "model.onnx")
     assert check_qdq(proto, symmetric=False) == []
     assert any("zero point is not 0" in i or "uint8" in i for i in check_qdq(proto))  # not for TensorRT
+
+
+def test_asymmetric_int8_keeps_its_relus_before_fp32_output_layers(model_path, tmp_path):
+    """Regression: onnxruntime.quantization's asymmetric scheme deleted each ReLU and left its clamp to the next Q/DQ
+    pair, which is dropped before a float output layer: the head lost its ReLU (parity max_abs ~3). The ReLUs now
+    stay in the file (`QDQKeepRemovableActivations`), and ORT folds them on the CPU."""
+    report = export_model(model_path, tmp_path / "o", precision="int8", batch="1:1:2", calibration_samples=8,
+                          simplify_graph=False, threads=1, int8_activations="asymmetric", max_metric_drop=0.05)
+    assert report["quantization"]["fp32_output_layers"]
+    assert all(o["passed"] and o["cosine"] > 0.999 for o in report["outputs"].values())
+    proto = onnx.load(tmp_path / "o" / "model.onnx")
+    assert sum(n.op_type == "Relu" for n in proto.graph.node) > 0

@@ -84,8 +84,11 @@ def quantize_int8(model: onnx.ModelProto, calibration: Iterable[np.ndarray], *, 
                 str(src), str(dst), _Reader(batches), quant_format=QuantFormat.QDQ, per_channel=per_channel,
                 activation_type=QuantType.QInt8 if symmetric_activations else QuantType.QUInt8,
                 weight_type=QuantType.QInt8, calibrate_method=methods[method], nodes_to_exclude=excluded,
+                # QDQKeepRemovableActivations: by default the asymmetric scheme deletes each ReLU and leaves its
+                # clamp to the next Q/DQ pair, which `_drop_float_only_pairs` may remove (a float output layer's
+                # input): the ReLU would be lost. Kept in the file, ORT still folds them (ReluQuantFusion).
                 extra_options={"ActivationSymmetric": symmetric_activations, "WeightSymmetric": True,
-                               "QuantizeBias": quantize_bias},
+                               "QuantizeBias": quantize_bias, "QDQKeepRemovableActivations": True},
             )
         out = onnx.load(str(dst))
     _drop_float_only_pairs(out)
