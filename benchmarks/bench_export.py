@@ -13,7 +13,9 @@ Models (built from the families' own layers and surgery registry, so they are wh
   heads (rates 6/12/18/24, hidden 256), untrained; exported fp32 with simplification and full verification
   (batch 1:1:2) through `export_model`, timed end to end.
 
-Latency: median of `--repeats` runs after 2 warm-ups, `--threads` intra-op threads (ORT and torch), batch 1 and 8.
+Latency: median of about `--repeats` runs per model, taken in turns (blocks of 5 timed runs after 2 untimed ones
+in a fresh session, models alternating, see `latency_table`), `--threads` intra-op threads (ORT and torch), batch 1
+and 8.
 `ort_*` is what deploymtl runs on ONNX Runtime CPU (`OrtRunner`: the graph lowered in memory by
 `deploymtl.backends.ort_lowering`: fp32 odd channel counts padded to the SIMD block, int8 ReLUs folded into uint8
 quantisation); `*_file_as_is` is the same file in a plain onnxruntime session. GFLOP/s count the model's own FLOPs
@@ -129,19 +131,9 @@ def train(model: StaticModel, data: DataConfig, steps: int, batch: int = 8) -> d
             "final_loss": float(loss.detach())}
 
 
-def _median_latency(fn, repeats: int) -> float:
-    fn()
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def ort_session(path_or_proto, threads: int, lower: bool = False):
-    """A CPU session on the file as it is, or (`lower`) as deploymtl's OrtRunner runs it (backends.ort_lowering)."""
+    """A CPU session (default settings, as served) on the file as it is, or (`lower`) as deploymtl's OrtRunner runs
+    it (backends.ort_lowering)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -152,26 +144,41 @@ def ort_session(path_or_proto, threads: int, lower: bool = False):
     return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
-def latency_table(models: dict, torch_model: nn.Module, shape: tuple[int, int, int], threads: int,
-                  repeats: int, flops: float) -> dict:
+BLOCK = 5  # timed runs per model per round
+
+
+def latency_table(onnx_models: dict, torch_models: dict[str, nn.Module], shape: tuple[int, int, int], threads: int,
+                  repeats: int) -> dict[str, dict[str, float]]:
+    """Median ms per model at batch 1 and 8. Models take turns in blocks for ceil(repeats / BLOCK) rounds, so that
+    drifting background load on a shared machine hits them alike; within a block a model runs alone, as served:
+    its ORT session is created for the block (2 untimed runs, then `BLOCK` timed ones) and deleted after it, since
+    an idle session's spinning thread pool would steal the cores from the next. `onnx_models`: name -> (path or
+    proto, lower); `torch_models`: name -> module (eager, inference mode)."""
     torch.set_num_threads(threads)
     rows = {}
     for batch in (1, 8):
         x = np.random.default_rng(batch).standard_normal((batch, *shape)).astype(np.float32)
-        row = {}
-        for name, model in models.items():
-            sess = ort_session(model, threads, lower=not name.endswith("_file_as_is"))
-            row[name] = _median_latency(lambda s=sess, x=x: s.run(None, {"image": x}), repeats)
-            del sess  # its spinning intra-op threads would otherwise steal the cores from the next measurement
-            gc.collect()
+        xt = torch.from_numpy(x)
+        times: dict[str, list[float]] = {k: [] for k in [*onnx_models, *torch_models]}
+
+        def block(name: str, fn, times: dict[str, list[float]] = times) -> None:
+            fn()
+            fn()
+            for _ in range(BLOCK):
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+
         with torch.inference_mode():
-            xt = torch.from_numpy(x)
-            row["torch_eager_fp32"] = _median_latency(lambda xt=xt: torch_model(xt), repeats)
-        entry = {f"{k}_ms": round(v * 1e3, 3) for k, v in row.items()}
-        base = row["ort_fp32"]
-        entry.update({f"speedup_{k}_vs_ort_fp32": round(base / v, 3) for k, v in row.items() if k != "ort_fp32"})
-        entry["ort_fp32_gflops_per_s"] = round(flops * batch / base / 1e9, 1)
-        rows[f"batch_{batch}"] = entry
+            for _ in range(-(-repeats // BLOCK)):
+                for name, (src, lower) in onnx_models.items():
+                    sess = ort_session(src, threads, lower=lower)
+                    block(name, lambda s=sess, x=x: s.run(None, {"image": x}))
+                    del sess
+                    gc.collect()
+                for name, m in torch_models.items():
+                    block(name, lambda m=m, xt=xt: m(xt))
+        rows[f"batch_{batch}"] = {f"{k}_ms": round(statistics.median(v) * 1e3, 3) for k, v in times.items()}
     return rows
 
 
@@ -198,31 +205,40 @@ def bench_pruned(args: argparse.Namespace, work: Path) -> dict:
     stack = conv_stack(flops, h, w)
     stack_flops = flops_per_image(stack, 3, h, w)
     from deploymtl.export.onnx import export_onnx
-
-    stack_proto = export_onnx(stack, channels=3, height=h, width=w, outputs=["out"])
-    # ort_*: what deploymtl's OrtRunner runs (fp32 odd widths padded, int8 ReLUs folded into uint8);
-    # *_file_as_is: the same ONNX files in a plain onnxruntime session
-    models = {"ort_fp32": work / "fp32" / "model.onnx", "ort_int8_symmetric": work / "int8" / "model.onnx",
-              "ort_int8_asymmetric_u8": work / "int8_asym" / "model.onnx",
-              "ort_fp32_file_as_is": work / "fp32" / "model.onnx",
-              "ort_int8_symmetric_file_as_is": work / "int8" / "model.onnx"}
-    lat = latency_table(models, model, (3, h, w), args.threads, args.repeats, flops)
-    # the yardstick's own int8 speed-up, quantised the same way (symmetric, calibrated on the same scenes)
     from deploymtl.export.quantize import quantize_int8
 
+    stack_proto = export_onnx(stack, channels=3, height=h, width=w, outputs=["out"])
+    # the yardstick's own int8 speed-up, quantised the same way (symmetric, calibrated on the same scenes)
     calib = build_datasets(DataConfig(**data), TASKS)["train"].images[:64]
     stack_int8 = quantize_int8(stack_proto, [np.asarray(calib[k:k + 8]) for k in range(0, len(calib), 8)])
-    stack_lat = latency_table({"ort_fp32": stack_proto, "ort_int8_symmetric": stack_int8}, stack, (3, h, w),
-                              args.threads, args.repeats, stack_flops)
-    ratio = {b: round(lat[b]["ort_fp32_gflops_per_s"] / stack_lat[b]["ort_fp32_gflops_per_s"], 3) for b in lat}
     # the same pruning with kept widths rounded up to 16 (ORT's AVX-512 NCHWc block): time per *nominal* FLOP
-    from deploymtl.export.onnx import export_onnx as _export
-
     rounded = build_resnet(cfg, TASKS, keep=0.7, round_to=16)
     r_flops = flops_per_image(rounded, 3, h, w)
-    r_lat = latency_table({"ort_fp32": _export(rounded, channels=3, height=h, width=w,
-                                               outputs=[t.name for t in TASKS])}, rounded, (3, h, w), args.threads,
-                          args.repeats, r_flops)
+    r_proto = export_onnx(rounded, channels=3, height=h, width=w, outputs=[t.name for t in TASKS])
+    # ort_*: what deploymtl's OrtRunner runs (odd widths padded, int8 ReLUs folded into uint8);
+    # *_file_as_is: the same ONNX files in a plain onnxruntime session
+    onnx_models = {"ort_fp32": (work / "fp32" / "model.onnx", True),
+                   "ort_int8_symmetric": (work / "int8" / "model.onnx", True),
+                   "ort_int8_asymmetric_u8": (work / "int8_asym" / "model.onnx", True),
+                   "ort_fp32_file_as_is": (work / "fp32" / "model.onnx", False),
+                   "ort_int8_symmetric_file_as_is": (work / "int8" / "model.onnx", False),
+                   "stack_ort_fp32": (stack_proto, True), "stack_ort_int8_symmetric": (stack_int8, True),
+                   "rounded16_ort_fp32": (r_proto, True)}
+    table = latency_table(onnx_models, {"torch_eager_fp32": model}, (3, h, w), args.threads, args.repeats)
+    lat, stack_lat, r_lat = {}, {}, {}
+    for key, ms in table.items():
+        batch = int(key.split("_")[1])
+        mine = {k: v for k, v in ms.items() if not k.startswith(("stack_", "rounded16_"))}
+        base = mine["ort_fp32_ms"]
+        lat[key] = mine | {f"speedup_{k[:-3]}_vs_ort_fp32": round(base / v, 3) for k, v in mine.items()
+                           if k != "ort_fp32_ms"} | {"ort_fp32_gflops_per_s": round(flops * batch / base / 1e6, 1)}
+        s_fp32, s_int8 = ms["stack_ort_fp32_ms"], ms["stack_ort_int8_symmetric_ms"]
+        stack_lat[key] = {"ort_fp32_ms": s_fp32, "ort_int8_symmetric_ms": s_int8,
+                          "speedup_ort_int8_symmetric_vs_ort_fp32": round(s_fp32 / s_int8, 3),
+                          "ort_fp32_gflops_per_s": round(stack_flops * batch / s_fp32 / 1e6, 1)}
+        r_lat[key] = {"ort_fp32_ms": ms["rounded16_ort_fp32_ms"],
+                      "ort_fp32_gflops_per_s": round(r_flops * batch / ms["rounded16_ort_fp32_ms"] / 1e6, 1)}
+    ratio = {b: round(lat[b]["ort_fp32_gflops_per_s"] / stack_lat[b]["ort_fp32_gflops_per_s"], 3) for b in lat}
     return {
         "model": {"layout": "Deeplab-ResNet-18 [2,2,2,2], width 32, inner widths 70% kept (odd)", "input": [3, h, w],
                   "gflops_per_image": round(flops / 1e9, 3),
@@ -231,8 +247,11 @@ def bench_pruned(args: argparse.Namespace, work: Path) -> dict:
         "int8_metrics": {"symmetric": reports["int8"].get("metrics"),
                          "asymmetric_u8": reports["int8_asym"].get("metrics")},
         "parity": {p: reports[p]["outputs"] for p in reports},
+        "onnxruntime_cpu_lowering": {p: reports[p].get("onnxruntime_cpu_lowering") for p in reports},
         "conv_stack": {"gflops_per_image": round(stack_flops / 1e9, 3), "latency": stack_lat},
         "static_vs_conv_stack_gflops_ratio": ratio,
+        "static_as_is_vs_conv_stack_gflops_ratio": {
+            b: round(ratio[b] * lat[b]["ort_fp32_ms"] / lat[b]["ort_fp32_file_as_is_ms"], 3) for b in lat},
         "rounded_to_16": {"gflops_per_image": round(r_flops / 1e9, 3), "latency": r_lat,
                           "gflops_ratio_vs_conv_stack": {
                               b: round(r_lat[b]["ort_fp32_gflops_per_s"] / stack_lat[b]["ort_fp32_gflops_per_s"], 3)
