@@ -162,7 +162,7 @@ def bench(cfg: dict[str, Any], batches: list[int], warmup: int, repeats: int, se
         fns: dict[str, Callable[[], Any]] = {"masked": lambda x=x: model(x), "static": lambda x=x: static(x)}
         if per_task is not None:
             fns["per_task"] = lambda x=x: [m(x) for m in per_task.values()]
-        t = time_ms(fns, warmup, repeats if batch == 1 else max(3, repeats // 2))
+        t = time_ms(fns, warmup, repeats)
         ms = {k: v["median"] for k, v in t.items()}
         ratio = ms["static"] / ms["masked"]
         key = str(batch)
@@ -258,7 +258,7 @@ def bench_ort(model: torch.nn.Module, static: torch.nn.Module, deployed: list[st
     for batch in batches:
         x = np.random.default_rng(seed + batch).standard_normal((batch, 3, h, w), dtype=np.float32)
         fns = {name: (lambda s=s, x=x: s.run(deployed, {"image": x})) for name, s in sessions.items()}
-        t = time_ms(fns, warmup, repeats if batch == 1 else max(3, repeats // 2))
+        t = time_ms(fns, warmup, repeats)
         ms = {k: v["median"] for k, v in t.items()}
         ratio = ms["static"] / ms["masked"]
         key = str(batch)
@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--height", type=int, default=64, help="input height of the paper-scale configs")
     ap.add_argument("--width", type=int, default=80, help="input width of the paper-scale configs")
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--repeats", type=int, default=15, help="timed runs per model and batch (interleaved)")
     ap.add_argument("--only", default="", help="run configs whose name contains this (e.g. tiny, resnet34, gated)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-ort", action="store_true", help="skip the ONNX Runtime measurement (step 6)")
