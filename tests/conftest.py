@@ -18,3 +18,12 @@ def cli(monkeypatch):
         return main(list(args))
 
     return run
+
+
+@pytest.fixture()
+def one_thread():
+    """One intra-op thread for the test, restored after it: other code (CLI commands, the trainer) sets its own."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -21,13 +21,7 @@ TASKS = [TaskSpec(name="seg", kind="segmentation", channels=5), TaskSpec(name="d
 MODEL = {"width": 4, "head_hidden": 8}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These models are tiny: one thread is as fast, and avoids OpenMP spinning on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def make(search: dict | None = None, model: dict | None = None) -> gated.GatedSupernet:

@@ -25,13 +25,7 @@ NAMES = [t.name for t in TASKS]
 MODEL = {"blocks": [2, 1, 1, 1], "width": 8, "head_hidden": 8}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These models are tiny: one thread is as fast, and avoids OpenMP spinning on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def make(head: str = "light") -> GatedSupernet:

@@ -11,13 +11,7 @@ from test_gated_surgery import NAMES, make, plan_of
 from deploymtl.surgery import gated as surgeon
 from deploymtl.surgery.graph import GraphBuilder, StaticModel
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _block(dilation: int = 1) -> StaticModel:
