@@ -3,13 +3,14 @@
 The exported file stays what every runtime reads (TensorRT included); `lower_for_cpu` applies two rewrites for
 the CPU session only, each keeping what the graph computes (see each for the exact numerical effect):
 
-1. `pad_conv_channels` (fp32): pruning leaves odd channel counts (17, 45, ...). ORT's fast NCHWc convolutions
-   (MLAS) take only channel counts that are multiples of the SIMD block (16 floats with AVX-512, 8 with AVX2);
-   any other count falls back to the generic im2col path. Zero filters pad such a convolution's output to the
-   next multiple and zero input columns pad its readers: the padded channels are exactly 0 (bias 0, ReLU(0) = 0)
-   and contribute exact zeros, so the outputs are unchanged up to summation order. On the benchmark's pruned
-   ResNet-18 this makes fp32 about 25% faster at batch 8.
-2. `fold_relu_into_uint8` (int8), below.
+1. `fold_relu_into_uint8` (int8), below.
+2. `pad_conv_channels` (fp32 and int8): pruning leaves odd channel counts (23, 45, ...). ORT's blocked NCHWc fp32
+   convolutions (MLAS) keep a tensor in the blocked layout only when its channel count is a multiple of the SIMD
+   block (16 floats with AVX-512, 8 with AVX2); any other count is reordered back to NCHW and read by the slower
+   NCHW-input kernel, and the u8s8 int8 kernels lose too. Zero filters pad such a convolution's output to the next
+   multiple and zero input columns pad its readers: the padded channels are exactly 0 (bias 0, ReLU(0) = 0) and
+   contribute exact zeros, so the outputs are unchanged up to summation order. On the benchmark's pruned ResNet-18
+   (`benchmarks/bench_export.py`) this makes fp32 1.2-1.5x faster.
 
 The int8 rewrite:
 
