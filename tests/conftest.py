@@ -20,9 +20,10 @@ def cli(monkeypatch):
     return run
 
 
-@pytest.fixture()
+@pytest.fixture(scope="module")
 def one_thread():
-    """One intra-op thread for the test, restored after it: other code (CLI commands, the trainer) sets its own."""
+    """One intra-op thread for a test module, restored after it (CLI commands and the trainer set their own):
+    tiny models gain nothing from a second thread and lose much when the cores are shared."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

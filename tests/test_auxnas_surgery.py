@@ -7,6 +7,7 @@ import math
 import matplotlib
 import pytest
 import torch
+from test_auxnas import _randomise_bn
 
 from deploymtl.errors import DeploymtlError
 from deploymtl.models.auxnas import NddrFusion
@@ -42,14 +43,9 @@ def _model(tasks, model_cfg=None, seed=0):
     """A tiny supernet with random BN statistics and non-identity fusions (so the auxiliary column matters)."""
     torch.manual_seed(seed)
     model = build_supernet("auxnas", tasks, TINY | (model_cfg or {}), {})
-    g = torch.Generator().manual_seed(seed)
+    _randomise_bn(model, seed)
+    g = torch.Generator().manual_seed(seed + 1)
     for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
-            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(n, generator=g) * 0.4 - 0.2)
         if isinstance(m, NddrFusion):
             m.conv.weight.data.normal_(0, 0.3, generator=g)
     with torch.no_grad():

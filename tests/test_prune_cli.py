@@ -33,13 +33,7 @@ SMALL = {"model.blocks": [1, 1, 1, 1], "model.width": 4, "model.head_hidden": 8,
          "prune.accept_approximation": False}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from a second thread, and lose much when the cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _decide(family: str, model, *, approx: bool = False) -> None:

@@ -19,6 +19,20 @@ from .ort_lowering import lower_for_cpu
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "trt": "TensorrtExecutionProvider"}
 
 
+def _cannot_load(path: str | Path, exc: Exception) -> DeploymtlError:
+    return DeploymtlError(f"cannot load ONNX model {path}: {str(exc).splitlines()[0][:200] if str(exc) else exc!r}",
+                          hint="expected an ONNX file written by deploymtl export")
+
+
+def _load(path: str | Path):  # -> onnx.ModelProto
+    import onnx
+
+    try:
+        return onnx.load(str(path))
+    except Exception as exc:  # missing file, truncated or not protobuf
+        raise _cannot_load(path, exc) from None
+
+
 class OrtRunner(Runner):
     backend = "onnxruntime"
 
@@ -37,23 +51,22 @@ class OrtRunner(Runner):
         if threads:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
+        source: str | bytes = str(path)
+        self.lowering: dict[str, int] = {}
+        if lower and provider == "cpu":  # read once, lower in memory, one session (module docstring)
+            proto = _load(path)
+            if from_props({p.key: p.value for p in proto.metadata_props}).get("precision") in ("fp32", "int8"):
+                lowered, self.lowering = lower_for_cpu(proto)
+                if any(self.lowering.values()):
+                    source = lowered.SerializeToString()
         try:
-            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=[wanted])
+            self.session = ort.InferenceSession(source, sess_options=opts, providers=[wanted])
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/NoSuchFile types
-            raise DeploymtlError(f"cannot load ONNX model {path}: {str(exc).splitlines()[0][:200]}",
-                                 hint="expected an ONNX file written by deploymtl export") from None
+            raise _cannot_load(path, exc) from None
         running = self.session.get_providers()[0]
         if running != wanted:  # no silent CPU fallback
             raise DeploymtlError(f"ONNX Runtime runs {running} although {wanted} was requested for {path}")
         meta = from_props(self.session.get_modelmeta().custom_metadata_map)
-        self.lowering: dict[str, int] = {}
-        if lower and provider == "cpu" and meta.get("precision") in ("fp32", "int8"):
-            import onnx
-
-            lowered, self.lowering = lower_for_cpu(onnx.load(str(path)))
-            if any(self.lowering.values()):
-                self.session = ort.InferenceSession(lowered.SerializeToString(), sess_options=opts,
-                                                    providers=[wanted])
         inp = self.session.get_inputs()[0]
         shape = inp.shape
         batch = meta.get("batch", {})
