@@ -14,8 +14,8 @@ from deploymtl.surgery import gated as surgeon
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
-def _build(model, plan: dict, tasks: list[str], fold: str):
-    options = {"fold_blends": fold}
+def _build(model, plan: dict, tasks: list[str], fold: str, merge: bool = False):
+    options = {"fold_blends": fold, "merge_convs": merge}
     surgeon.apply_plan(model, plan)
     builder = surgeon.build_graph(model, plan, tasks, options)
     static = builder.build()
@@ -72,3 +72,61 @@ def test_auto_mode_copies_less_than_one_concat_per_reader() -> None:
             if n["op"] == "concat" and n["name"].endswith("_in_cat"):
                 readers = [m for m in builder.nodes if n["name"] in m["inputs"]]
                 assert readers and all(m["op"] in ("conv", "gap") for m in readers)
+
+
+def _convs(builder) -> dict[str, dict]:
+    return {n["name"]: n for n in builder.nodes if n["op"] == "conv"}
+
+
+@pytest.mark.parametrize(("seed", "tasks"), [(0, NAMES), (1, NAMES), (3, ["seg", "depth"]), (2, ["depth", "cls"])])
+def test_layer0_and_light_heads_run_one_conv_each(seed: int, tasks: list[str]) -> None:
+    """Layer 0's branches all read the stem: their conv1 is one conv with the filters stacked; two light heads or
+    more run their first conv as one grouped conv. Same parameters and FLOPs as one conv per branch, fewer
+    calls; parity and exact counts hold (`_build`)."""
+    from deploymtl.flops import measure
+
+    model = make()
+    plan = plan_of(model, seed=seed)
+    merged, apart = _build(model, plan, tasks, "auto", merge=True), _build(model, plan, tasks, "auto", merge=False)
+    convs, apart_convs = _convs(merged), _convs(apart)
+    branches0 = [n for n in apart_convs if n.startswith("l0_") and n.endswith("_conv1")]
+    light = [t for t in tasks if t != "cls"]
+    assert len(branches0) >= 2
+    assert not [n for n in convs if n.startswith("l0_") and n.endswith("_conv1") and n != "l0_conv1"]
+    assert convs["l0_conv1"]["inputs"] == ["stem_pool"] and "groups" not in convs["l0_conv1"]["attrs"]
+    assert convs["l0_conv1"]["attrs"]["cout"] == sum(apart_convs[n]["attrs"]["cout"] for n in branches0)
+    if len(light) >= 2:
+        assert convs["heads_conv"]["attrs"]["groups"] == len(light)
+        assert not [n for n in convs if n.startswith("head_") and n.endswith("_conv")]
+    assert len(convs) == len(apart_convs) - (len(branches0) - 1) - (len(light) - 1 if len(light) >= 2 else 0)
+    # Nothing computed twice or added: the same parameters and the same FLOPs.
+    a, b = merged.build(), apart.build()
+    assert sum(p.numel() for p in a.parameters()) == sum(p.numel() for p in b.parameters())
+    x = torch.randn(1, 3, 32, 40)
+    assert measure(a.forward, a, x, tasks).flops["total"] == measure(b.forward, b, x, tasks).flops["total"]
+
+
+def test_merged_graph_exports_with_grouped_conv_and_slices(tmp_path) -> None:
+    """The merged graph is plain ONNX: a grouped Conv for the heads, each branch's slice as a Slice/Split, and
+    ONNX Runtime gives the static model's outputs."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    from deploymtl.export.onnx import export_onnx
+
+    model = make()
+    plan = plan_of(model, seed=1)
+    static = _build(model, plan, NAMES, "auto", merge=True).build()
+    proto = export_onnx(static, channels=3, height=32, width=40, outputs=NAMES)
+    onnx.checker.check_model(proto)
+    groups = [next((a.i for a in n.attribute if a.name == "group"), 1) for n in proto.graph.node if n.op_type == "Conv"]
+    assert 2 in groups  # the seg and depth light heads
+    assert {"Slice", "Split"} & {n.op_type for n in proto.graph.node}
+    x = torch.randn(2, 3, 32, 40)
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = dict(zip(NAMES, sess.run(NAMES, {"image": x.numpy()}), strict=True))
+    with torch.no_grad():
+        want = static(x)
+    for t in NAMES:
+        np.testing.assert_allclose(got[t], want[t].numpy(), atol=1e-4, rtol=1e-4)

@@ -52,10 +52,11 @@ def plan_of(model: GatedSupernet, fill=None, seed: int = 0) -> dict:
     return {"rule": "alpha>0", "gates": gates}
 
 
-def check(model: GatedSupernet, plan: dict, tasks: list[str] | None = None, round_channels: int = 1):
+def check(model: GatedSupernet, plan: dict, tasks: list[str] | None = None, round_channels: int = 1,
+          merge: bool = True):
     """Build the static model and assert parity with the deployed supernet and the exact parameter count."""
     tasks = tasks or model.task_names
-    options = {"round_channels": round_channels}
+    options = {"round_channels": round_channels, "merge_convs": merge}
     surgeon.apply_plan(model, plan)
     builder = surgeon.build_graph(model, plan, tasks, options)
     static = builder.build()
@@ -93,14 +94,19 @@ def test_all_shared_removes_every_task_branch() -> None:
     assert [n["op"] for n in builder.nodes].count("wsum") == 1
 
 
-def test_all_specific_removes_shared_branches_after_the_stem() -> None:
+@pytest.mark.parametrize("merge", [True, False])
+def test_all_specific_removes_shared_branches_after_the_stem(merge: bool) -> None:
     model = make()
-    builder, static = check(model, plan_of(model, fill=1))
+    builder, static = check(model, plan_of(model, fill=1), merge=merge)
     names = node_names(builder)
     assert not [n for n in names if "_psi" in n]
     assert "stem_conv" in names
     assert {f"l4_phi_{t}_conv2" for t in NAMES} <= set(names)
-    assert not [n for n in builder.nodes if n["op"] in ("wsum", "select", "concat")]
+    assert not [n for n in builder.nodes if n["op"] in ("wsum", "select")]
+    # Each task reads its own branch: no blend to materialise. Merged, the last layer's task branches are
+    # stacked once as the input of the light heads' grouped conv; unmerged, nothing is copied at all.
+    concats = [n["name"] for n in builder.nodes if n["op"] == "concat"]
+    assert concats == (["l4_cat"] if merge else [])
 
 
 def test_layer_whose_shared_branch_is_unused() -> None:
@@ -111,7 +117,7 @@ def test_layer_whose_shared_branch_is_unused() -> None:
     builder, _ = check(model, plan)
     names = node_names(builder)
     assert not [n for n in names if n.startswith("l2_psi")]
-    assert "l3_psi_conv1" in names and "l1_psi_conv1" in names
+    assert "l3_psi_conv2" in names and "l1_psi_conv2" in names
 
 
 @pytest.mark.parametrize("head", ["light", "aspp"])
@@ -139,14 +145,14 @@ def test_fold_modes_keep_parity(fold: str) -> None:
     model = make()
     plan = plan_of(model, seed=0)
     surgeon.apply_plan(model, plan)
-    builder = surgeon.build_graph(model, plan, NAMES, {"fold_blends": fold})
+    options = {"fold_blends": fold, "merge_convs": False}  # the modes of a branch reading a blend on its own
+    builder = surgeon.build_graph(model, plan, NAMES, options)
     static = builder.build()
     x = torch.randn(2, 3, 32, 40)
     with torch.no_grad():
         want, got = model.set_deployed(True)(x), static(x)
     assert max((got[t] - want[t]).abs().max().item() for t in NAMES) < 1e-4
-    assert sum(p.numel() for p in static.parameters()) == surgeon.expected_params(
-        model, plan, NAMES, {"fold_blends": fold})
+    assert sum(p.numel() for p in static.parameters()) == surgeon.expected_params(model, plan, NAMES, options)
     blend_width = {f"l{i + 1}": s.cout for i, s in enumerate(model.slots[:-1])}
     widest = {name: cin - blend_width[name.split("_")[0]] for name, cin in _reader_widths(builder).items()
               if not name.startswith("l0_")}

@@ -115,6 +115,8 @@ class Plan:
             """Only one reader, not an output, and a tensor of its own: the reader may overwrite it."""
             if value == source or value in outputs or readers.get(value, 0) != 1:
                 return False
+            if op_of[value] == "narrow":  # a view: writing it would write the tensor it views
+                return False
             return not (op_of[value] == "add" and arity[value] == 1)  # a one-input add returns its input
 
         steps: list[_Step] = []

@@ -56,6 +56,17 @@ class Select(nn.Module):
         return x.index_select(1, self.index)
 
 
+class Narrow(nn.Module):
+    """Channels [start, start + length) of the input, as a view (one branch's part of a merged convolution)."""
+
+    def __init__(self, start: int, length: int) -> None:
+        super().__init__()
+        self.start, self.length = start, length
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.narrow(1, self.start, self.length)
+
+
 class ChannelScale(nn.Module):
     """Constant per-channel scale (folded mixing weights that could not go into a conv)."""
 
@@ -105,6 +116,7 @@ OPS: dict[str, Callable[[dict[str, Any]], nn.Module]] = {
     "concat": lambda a: Concat(),
     "maxpool": lambda a: nn.MaxPool2d(a["k"], a["stride"], a.get("padding", 0), ceil_mode=a.get("ceil_mode", False)),
     "select": lambda a: Select(a["index"]),
+    "narrow": lambda a: Narrow(a["start"], a["length"]),
     "scale": lambda a: ChannelScale(a["channels"]),
     "wsum": lambda a: WeightedSum(a["inputs"], a["channels"]),
     "resize_to": lambda a: ResizeTo(),
@@ -225,10 +237,14 @@ class GraphBuilder:
         return name
 
     def conv(self, name: str, x: str, weight: torch.Tensor, bias: torch.Tensor | None, *, stride: int = 1,
-             padding: int = 0, dilation: int = 1) -> str:
-        cout, cin, k, _ = weight.shape
-        attrs = {"cin": cin, "cout": cout, "k": k, "stride": stride, "padding": padding, "dilation": dilation,
-                 "bias": bias is not None}
+             padding: int = 0, dilation: int = 1, groups: int = 1) -> str:
+        """A conv node; with `groups` > 1, group i reads input channels [i cin/groups, (i+1) cin/groups) and writes
+        output channels [i cout/groups, (i+1) cout/groups) (weight rows in that order, as in nn.Conv2d)."""
+        cout, cin_per_group, k, _ = weight.shape
+        attrs = {"cin": cin_per_group * groups, "cout": cout, "k": k, "stride": stride, "padding": padding,
+                 "dilation": dilation, "bias": bias is not None}
+        if groups != 1:
+            attrs["groups"] = groups
         params = {"weight": weight} | ({"bias": bias} if bias is not None else {})
         return self._add(name, "conv", [x], attrs, **params)
 
@@ -263,6 +279,9 @@ class GraphBuilder:
 
     def select(self, name: str, x: str, index: list[int]) -> str:
         return self._add(name, "select", [x], {"index": [int(i) for i in index]})
+
+    def narrow(self, name: str, x: str, start: int, length: int) -> str:
+        return self._add(name, "narrow", [x], {"start": int(start), "length": int(length)})
 
     def scale(self, name: str, x: str, scale: torch.Tensor) -> str:
         return self._add(name, "scale", [x], {"channels": int(scale.numel())}, scale=scale.float())
