@@ -7,25 +7,14 @@ import re
 
 import pytest
 import torch
-from test_gated_surgery import NAMES, make, plan_of
-
-from deploymtl.surgery import gated as surgeon
+from test_gated_surgery import NAMES, check, make, plan_of
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _build(model, plan: dict, tasks: list[str], fold: str, merge: bool = False):
-    options = {"fold_blends": fold, "merge_convs": merge}
-    surgeon.apply_plan(model, plan)
-    builder = surgeon.build_graph(model, plan, tasks, options)
-    static = builder.build()
-    x = torch.randn(2, 3, 32, 40, generator=torch.Generator().manual_seed(7))
-    with torch.no_grad():
-        want, got = model.set_deployed(True)(x), static(x)
-    err = max((got[t] - want[t]).abs().max().item() for t in tasks)
-    assert err < 1e-4, f"max abs error {err}"
-    assert sum(p.numel() for p in static.parameters()) == surgeon.expected_params(model, plan, tasks, options)
-    return builder
+    """The graph builder, after `check` asserted parity and the exact parameter count."""
+    return check(model, plan, tasks, merge=merge, fold=fold)[0]
 
 
 @pytest.mark.parametrize("seed", [0, 1, 3])

@@ -53,10 +53,10 @@ def plan_of(model: GatedSupernet, fill=None, seed: int = 0) -> dict:
 
 
 def check(model: GatedSupernet, plan: dict, tasks: list[str] | None = None, round_channels: int = 1,
-          merge: bool = True):
+          merge: bool = True, fold: str = "auto"):
     """Build the static model and assert parity with the deployed supernet and the exact parameter count."""
     tasks = tasks or model.task_names
-    options = {"round_channels": round_channels, "merge_convs": merge}
+    options = {"round_channels": round_channels, "merge_convs": merge, "fold_blends": fold}
     surgeon.apply_plan(model, plan)
     builder = surgeon.build_graph(model, plan, tasks, options)
     static = builder.build()
