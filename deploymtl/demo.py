@@ -21,9 +21,11 @@ import numpy as np
 from .config import load_recipe, parse_recipe
 from .errors import DeploymtlError
 from .io import atomic_write_text, ensure_dir, read_json, write_json
+from .outdir import check_output_dir, output_set
 from .pipeline import PipelineResult, run_pipeline
 
 DEMO_RECIPES = ("adashare_tiny", "gated_tiny", "auxnas_tiny")
+SUMMARY_FILES = ("summary.json", "summary.md", "summary.html")
 
 
 def recipes_dir() -> Path:
@@ -94,7 +96,7 @@ def _family_summary(res: PipelineResult) -> dict[str, Any]:
 
 def run_demo(out_dir: str | Path = "artifacts/demo", *, max_steps: int | None = None, families: list[str] | None = None,
              force: bool = False, progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
-    out = ensure_dir(out_dir)
+    out = ensure_dir(check_output_dir(out_dir))
     names = [f"{f}_tiny" for f in families] if families else list(DEMO_RECIPES)
     summary: dict[str, Any] = {"families": [], "failed": [], "tensorrt": tensorrt_usable()}
     for name in names:
@@ -112,9 +114,11 @@ def run_demo(out_dir: str | Path = "artifacts/demo", *, max_steps: int | None = 
             summary["failed"].append({"recipe": recipe.name, "error": exc.one_line(), "exit_code": exc.exit_code})
             continue
         summary["families"].append(_family_summary(res))
-    write_json(out / "summary.json", summary)
-    atomic_write_text(out / "summary.md", render_markdown(summary))
-    atomic_write_text(out / "summary.html", render_html(summary))
+    # The summary files are one set with the family folders: the swap carries those as hard links (no copy).
+    with output_set(out, owned=SUMMARY_FILES) as stage:
+        write_json(stage / "summary.json", summary)
+        atomic_write_text(stage / "summary.md", render_markdown(summary))
+        atomic_write_text(stage / "summary.html", render_html(summary))
     return summary
 
 

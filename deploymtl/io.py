@@ -1,7 +1,9 @@
 """Atomic file writes, JSON reports and safe checkpoint loading.
 
-Every artifact is written to a temporary file in the destination directory and renamed into place, so an
-interrupted command never leaves a half-written file and never clobbers a good one.
+A single file is written to a temporary file beside it and renamed into place, so an interrupted write never
+leaves a half-written file and never clobbers a good one. A command's output directory is one unit above that:
+`deploymtl.outdir.output_set` stages the whole set beside the directory and swaps it in (these helpers write
+into that stage, where their per-file rename is harmless).
 """
 
 from __future__ import annotations

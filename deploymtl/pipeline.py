@@ -4,6 +4,10 @@ Each stage writes `stage.json` into its folder: a fingerprint of its inputs (the
 of the artifact it consumes) and the sha256 of what it produced. A stage whose fingerprint and outputs still match is
 skipped; anything else re-runs it and every stage after it. A failing stage raises its one-line error with its exit
 code; the artifacts of the stages before it stay on disk.
+
+Each stage folder is an output set (`deploymtl.outdir`): the stage's command replaces it as a whole, then the
+stamp is added by a second swap. Between the two the folder holds the new outputs beside the previous stamp, which
+names the previous outputs' sha256 and so marks the stage as out of date, never as done.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 from .config import Recipe
 from .errors import DeploymtlError, VerificationError
 from .io import ensure_dir, read_json, sha256_file, sha256_json, write_json
+from .outdir import check_output_dir, output_set
 
 STAGES = ("train", "prune", "export", "profile")
 
@@ -78,9 +83,11 @@ def _run_stage(name: str, root: Path, folder: Path, fingerprint: str,
     t0 = time.perf_counter()
     outputs, summary = fn()
     seconds = time.perf_counter() - t0
-    write_json(stamp, {"stage": name, "fingerprint": fingerprint, "seconds": round(seconds, 2),
-                       "outputs": {_rel(p, root): sha256_file(p) for p in outputs.values()},
-                       "named_outputs": {k: _rel(p, root) for k, p in outputs.items()}, "summary": summary})
+    with output_set(folder, owned=(stamp.name,)) as stage:
+        write_json(stage / stamp.name, {"stage": name, "fingerprint": fingerprint, "seconds": round(seconds, 2),
+                                        "outputs": {_rel(p, root): sha256_file(p) for p in outputs.values()},
+                                        "named_outputs": {k: _rel(p, root) for k, p in outputs.items()},
+                                        "summary": summary})
     log(f"[{name}] done in {seconds:.1f} s")
     return StageResult(name, False, seconds, outputs, summary)
 
@@ -89,7 +96,7 @@ def run_pipeline(recipe: Recipe, out_dir: str | Path, *, max_steps: int | None =
                  stages: tuple[str, ...] = STAGES, progress: bool = True,
                  log: Callable[[str], None] = print) -> PipelineResult:
     """Run the recipe's pipeline into `out_dir` (train/, prune/, export/<precision>/, profile/)."""
-    out = ensure_dir(out_dir)
+    out = ensure_dir(check_output_dir(out_dir))  # a folder of stage folders, itself never swapped
     results: list[StageResult] = []
     rec = recipe.resolved()
     forced = force

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from ..errors import DeploymtlError
+from ..outdir import check_output_dir
 from .common import OutDir, Quiet, default_out
 
 
@@ -61,6 +62,7 @@ def profile(
     })
     first = artifacts[0]
     out_dir = out or default_out("profile", first.parent.name or first.stem)
+    check_output_dir(out_dir)  # before minutes of measuring
     log = (lambda _msg: None) if quiet else (lambda msg: typer.echo(msg, err=True))
     result = profile_artifacts(artifacts, options, log=log)
     files = write_report(out_dir, result)

@@ -19,12 +19,27 @@ def train(
 ) -> None:
     """Run the family's search and pruning-aware training; write supernet.pt and train_report.json."""
     from ..config import load_recipe
-    from ..train.trainer import Trainer
+    from ..errors import DeploymtlError
+    from ..train.trainer import Trainer, resume_state_path
 
     overrides = {"train.device": device} if device else {}
     rec = load_recipe(recipe, overrides)
     out_dir = out or default_out("train", rec.name)
-    report = Trainer(rec, out_dir, max_steps=max_steps, resume=resume, progress=not quiet).run()
+    state = resume_state_path(out_dir)
+    trainer = Trainer(rec, out_dir, max_steps=max_steps, resume=resume, progress=not quiet)
+    main = trainer.dist.is_main
+    if main and state.is_file() and (resume is None or resume.resolve() != state.resolve()):
+        typer.echo(f"note: {state} holds the state of an unfinished run; this run starts over and replaces it "
+                   f"after its first epoch (continue that run instead with --resume {state})", err=True)
+    try:
+        report = trainer.run()
+    except DeploymtlError:
+        raise
+    except BaseException:  # interrupted or crashed: say where the last completed epoch is
+        if main and state.is_file():
+            typer.echo(f"note: the state after the last completed epoch is in {state} (continue with --resume "
+                       f"{state})", err=True)
+        raise
     if report.get("rank", 0) != 0:  # under torchrun, rank 0 reports
         return
     typer.echo(f"wrote {out_dir / 'supernet.pt'} and {out_dir / 'train_report.json'}")

@@ -12,17 +12,15 @@ Order of work (each step checked before the next):
    layer on failure (`verify.localize`), task-metric gate for fp16/int8 (`verify.metrics_gate`);
 7. TensorRT: `export_trt` on that ONNX, parity through `open_runner(plan)`.
 
-Everything is written into a staging directory beside `out_dir` and moved in at the end (report last), so bad
-input or a crash leaves nothing half-written. A failed verification still ships the artifact and its report for
-inspection, then raises VerificationError (exit 1).
+Everything is written into a staging directory beside `out_dir` that replaces it as a whole at the end
+(`deploymtl.outdir.output_set`), so bad input, Ctrl-C or a kill leaves the previous export untouched and never a
+mix of two. A failed verification still ships the artifact and its report for inspection, then raises
+VerificationError (exit 1); so does a supernet whose pruning on the way fails (its report under `pruned/`).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -38,7 +36,8 @@ from ..backends.base import InputSpec, Runner
 from ..backends.torch_runner import TorchRunner
 from ..config import DataConfig, ExportConfig
 from ..errors import DeploymtlError, VerificationError
-from ..io import atomic_path, ensure_dir, load_torch, write_json
+from ..io import load_torch, write_json
+from ..outdir import check_output_dir, link_or_copy, output_set
 from ..surgery.artifact import STATIC_FORMAT, StaticArtifact, load_static
 from ..verify.compare import CompareReport, compare_outputs, resolve_tolerances
 from ..verify.localize import localize
@@ -58,6 +57,19 @@ ONNX_NAME = "model.onnx"
 REPORT_NAME = "export_report.json"
 CALIBRATION_BATCH = 8
 PASS_CHECK_SAMPLES = 4
+# Everything an export may write: a name of these the new export does not write is dropped from the directory
+# (an ONNX export after a TensorRT one leaves no engine of another graph behind); other files are kept.
+EXPORT_FILES = (ONNX_NAME, "model.parity.npz", REPORT_NAME, "recipe.json", "model.plan", "model.plan.json",
+                "model.plan.layers.json", "pruned")
+TIMING_CACHE = "timing.cache"
+
+
+class _PruneFailed(Exception):
+    """The supernet's pruning on the way failed verification; its report is staged under `pruned/`."""
+
+    def __init__(self, error: VerificationError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 def _echo_none(_: str) -> None:
@@ -84,16 +96,14 @@ class _SessionRunner(Runner):
 
 
 def check_options(target: str, precision: str, out_dir: str | Path) -> Path:
-    """Reject unknown target/precision and an output path that is a file, before any work (exit 2)."""
+    """Reject unknown target/precision and an output directory that cannot be written, before any work (exit 2)."""
     if target not in TARGETS:
         raise DeploymtlError(f"--target: unknown target '{target}'", hint=f"expected one of {', '.join(TARGETS)}")
     if precision not in PRECISIONS:
         raise DeploymtlError(f"--precision: unknown precision '{precision}'",
                              hint=f"expected one of {', '.join(PRECISIONS)}")
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise DeploymtlError(f"output directory {out} exists and is a file", hint="expected a directory path")
-    return out
+    check_output_dir(out_dir)
+    return Path(out_dir)
 
 
 def _require_trt() -> None:
@@ -188,20 +198,6 @@ def _outputs_dict(report: CompareReport) -> dict:
                 "passed": r.passed, "reason": r.reason} for k, r in report.results.items()}
 
 
-def _move_into(staging: Path, out: Path, last: str) -> None:
-    """Move staged files into `out`, the report last (its presence marks a complete export)."""
-    ensure_dir(out)
-    entries = sorted(staging.iterdir(), key=lambda p: p.name == last)
-    for src in entries:
-        dest = out / src.name
-        if src.is_dir():
-            if dest.exists():
-                shutil.rmtree(dest) if dest.is_dir() else dest.unlink()
-            shutil.move(str(src), str(dest))
-        else:
-            os.replace(src, dest)
-
-
 def export_model(model_path: str | Path, out_dir: str | Path, *, target: str = "onnx", precision: str = "fp32",
                  batch: str | BatchSpec | None = None, atol: float | None = None, rtol: float | None = None,
                  per_output: Mapping[str, Mapping[str, float]] | None = None, simplify_graph: bool = True,
@@ -239,20 +235,19 @@ def export_model(model_path: str | Path, out_dir: str | Path, *, target: str = "
                              hint="use symmetric (the default) with --target trt")
     if target == "trt":
         _require_trt()
-    base = out.parent
-    while not base.exists():  # stage in the nearest existing ancestor: a failed export creates no directories
-        base = base.parent
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=base))
-    try:
-        report = _export(model_path, out, staging, target=target, precision=precision, spec=spec, atol=atol,
-                         rtol=rtol, per_output=per_output, simplify_graph=simplify_graph, opset=opset,
-                         calibration_samples=calibration_samples, max_metric_drop=max_metric_drop,
-                         workspace_mb=workspace_mb, timing_cache=timing_cache, threads=threads, log=log,
-                         t_start=t_start, symmetric=int8_activations == "symmetric",
-                         float_output_layers=int8_output_layers == "fp32")
-        _move_into(staging, out, REPORT_NAME)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    prune_failure: VerificationError | None = None
+    with output_set(out, owned=EXPORT_FILES) as staging:
+        try:
+            report = _export(model_path, out, staging, target=target, precision=precision, spec=spec, atol=atol,
+                             rtol=rtol, per_output=per_output, simplify_graph=simplify_graph, opset=opset,
+                             calibration_samples=calibration_samples, max_metric_drop=max_metric_drop,
+                             workspace_mb=workspace_mb, timing_cache=timing_cache, threads=threads, log=log,
+                             t_start=t_start, symmetric=int8_activations == "symmetric",
+                             float_output_layers=int8_output_layers == "fp32")
+        except _PruneFailed as exc:  # the surgeon's failing report ships (under pruned/) for inspection
+            prune_failure = exc.error
+    if prune_failure is not None:
+        raise prune_failure
     if not report["passed"]:
         raise VerificationError(f"export verification failed: {'; '.join(report['failures'])}",
                                 hint=f"see {out / REPORT_NAME}")
@@ -274,9 +269,9 @@ def _export(model_path: str | Path, out: Path, staging: Path, *, target: str, pr
     t0 = time.perf_counter()
     try:
         art, prune_report = load_model(model_path, staging)
-    except VerificationError:
-        if (staging / "pruned").is_dir():  # keep the surgeon's failing report for inspection
-            _move_into(staging, out, REPORT_NAME)
+    except VerificationError as exc:
+        if (staging / "pruned").is_dir():
+            raise _PruneFailed(exc) from None
         raise
     data_cfg, export_cfg = _sections(art, model_path)
     spec = spec or parse_batch(export_cfg.batch, where=f"{model_path}: export.batch")
@@ -359,8 +354,7 @@ def _export(model_path: str | Path, out: Path, staging: Path, *, target: str, pr
         failures.append(f"final graph: {final_problems[0]}")
     lint = _lint(proto, log)
     onnx_path = staging / ONNX_NAME
-    with atomic_path(onnx_path) as tmp:
-        onnx.save(proto, str(tmp))
+    onnx.save(proto, str(onnx_path))
 
     t0 = time.perf_counter()
     from ..backends.load import open_runner
@@ -406,6 +400,8 @@ def _export(model_path: str | Path, out: Path, staging: Path, *, target: str, pr
     outputs = _outputs_dict(onnx_report)
     artifact = ONNX_NAME
     if target == "trt":
+        if timing_cache is None and (out / TIMING_CACHE).is_file():  # the default cache lives in the output set
+            link_or_copy(out / TIMING_CACHE, staging / TIMING_CACHE)  # the build replaces it, never writes into it
         trt_section, trt_report, trt_sizes = _export_trt(onnx_path, staging, precision, spec, inputs, reference,
                                                          tolerances, workspace_mb, timing_cache, log, timings)
         outputs, sizes, artifact = _outputs_dict(trt_report), trt_sizes, trt_section["plan"]

@@ -4,8 +4,9 @@
     edge_latency_cdf.png   CDF of end-to-end latency in the edge scenario, with the deadline and the budget
     flops_vs_latency.png   FLOPs ratio against latency ratio (batch 1 and the largest batch), y = x dashed
 
-All files are written atomically; the set of files is the same whatever was measured (a plot without data
-says so), so pipelines can link to them unconditionally.
+The files are written as one set (`deploymtl.outdir.output_set`: the directory holds the previous profile or this
+one, never a mix); the set is the same whatever was measured (a plot without data says so), so pipelines can link
+to them unconditionally.
 """
 
 from __future__ import annotations
@@ -13,19 +14,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..io import atomic_path, atomic_write_text, ensure_dir, write_json
+from ..io import atomic_write_text, write_json
+from ..outdir import output_set
 
 FILES = ("profile.json", "profile.md", "latency_vs_batch.png", "edge_latency_cdf.png", "flops_vs_latency.png")
 
 
 def write_report(out_dir: str | Path, profile: dict[str, Any]) -> dict[str, Path]:
     """Write every file of FILES under `out_dir`; returns {file name: path}."""
-    out = ensure_dir(out_dir)
-    write_json(out / "profile.json", profile)
-    atomic_write_text(out / "profile.md", render_markdown(profile))
-    _plot_latency(out / "latency_vs_batch.png", profile)
-    _plot_cdf(out / "edge_latency_cdf.png", profile)
-    _plot_ratios(out / "flops_vs_latency.png", profile)
+    out = Path(out_dir)
+    with output_set(out, owned=FILES) as stage:
+        write_json(stage / "profile.json", profile)
+        atomic_write_text(stage / "profile.md", render_markdown(profile))
+        _plot_latency(stage / "latency_vs_batch.png", profile)
+        _plot_cdf(stage / "edge_latency_cdf.png", profile)
+        _plot_ratios(stage / "flops_vs_latency.png", profile)
     return {name: out / name for name in FILES}
 
 
@@ -129,8 +132,7 @@ def _figure():  # noqa: ANN202 - matplotlib types
 def _save(fig: Any, path: Path) -> None:
     plt = _figure()
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
+    fig.savefig(path, format="png", dpi=110)  # into the output set's stage
     plt.close(fig)
 
 

@@ -1,7 +1,7 @@
 """`deploymtl inspect`: what a checkpoint's plan keeps, before anything is verified or written as a model.
 
 Writes plan.json (editable, for `deploymtl prune --plan`), plan.png (the family's picture of the decisions beside
-FLOPs and parameters per task: before / masked / after) and inspect.json.
+FLOPs and parameters per task: before / masked / after) and inspect.json, as one set (`deploymtl.outdir`).
 """
 
 from __future__ import annotations
@@ -12,12 +12,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..flops import measure_stages
-from ..io import atomic_path, ensure_dir, write_json
+from ..io import write_json
+from ..outdir import check_output_dir, output_set
 from .plan import save_plan
 
 if TYPE_CHECKING:
     from .prune import Surgery
 
+INSPECT_FILES = ("plan.json", "plan.png", "inspect.json")
 STAGES = ("before", "masked", "after")
 COLORS = {"before": "#bbbbbb", "masked": "#7fa7d9", "after": "#2b6cb0"}
 
@@ -44,8 +46,7 @@ def draw_plan(s: Surgery, costs: dict[str, Any], path: str | Path) -> Path:
         ax.set_title(f"{key} per task" + (" (batch 1)" if key == "flops" else ""))
         ax.legend(fontsize=8)
     fig.suptitle(f"{s.family}: plan for {', '.join(s.tasks)} (rule: {s.plan.rule})")
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
+    fig.savefig(path, format="png", dpi=110)  # into an output set's stage: the set is what is atomic
     plt.close(fig)
     return Path(path)
 
@@ -55,11 +56,12 @@ def inspect_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, plan_path
     """Summary of the plan of `checkpoint` with params and FLOPs per task; writes plan.json, plan.png, inspect.json."""
     from .prune import prepare
 
+    check_output_dir(out_dir)
+    out = Path(out_dir)
     s = prepare(checkpoint, plan_path=plan_path, tasks=tasks, round_channels=round_channels)
     static = s.build_static()
     spec = s.input_spec()
     costs = measure_stages(s.model, static, s.tasks, torch.zeros(1, spec["channels"], spec["height"], spec["width"]))
-    out = ensure_dir(out_dir)
     result = {
         "family": s.family, "tasks": s.tasks, "rule": s.plan.rule, "edited": s.edited,
         "options": s.plan.options.model_dump(), "input": spec,
@@ -68,7 +70,8 @@ def inspect_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, plan_path
         "params": costs["params"], "flops": costs["flops"], "warnings": s.warnings,
         "plan": str(out / "plan.json"), "picture": str(out / "plan.png"),
     }
-    save_plan(out / "plan.json", s.plan)
-    draw_plan(s, costs, out / "plan.png")
-    write_json(out / "inspect.json", result)
+    with output_set(out, owned=INSPECT_FILES) as stage:
+        save_plan(stage / "plan.json", s.plan)
+        draw_plan(s, costs, stage / "plan.png")
+        write_json(stage / "inspect.json", result)
     return result

@@ -1,12 +1,14 @@
 """`deploymtl prune`: supernet.pt -> plan -> static model -> verified pruned.pt and its report.
 
-Order of work (shared/DESIGN.md contract): everything that can be wrong with the input (checkpoint, plan, task subset,
-options, data) is checked before the first file is written, so bad input writes nothing (exit 2). A verification
-failure (parity, proof of removal, an unaccepted Aux-NAS approximation) writes plan.json and the report, so the
-per-task table can be read, but no pruned.pt (a stale one is removed), then raises VerificationError (exit 1).
+Order of work: the output directory, then everything that can be wrong with the input (checkpoint, plan, task
+subset, options, data) is checked before the first file is written, so bad input writes nothing (exit 2). A
+verification failure (parity, proof of removal, an unaccepted Aux-NAS approximation) writes plan.json and the
+report, so the per-task table can be read, but no pruned.pt (a stale one is dropped), then raises
+VerificationError (exit 1).
 
-Outputs in `out_dir`: plan.json (the resolved plan), plan.png (its picture), pruned.pt (`surgery/artifact.py`),
-prune_report.json and prune_report.md.
+Outputs in `out_dir`, written as one set (`deploymtl.outdir.output_set`: the directory holds the previous set or
+this one, whenever the command is killed): plan.json (the resolved plan), plan.png (its picture), pruned.pt
+(`surgery/artifact.py`), prune_report.json and prune_report.md.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from ..config import Recipe, parse_recipe
 from ..data import build_datasets
 from ..errors import DeploymtlError, VerificationError
 from ..flops import measure_stages, ratio
-from ..io import atomic_write_text, ensure_dir, sha256_file, write_json
+from ..io import atomic_write_text, sha256_file, write_json
 from ..models.base import Supernet
+from ..outdir import check_output_dir, output_set
 from ..train.checkpoint import load_supernet
 from .artifact import StaticArtifact, save_static
 from .families import Surgeon, approximation_links, surgeon
@@ -34,6 +37,7 @@ from .plan import Plan, PlanOptions, PlanSource, check_plan, load_plan, make_pla
 from .verify import ParityResult, RemovalProof, check_parity, proof_tensors, prove_removal, removed_prefixes
 
 REPORT_FORMAT = "deploymtl.prune_report/1"
+PRUNE_FILES = ("plan.json", "plan.png", "pruned.pt", "prune_report.json", "prune_report.md")
 PROOF_SAMPLES = 4  # images for the gradient and perturbation checks (the parity uses verify_samples)
 
 
@@ -183,6 +187,8 @@ def prune_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, plan_path: 
                      verify_samples: int | None = None) -> tuple[StaticArtifact, dict[str, Any]]:
     """Prune a supernet checkpoint into `out_dir`; returns (static artifact, report). See the module docstring."""
     t0 = time.perf_counter()
+    check_output_dir(out_dir)
+    out = Path(out_dir)
     s = prepare(checkpoint, plan_path=plan_path, tasks=tasks, round_channels=round_channels)
     cfg = s.recipe.prune
     atol = cfg.atol if atol is None else float(atol)
@@ -207,7 +213,6 @@ def prune_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, plan_path: 
     costs = measure_stages(s.model, static, s.tasks, images[:1])
     passed = bool(parity) and bool(proof) and (approx is None or approx["accepted"])
 
-    out = ensure_dir(out_dir)
     all_names = list(proof_tensors(s.model))
     prefixes = removed_prefixes(proof.removed_tensors, all_names)
     art = StaticArtifact(model=static, family=s.family, tasks=[t for n in s.tasks for t in s.recipe.tasks
@@ -233,17 +238,16 @@ def prune_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, plan_path: 
         "artifact": str(out / "pruned.pt") if passed else None,
         "deploymtl_version": __version__, "seconds": None,
     }
-    save_plan(out / "plan.json", s.plan)
     from .inspect import draw_plan  # matplotlib only once the input is known to be good
 
-    draw_plan(s, costs, out / "plan.png")
-    if passed:
-        save_static(out / "pruned.pt", art)
-    elif (out / "pruned.pt").exists():
-        (out / "pruned.pt").unlink()  # a pruned.pt beside a failing report would contradict it
-    report["seconds"] = round(time.perf_counter() - t0, 3)
-    write_json(out / "prune_report.json", report)
-    atomic_write_text(out / "prune_report.md", render_markdown(report))
+    with output_set(out, owned=PRUNE_FILES) as stage:  # a failing run has no pruned.pt: an old one is dropped
+        save_plan(stage / "plan.json", s.plan)
+        draw_plan(s, costs, stage / "plan.png")
+        if passed:
+            save_static(stage / "pruned.pt", art)
+        report["seconds"] = round(time.perf_counter() - t0, 3)
+        write_json(stage / "prune_report.json", report)
+        atomic_write_text(stage / "prune_report.md", render_markdown(report))
     if not passed:
         err = VerificationError(_failure_line(parity, proof, approx, out / "prune_report.md"))
         err.report = report  # type: ignore[attr-defined]  # the CLI prints the per-task table from it

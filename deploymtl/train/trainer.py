@@ -5,6 +5,11 @@ stage. A stage runs epochs; each iteration takes one batch from every phase in t
 weight step on one split then policy step on the other). Completed (stage, epoch) pairs are recorded in the
 checkpoint, so a resumed run skips them and continues with the same optimiser states. Mutable search state
 (temperature, curriculum) must live in the supernet's buffers so that it resumes with the weights.
+
+Files: while it trains, the state after each epoch is kept beside the output directory
+(`.<name>.train_state.pt`, `resume_state_path`), so a killed run can be resumed while the directory keeps its
+previous set; at the end supernet.pt, train_report.json, recipe.resolved.json and train_state.pt replace the
+directory as one set (`deploymtl.outdir.output_set`).
 """
 
 from __future__ import annotations
@@ -28,10 +33,11 @@ from .. import __version__
 from ..config import Recipe
 from ..data import MultiTaskDataset, build_datasets, make_loader
 from ..errors import DeploymtlError
-from ..io import ensure_dir, load_torch, save_torch, write_json
+from ..io import load_torch, save_torch, write_json
 from ..metrics import TaskMeter, delta_mtl
 from ..models.base import Supernet
 from ..models.registry import build_supernet
+from ..outdir import check_output_dir, link_or_copy, output_set
 from ..tasks import TaskSpec, task_loss
 from .distributed import (
     DistContext,
@@ -45,6 +51,8 @@ from .distributed import (
 
 SUPERNET_FORMAT = "deploymtl.supernet/1"
 STATE_FORMAT = "deploymtl.train_state/1"
+STATE_NAME = "train_state.pt"
+TRAIN_FILES = ("supernet.pt", "train_report.json", "recipe.resolved.json", STATE_NAME)
 
 LossFn = Callable[[Supernet, dict[str, torch.Tensor], float], torch.Tensor]
 
@@ -66,6 +74,12 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise DeploymtlError(f"device '{name}' requested but CUDA is not available", hint="use device: cpu")
     return torch.device(name)
+
+
+def resume_state_path(out_dir: str | Path) -> Path:
+    """Where a run into `out_dir` keeps its state after each epoch until it finishes (beside the directory)."""
+    out = Path(out_dir)
+    return out.parent / f".{out.name}.{STATE_NAME}"
 
 
 def seed_everything(seed: int) -> None:
@@ -105,7 +119,8 @@ class Trainer:
                  resume: str | Path | None = None, progress: bool = True,
                  datasets: dict[str, MultiTaskDataset] | None = None) -> None:
         self.recipe = recipe
-        self.out_dir = ensure_dir(out_dir)
+        check_output_dir(out_dir)
+        self.out_dir = Path(out_dir)
         self.max_steps = max_steps or recipe.train.max_steps
         self.dist: DistContext = context_from_env()
         self.device = device_for(self.dist, resolve_device(recipe.train.device))
@@ -220,7 +235,7 @@ class Trainer:
     # -- checkpoints --------------------------------------------------------------------------------
     @property
     def state_path(self) -> Path:
-        return self.out_dir / "train_state.pt"
+        return resume_state_path(self.out_dir)
 
     def _train_loader(self, data: MultiTaskDataset) -> torch.utils.data.DataLoader:
         """Shuffled training batches; under torchrun each rank draws its own shard."""
@@ -285,9 +300,14 @@ class Trainer:
                 report["delta_mtl"] = delta_mtl(self.recipe.tasks, final, single)
         report["seconds"] = round(time.perf_counter() - t0, 2)
         if main:
-            self.save_supernet(report)
-            write_json(self.out_dir / "train_report.json", report)
-            write_json(self.out_dir / "recipe.resolved.json", self.recipe.resolved())
+            with output_set(self.out_dir, owned=TRAIN_FILES) as stage:
+                self.save_supernet(report, stage)
+                write_json(stage / "train_report.json", report)
+                write_json(stage / "recipe.resolved.json", self.recipe.resolved())
+                state = self.state_path if self.state_path.is_file() else self.resume_path  # none: nothing trained
+                if state is not None and state.is_file():
+                    link_or_copy(state, stage / STATE_NAME)
+            self.state_path.unlink(missing_ok=True)  # now inside the set
         barrier(self.dist)
         return report
 
@@ -324,8 +344,8 @@ class Trainer:
                 results[task.name] = evaluate(net, [task], self.data["val"], self.device)[task.name]
         return results
 
-    def save_supernet(self, report: dict[str, Any]) -> Path:
-        path = self.out_dir / "supernet.pt"
+    def save_supernet(self, report: dict[str, Any], folder: Path) -> Path:
+        path = folder / "supernet.pt"
         save_torch(path, {
             "format": SUPERNET_FORMAT, "family": self.recipe.family, "deploymtl_version": __version__,
             "recipe": self.recipe.resolved(), "tasks": [t.model_dump() for t in self.recipe.tasks],
