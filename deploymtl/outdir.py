@@ -46,6 +46,7 @@ _OURS = re.compile(r"^\.(?P<name>.+)\.(?P<kind>staging|old)-(?P<pid>\d+)-[0-9a-z
 _ATOMIC_TMP = re.compile(r"^\..+\.[0-9a-z_]{8}\.tmp$")  # io.atomic_path's temporaries (mkstemp's 8 characters)
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
+_commits: dict[str, int] = {}  # sets this process committed, per real path (read by `untouched`)
 
 
 # -- checks -------------------------------------------------------------------------------------------------------
@@ -118,6 +119,20 @@ def output_set(out_dir: str | os.PathLike[str], *, owned: Iterable[str] = ()) ->
             _remove(stage)
 
 
+@contextlib.contextmanager
+def untouched(out_dir: str | os.PathLike[str]) -> Iterator[None]:
+    """For work done before a command opens its output set: an exception escaping the block is marked as leaving
+    `out_dir` with its previous files (`kept_dirs`), unless a set was committed to it meanwhile."""
+    key = os.path.realpath(out_dir)
+    before = _commits.get(key, 0)
+    try:
+        yield
+    except BaseException as exc:
+        if _commits.get(key, 0) == before and str(out_dir) not in kept_dirs(exc):
+            exc.kept_dirs = [*kept_dirs(exc), str(out_dir)]  # type: ignore[attr-defined]
+        raise
+
+
 def kept_dirs(exc: BaseException) -> list[str]:
     """Output directories an exception left with their previous set of files."""
     return list(getattr(exc, "kept_dirs", []))
@@ -179,6 +194,8 @@ def _commit(stage: Path, out: Path, owned: set[str]) -> None:
             _sync_dir(stage.parent)
         if trash is not None:
             _remove(trash)
+    key = os.path.realpath(out)
+    _commits[key] = _commits.get(key, 0) + 1
 
 
 def _carry(old: Path, stage: Path, owned: set[str]) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from ..errors import DeploymtlError
-from ..outdir import check_output_dir
+from ..outdir import check_output_dir, untouched
 from .common import OutDir, Quiet, default_out
 
 
@@ -64,8 +64,9 @@ def profile(
     out_dir = out or default_out("profile", first.parent.name or first.stem)
     check_output_dir(out_dir)  # before minutes of measuring
     log = (lambda _msg: None) if quiet else (lambda msg: typer.echo(msg, err=True))
-    result = profile_artifacts(artifacts, options, log=log)
-    files = write_report(out_dir, result)
+    with untouched(out_dir):  # minutes of measuring before the set is written
+        result = profile_artifacts(artifacts, options, log=log)
+        files = write_report(out_dir, result)
     for a in result["artifacts"]:
         sweep = a["sweep"]
         line = f"{a['name']}: p50 {sweep[0]['latency_ms']['p50_ms']:.3g} ms at batch {sweep[0]['batch']}"

@@ -56,13 +56,16 @@ def prune(
     from rich.console import Console
 
     from ..errors import VerificationError
+    from ..outdir import untouched
     from ..surgery.prune import prune_checkpoint
 
     console = Console()
     out_dir = out or default_out("prune", _stem(checkpoint))
     try:
-        _, report = prune_checkpoint(checkpoint, out_dir, plan_path=plan, tasks=tasks, round_channels=round_channels,
-                                     accept_approximation=accept_approximation, atol=atol, rtol=rtol)
+        with untouched(out_dir):  # the surgeon and its checks run before the set is written
+            _, report = prune_checkpoint(checkpoint, out_dir, plan_path=plan, tasks=tasks,
+                                         round_channels=round_channels, accept_approximation=accept_approximation,
+                                         atol=atol, rtol=rtol)
     except VerificationError as exc:
         report = getattr(exc, "report", None)
         if report:
@@ -90,11 +93,13 @@ def inspect(
     from rich.console import Console
     from rich.pretty import Pretty
 
+    from ..outdir import untouched
     from ..surgery.inspect import inspect_checkpoint
 
     console = Console()
     out_dir = out or default_out("inspect", _stem(checkpoint))
-    result = inspect_checkpoint(checkpoint, out_dir, plan_path=plan, tasks=tasks, round_channels=round_channels)
+    with untouched(out_dir):
+        result = inspect_checkpoint(checkpoint, out_dir, plan_path=plan, tasks=tasks, round_channels=round_channels)
     console.print(f"[bold]{result['family']}[/bold] plan for {', '.join(result['tasks'])} (rule: {result['rule']}"
                   f"{', edited' if result['edited'] else ''})")
     console.print(Pretty(result["summary"]))

@@ -20,6 +20,7 @@ def train(
     """Run the family's search and pruning-aware training; write supernet.pt and train_report.json."""
     from ..config import load_recipe
     from ..errors import DeploymtlError
+    from ..outdir import untouched
     from ..train.trainer import Trainer, resume_state_path
 
     overrides = {"train.device": device} if device else {}
@@ -32,7 +33,8 @@ def train(
         typer.echo(f"note: {state} holds the state of an unfinished run; this run starts over and replaces it "
                    f"after its first epoch (continue that run instead with --resume {state})", err=True)
     try:
-        report = trainer.run()
+        with untouched(out_dir):  # the set is written at the very end
+            report = trainer.run()
     except DeploymtlError:
         raise
     except BaseException:  # interrupted or crashed: say where the last completed epoch is
