@@ -47,6 +47,7 @@ _ATOMIC_TMP = re.compile(r"^\..+\.[0-9a-z_]{8}\.tmp$")  # io.atomic_path's tempo
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
 _commits: dict[str, int] = {}  # sets this process committed, per real path (read by `untouched`)
+_open_stages: list[Path] = []  # stages of the sets being written now (a set nested in another's stage is private)
 
 
 # -- checks -------------------------------------------------------------------------------------------------------
@@ -107,14 +108,18 @@ def output_set(out_dir: str | os.PathLike[str], *, owned: Iterable[str] = ()) ->
     base = _base(out)
     stage = _sibling(out, "staging", base)
     stage.mkdir()
+    private = any(s in out.parents for s in _open_stages)  # e.g. export's pruned/, inside the export's stage
+    _open_stages.append(stage)
     try:
         try:
             yield stage
         except BaseException as exc:
-            exc.kept_dirs = [*kept_dirs(exc), str(out_dir)]  # type: ignore[attr-defined]  # read by the CLI
+            if not private:
+                exc.kept_dirs = [*kept_dirs(exc), str(out_dir)]  # type: ignore[attr-defined]  # read by the CLI
             raise
         _commit(stage, out, set(owned))
     finally:
+        _open_stages.remove(stage)
         if os.path.lexists(stage):
             _remove(stage)
 

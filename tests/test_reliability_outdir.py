@@ -139,6 +139,22 @@ def test_failure_inside_the_block_leaves_the_old_set_and_no_stage(tmp_path: Path
         f"interrupted; {out} keeps its previous files (nothing of this run was written into it)")
 
 
+def test_a_set_nested_in_a_stage_is_part_of_the_outer_set(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    old = make_set(out, OLD)
+    with output_set(out, owned=(*OWNED, "pruned")) as stage:  # export writes pruned/ when it prunes on the way
+        with output_set(stage / "pruned") as inner:
+            write_new(inner)
+        write_new(stage)
+    assert snapshot(out) == expected_new(old) | {f"pruned/{k}": v for k, v in expected_new({}).items()}
+    with pytest.raises(KeyboardInterrupt) as caught:
+        with output_set(out, owned=(*OWNED, "pruned")) as stage:
+            with output_set(stage / "pruned"):
+                raise KeyboardInterrupt
+    assert outdir.kept_dirs(caught.value) == [str(out)]  # the inner stage's path is nobody's business
+    assert siblings(out) == []
+
+
 def test_stale_staging_of_dead_processes_is_removed_live_ones_kept(tmp_path: Path) -> None:
     out = tmp_path / "out"
     make_set(out, OLD)
