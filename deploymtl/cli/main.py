@@ -12,9 +12,7 @@ import typer
 
 from .. import __version__
 from ..env import debug_enabled
-from ..errors import EXIT_USAGE, DeploymtlError
-
-EXIT_INTERNAL = 3
+from ..errors import EXIT_INTERNAL, EXIT_USAGE, DeploymtlError, InternalError
 
 app = typer.Typer(
     name="deploymtl", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -56,6 +54,12 @@ def main(argv: list[str] | None = None) -> int:
         app(args=argv, prog_name="deploymtl", standalone_mode=True)
     except SystemExit as exc:
         return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_USAGE
+    except InternalError as exc:
+        if debug_enabled():
+            raise
+        typer.echo(f"internal error: {exc.one_line()} (a deploymtl bug; rerun with DEPLOYMTL_DEBUG=1 for the "
+                   "traceback)", err=True)
+        return exc.exit_code
     except DeploymtlError as exc:
         if debug_enabled():
             raise
