@@ -23,9 +23,11 @@ import numpy as np
 import torch
 import yaml
 from export_fixtures import tiny_artifact
+from test_data_nyuv2 import make_nyuv2
 from test_prune_cli import make_checkpoint
 
-from deploymtl.io import load_torch, save_torch
+from deploymtl.export.trt.manifest import RuntimeInfo, make_manifest, manifest_path
+from deploymtl.io import load_torch, save_torch, sha256_file
 from deploymtl.runtime.toy import toy_onnx, toy_static
 from deploymtl.surgery.artifact import load_static
 from deploymtl.surgery.plan import make_plan, save_plan
@@ -156,6 +158,21 @@ class Inputs:
                 np.savez(f, **arrays)
         return self._once(f"{name}.npz", write)
 
+    def engine(self, name: str, mutate: Callable[[dict], Any]) -> str:
+        """A `.plan` with a well-formed manifest beside it, edited by `mutate` (TensorRT itself is not needed: the
+        manifest is checked before the engine is deserialised)."""
+        def write(p: Path) -> None:
+            p.write_bytes(b"not really an engine")
+            manifest = make_manifest(
+                runtime=RuntimeInfo("10.3.0", (8, 6), "NVIDIA A10", "12.4"), precision="fp32",
+                batch={"min": 1, "opt": 2, "max": 4}, tasks=[],
+                profile={"image": {"min": [1, 3, 48, 64], "opt": [2, 3, 48, 64], "max": [4, 3, 48, 64]}},
+                io=[{"name": "image", "mode": "input", "dtype": "float32", "shape": [-1, 3, 48, 64]}],
+                onnx_path="model.onnx", onnx_sha256="ab" * 32, plan_name=p.name, plan_sha256=sha256_file(p))
+            mutate(manifest)
+            manifest_path(p).write_text(json.dumps(manifest))
+        return self._once(f"{name}.plan", write)
+
     # -- malicious pickles: loading any of them with pickle would create self.marker --------------------------
     def evil_torch(self) -> str:
         """A torch zip file whose payload is an object that runs a shell command when unpickled."""
@@ -179,6 +196,18 @@ class Inputs:
             with open(p, "wb") as f:
                 np.savez(f, allow_pickle=True, **arrays)
         return self._once("evil.npz", write)
+
+    def evil_nyuv2(self) -> str:
+        """A recipe on an NYUv2 folder one of whose arrays is a pickled object array."""
+        def write(p: Path) -> None:
+            root = make_nyuv2(p.with_suffix(""))
+            np.save(root / "train" / "image" / "0.npy", np.array([RunsCommand(self.marker)], dtype=object),
+                    allow_pickle=True)
+            data = copy.deepcopy(self.recipe_data)
+            data["tasks"] = [{"name": "depth", "kind": "depth"}]
+            data["data"] = {"source": "nyuv2", "root": str(root), "height": 8, "width": 8}
+            p.write_text(yaml.safe_dump(data))
+        return self._once("nyuv2.yaml", write)
 
     def evil_yaml(self) -> str:
         text = yaml.safe_dump(self.recipe_data) + f"seed: !!python/object/apply:os.system ['touch {self.marker}']\n"

@@ -380,6 +380,14 @@ CASES: list[Case] = [
         "is not a deploymtl engine manifest"),
     cli("trt", "verify-manifest-json", lambda i, o: ["verify", _engine(i, "m3", "{not json"), "--parity",
         i.g("parity")], "engine manifest", "not valid JSON"),
+    api("trt", "runtime.load", "manifest-precision-check", lambda i: load(i.engine("pc", set_key("precision_check",
+        [1]))), "pc.plan.json", "precision_check", "valid dictionary"),
+    api("trt", "runtime.load", "manifest-version-type", lambda i: load(i.engine("ver", set_key("tensorrt_version",
+        10))), "tensorrt_version", "valid string"),
+    api("trt", "runtime.load", "manifest-profile", lambda i: load(i.engine("prof", set_key("profile", "all"))),
+        "'profile' must map input names"),
+    cli("trt", "profile-manifest-sha", lambda i, o: ["profile", i.engine("sha", set_key("plan_sha256", "0" * 64)),
+        "-o", o], "does not match its manifest"),
     # -- the runtime API ----------------------------------------------------------------------------------------------
     api("runtime", "runtime.load", "provider", lambda i: load(i.g("onnx"), provider="tpu"), "unknown provider 'tpu'"),
     api("runtime", "runtime.load", "threads", lambda i: load(i.g("onnx"), threads=0), "threads is 0"),
@@ -417,6 +425,8 @@ CASES: list[Case] = [
     cli("pickle", "train-yaml", lambda i, o: ["train", i.evil_yaml(), "-o", o], "evil.yaml", "YAML tag",
         "not plain data"),
     cli("pickle", "run-yaml", lambda i, o: ["run", i.evil_yaml(), "-o", o], "YAML tag"),
+    cli("pickle", "nyuv2-array", lambda i, o: ["train", i.evil_nyuv2(), "-o", o], "cannot read NYUv2 array",
+        "allow_pickle"),
     cli("pickle", "gated-init-from", lambda i, o: ["train", R(i, "init", lambda d: d.update(family="gated", search={
         "init_from": {"seg": i.evil_torch()}})), "-o", o], "search.init_from.seg", "holds pickled Python objects"),
     api("pickle", "runtime.load", "torch-zip", lambda i: load(i.evil_torch()), "holds pickled Python objects"),
