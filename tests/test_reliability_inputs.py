@@ -476,3 +476,28 @@ def test_the_table_covers_every_command_and_class(inputs: Inputs) -> None:
     assert set(pickled) == {"train", "run", "prune", "inspect", "export", "verify", "profile", "runtime.load"}
     assert {k for k, n in kinds.items() if n >= 3} == {"recipe", "options", "checkpoint", "static", "plan", "parity",
                                                        "onnx", "trt", "runtime", "pickle"}
+
+
+def test_exit_3_is_for_our_bugs(inputs: Inputs, tmp_path, capsys, monkeypatch) -> None:
+    """A check of our own output that fails is an InternalError: exit 3 and a line asking for a bug report; an
+    unexpected exception is exit 3 too. Neither is ever reported as the user's bad input."""
+    from deploymtl.errors import InternalError
+    from deploymtl.export import exporter
+    from deploymtl.surgery.graph import GraphBuilder
+
+    monkeypatch.delenv("DEPLOYMTL_DEBUG", raising=False)
+
+    def broken(*args, **kwargs):
+        raise InternalError("the exported ONNX graph of pruned.pt is malformed: outputs are []")
+
+    monkeypatch.setattr(exporter, "export_model", broken)
+    assert main(["export", inputs.g("static"), "-o", str(tmp_path / "o")]) == 3
+    assert capsys.readouterr().err == ("internal error: the exported ONNX graph of pruned.pt is malformed: outputs "
+                                       "are [] (a deploymtl bug; rerun with DEPLOYMTL_DEBUG=1 for the traceback)\n")
+    monkeypatch.setattr(exporter, "export_model", lambda *a, **k: {}["artifact"])
+    assert main(["export", inputs.g("static"), "-o", str(tmp_path / "o")]) == 3
+    assert capsys.readouterr().err.startswith("internal error: KeyError: 'artifact' (a deploymtl bug;")
+    b = GraphBuilder()
+    b.relu("x", "image")
+    with pytest.raises(InternalError, match="emitted the static node name x twice"):
+        b.relu("x", "image")

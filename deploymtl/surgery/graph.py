@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import InternalError
+from ..errors import DeploymtlError, InternalError
 from .fastpath import Plan, global_hooks
 from .graph_check import ATTRS, INPUT, check_spec, check_weights
 
@@ -297,7 +297,12 @@ class GraphBuilder:
         return {"input": INPUT, "nodes": self.nodes, "outputs": dict(self.outputs)}
 
     def build(self) -> StaticModel:
-        """The static model with the accumulated weights loaded (strictly: every parameter accounted for)."""
+        """The static model with the accumulated weights loaded (strictly: every parameter accounted for). A graph
+        the surgeon built that fails validation is our bug, not the user's input."""
+        try:
+            check_weights(validate_spec(self.spec()), self.state)
+        except DeploymtlError as exc:
+            raise InternalError(f"the surgeon built a malformed static graph: {exc.one_line()}") from None
         model = StaticModel(self.spec())
         model.load_state_dict(self.state, strict=True)
         return model.eval()
