@@ -7,11 +7,21 @@ family's own config classes, see `deploymtl.models.registry`), and optional sect
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import DeploymtlError
 from .tasks import TaskSpec
@@ -21,8 +31,20 @@ Precision = Literal["fp32", "fp16", "int8"]
 Target = Literal["onnx", "trt"]
 
 
+_DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
+# A recipe's name names its default output folders (artifacts/<stage>/<name>): one plain path component.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def check_device(device: str) -> str:
+    """`device` if it is one deploymtl trains on (auto, cpu, cuda, cuda:N); ValueError naming the choices."""
+    if not isinstance(device, str) or not _DEVICE.fullmatch(device):
+        raise ValueError(f"{device!r} is not a device; expected auto, cpu, cuda or cuda:N")
+    return device
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class DataConfig(_Strict):
@@ -34,7 +56,7 @@ class DataConfig(_Strict):
     val_size: int = Field(default=96, ge=0)
     seed: int = 0
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    std: tuple[float, float, float] = (0.25, 0.25, 0.25)
+    std: tuple[PositiveFloat, PositiveFloat, PositiveFloat] = (0.25, 0.25, 0.25)
 
 
 class TrainConfig(_Strict):
@@ -42,12 +64,14 @@ class TrainConfig(_Strict):
     lr: float = Field(default=1e-3, gt=0)
     weight_decay: float = Field(default=1e-4, ge=0)
     arch_lr: float = Field(default=1e-2, gt=0, description="learning rate of decisions (policy/gates/alphas)")
-    device: str = "auto"
+    device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N")
     eval_every: int = Field(default=1, ge=1, description="validate every N epochs")
     max_steps: int | None = Field(default=None, ge=1, description="cap on optimizer steps per stage")
     single_task_baselines: bool = True
     baseline_epochs: int = Field(default=4, ge=1)
     threads: int | None = Field(default=None, ge=1)
+
+    _device = field_validator("device")(classmethod(lambda cls, v: check_device(v)))
 
 
 class PruneConfig(_Strict):
@@ -60,16 +84,27 @@ class PruneConfig(_Strict):
 
 
 class ExportConfig(_Strict):
-    targets: list[Target] = ["onnx"]
-    precisions: list[Precision] = ["fp32", "int8"]
+    targets: list[Target] = Field(default=["onnx"], min_length=1)
+    precisions: list[Precision] = Field(default=["fp32", "int8"], min_length=1)
     batch: str = "1:4:8"
     opset: int = Field(default=17, ge=17)
     calibration_samples: int = Field(default=64, ge=1)
     max_metric_drop: float = Field(default=0.05, ge=0, description="allowed relative loss of a task metric")
 
+    @field_validator("batch")
+    @classmethod
+    def _batch(cls, text: str) -> str:
+        from .export.batch import parse_batch  # the one parser of MIN:OPT:MAX
+
+        try:
+            parse_batch(text, where="batch")
+        except DeploymtlError as exc:
+            raise ValueError(exc.one_line().removeprefix("batch: ")) from None
+        return text
+
 
 class ProfileConfig(_Strict):
-    batch_sizes: list[int] = [1, 2, 4, 8]
+    batch_sizes: list[PositiveInt] = Field(default=[1, 2, 4, 8], min_length=1)
     threads: int = Field(default=2, ge=1)
     duration_s: float = Field(default=1.0, gt=0)
     streams: int = Field(default=4, ge=1)
@@ -79,7 +114,7 @@ class ProfileConfig(_Strict):
 
 
 class Recipe(_Strict):
-    name: str
+    name: str = Field(description="names the default output folders: letters, digits, _ . -")
     family: Family
     seed: int = 0
     tasks: list[TaskSpec] = Field(min_length=1)
@@ -90,6 +125,14 @@ class Recipe(_Strict):
     prune: PruneConfig = PruneConfig()
     export: ExportConfig = ExportConfig()
     profile: ProfileConfig = ProfileConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str) -> str:
+        if not _NAME.fullmatch(name) or name in (".", ".."):
+            raise ValueError(f"{name!r} must be one plain folder name (letters, digits, _ . -), it names the "
+                             "default output folders")
+        return name
 
     @field_validator("tasks")
     @classmethod
@@ -110,6 +153,18 @@ class Recipe(_Strict):
                 cls.model_validate(getattr(self, section))
             except ValidationError as exc:  # keep the section in the error's location
                 raise _SectionError(section, exc) from None
+        try:  # the backbone's own rule, checked on load rather than when the model is built
+            spec.model_config_cls.model_validate(self.model).block_counts()
+        except ValueError as exc:
+            raise _FieldError("model.blocks", str(exc)) from None
+        return self
+
+    @model_validator(mode="after")
+    def _prune_tasks(self) -> Recipe:
+        names = [t.name for t in self.tasks]
+        chosen = self.prune.tasks
+        if chosen is not None and (not chosen or any(t not in names for t in chosen)):
+            raise _FieldError("prune.tasks", f"{chosen} is not a non-empty subset of the recipe's tasks {names}")
         return self
 
     def model_cfg(self) -> Any:
@@ -138,6 +193,14 @@ class _SectionError(DeploymtlError):
         super().__init__(_format_validation_error(exc, "recipe", prefix=(section,)))
 
 
+class _FieldError(DeploymtlError):
+    """A rule across fields, raised inside validation; `parse_recipe` adds the file to its location."""
+
+    def __init__(self, loc: str, message: str) -> None:
+        self.loc, self.message = loc, message
+        super().__init__(f"recipe: {loc}: {message}")
+
+
 def _format_validation_error(exc: ValidationError, path: Path | str, prefix: tuple[str, ...] = ()) -> str:
     err = exc.errors()[0]
     loc = ".".join(str(p) for p in (*prefix, *err["loc"])) or "(top level)"
@@ -153,8 +216,37 @@ def parse_recipe(data: Any, path: Path | str = "<recipe>") -> Recipe:
         return Recipe.model_validate(data)
     except _SectionError as exc:
         raise DeploymtlError(_format_validation_error(exc.exc, path, prefix=(exc.section,))) from None
+    except _FieldError as exc:
+        raise DeploymtlError(f"{path}: {exc.loc}: {exc.message}") from None
     except ValidationError as exc:
         raise DeploymtlError(_format_validation_error(exc, path)) from None
+
+
+def _read_yaml(p: Path) -> Any:
+    """The YAML document of a recipe file: UTF-8 text, plain YAML (no Python tags: safe_load never runs code)."""
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise DeploymtlError(f"cannot read recipe {p}: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        binary = raw[:4] == b"PK\x03\x04" or raw[:1] == b"\x80" or b"\x00" in raw[:1024]
+        what = "a binary file (a .pt checkpoint?)" if binary else f"not UTF-8 text (byte 0x{raw[exc.start]:02x} " \
+            f"at offset {exc.start})"
+        raise DeploymtlError(f"recipe {p} is {what}", hint="expected a UTF-8 YAML recipe, e.g. "
+                             "recipes/adashare_tiny.yaml") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.constructor.ConstructorError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        raise DeploymtlError(f"{p}: YAML tag{at} is not plain data ({' '.join(str(exc.problem).split())})",
+                             hint="recipes are plain YAML: mappings, lists, strings and numbers") from None
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        at = f" at line {line + 1}" if line is not None else ""
+        raise DeploymtlError(f"{p}: not valid YAML{at}") from None
 
 
 def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
@@ -162,12 +254,7 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
     p = Path(path)
     if not p.is_file():
         raise DeploymtlError(f"recipe not found: {p}", hint="expected a YAML file, e.g. recipes/adashare_tiny.yaml")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        line = getattr(getattr(exc, "problem_mark", None), "line", None)
-        at = f" at line {line + 1}" if line is not None else ""
-        raise DeploymtlError(f"{p}: not valid YAML{at}") from None
+    data = _read_yaml(p)
     if not isinstance(data, dict):
         raise DeploymtlError(f"{p}: a recipe must be a mapping at the top level, got {type(data).__name__}")
     for key, value in (overrides or {}).items():

@@ -1,7 +1,7 @@
-"""One error type for the user, one for verification failures, everything else is our bug.
+"""One error type for the user, one for verification failures, one for bugs we catch ourselves.
 
-Exit codes (shared/DESIGN.md): 0 success, 1 verification failed, 2 bad input or usage.
-The CLI maps these to one-line messages in one place (`deploymtl.cli.main`).
+Exit codes: 0 success, 1 verification failed, 2 bad input or usage, 3 a deploymtl bug (an `InternalError` we
+detect, or any other exception). The CLI maps these to one-line messages in one place (`deploymtl.cli.main`).
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_VERIFICATION = 1
 EXIT_USAGE = 2
+EXIT_INTERNAL = 3
 
 
 class DeploymtlError(Exception):
@@ -29,6 +30,13 @@ class VerificationError(DeploymtlError):
     """A numeric check failed (parity, accuracy gate); the artifact and its report are kept for inspection."""
 
     exit_code = EXIT_VERIFICATION
+
+
+class InternalError(DeploymtlError):
+    """A check of our own output failed (the exporter produced a malformed graph, a surgeon emitted a node twice):
+    a deploymtl bug, never the user's input. Exit 3; the message says to report it."""
+
+    exit_code = EXIT_INTERNAL
 
 
 def where(path: object, field: str | None = None) -> str:

@@ -77,13 +77,22 @@ def write_json(path: str | os.PathLike[str], data: Any) -> Path:
 
 
 def read_json(path: str | os.PathLike[str], what: str = "JSON file") -> Any:
+    """Parse a UTF-8 JSON file; a missing, unreadable, non-UTF-8 or invalid one is a one-line DeploymtlError."""
     p = Path(path)
     if not p.is_file():
         raise DeploymtlError(f"{what} not found: {p}", hint="expected an existing file")
     try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DeploymtlError(f"{what} {p} is not valid JSON: {exc}") from None
+        text = p.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise DeploymtlError(f"cannot read {what} {p}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise DeploymtlError(f"{what} {p} is not UTF-8 text (byte {exc.start} is 0x{exc.object[exc.start]:02x}); "
+                             "is it a binary file?", hint="expected a JSON document") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DeploymtlError(f"{what} {p} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+                             hint="expected a JSON document") from None
 
 
 def ensure_dir(path: str | os.PathLike[str]) -> Path:
@@ -102,8 +111,16 @@ def save_torch(path: str | os.PathLike[str], obj: Any) -> Path:
     return Path(path)
 
 
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default format is a zip archive
+_PICKLE_PROTO = 0x80  # a pickle (protocol >= 2) starts with the PROTO opcode: legacy torch files and plain pickles
+
+
 def load_torch(path: str | os.PathLike[str], what: str = "checkpoint") -> Any:
-    """Load a torch file without executing code from it (`weights_only=True`)."""
+    """Load a torch file without executing code from it (`weights_only=True`).
+
+    A failure is classified for the message: a file that references Python callables or classes (the way a
+    malicious pickle runs code) is refused as such; a plain pickle, a file that is no torch file at all, and a
+    truncated or corrupt archive each get their own one-line error."""
     import pickle
 
     import torch
@@ -112,18 +129,42 @@ def load_torch(path: str | os.PathLike[str], what: str = "checkpoint") -> Any:
     if not p.is_file():
         raise DeploymtlError(f"{what} not found: {p}", hint="expected a file written by deploymtl")
     try:
+        with open(p, "rb") as f:
+            head = f.read(4)
+    except OSError as exc:
+        raise DeploymtlError(f"cannot read {what} {p}: {exc.strerror or exc}") from None
+    is_zip = head == _ZIP_MAGIC
+    if not is_zip and (not head or head[0] != _PICKLE_PROTO):
+        reason = "an empty file" if not head else "no zip or pickle header: not a torch file"
+        raise DeploymtlError(f"{what} {p} is truncated, corrupt or not a weights-only torch file ({reason})",
+                             hint="expected a .pt file written by deploymtl")
+    try:
         return torch.load(p, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise DeploymtlError(
-            f"{what} {p} holds pickled Python objects (a module or class), not weights only; refusing to load it",
-            hint="expected a file written by deploymtl (tensors, numbers, strings, lists, dicts)",
-        ) from None
-    except (RuntimeError, EOFError, ValueError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DeploymtlError(
-            f"{what} {p} is truncated, corrupt or not a weights-only torch file ({first[:160]})",
-            hint="expected a file written by deploymtl",
-        ) from None
+    except pickle.UnpicklingError as exc:
+        if "global" in str(exc).lower() or not is_zip:
+            raise DeploymtlError(
+                f"{what} {p} holds pickled Python objects ({_pickled_global(str(exc), is_zip)}), not weights only; "
+                "refusing to load it: deploymtl never unpickles code",
+                hint="expected a file written by deploymtl (tensors, numbers, strings, lists, dicts)") from None
+        raise _corrupt(what, p, exc) from None
+    except Exception as exc:  # noqa: BLE001 - any other failure of the reader means damaged bytes, not our bug
+        raise _corrupt(what, p, exc) from None
+
+
+def _pickled_global(message: str, is_zip: bool) -> str:
+    """What the weights-only unpickler refused, for the message: `GLOBAL builtins.getattr` or a plain pickle."""
+    import re
+
+    m = re.search(r"GLOBAL ([\w.]+)", message)
+    if m:
+        return f"it references {m.group(1)}"
+    return "a torch file with non-weight objects" if is_zip else "a plain Python pickle, not a torch weights file"
+
+
+def _corrupt(what: str, path: Path, exc: Exception) -> DeploymtlError:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return DeploymtlError(f"{what} {path} is truncated, corrupt or not a weights-only torch file ({first[:160]})",
+                          hint="expected a file written by deploymtl")
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:

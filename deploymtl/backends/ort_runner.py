@@ -67,11 +67,7 @@ class OrtRunner(Runner):
         if running != wanted:  # no silent CPU fallback
             raise DeploymtlError(f"ONNX Runtime runs {running} although {wanted} was requested for {path}")
         meta = from_props(self.session.get_modelmeta().custom_metadata_map)
-        inp = self.session.get_inputs()[0]
-        shape = inp.shape
-        batch = meta.get("batch", {})
-        spec = InputSpec(name=inp.name, channels=int(shape[1]), height=int(shape[2]), width=int(shape[3]),
-                         min_batch=int(batch.get("min", 1)), max_batch=batch.get("max"))
+        spec = _input_spec(self.session, meta, path)
         outputs = [o.name for o in self.session.get_outputs()]
         super().__init__(spec, outputs, str(path))
         self.meta = meta
@@ -80,3 +76,24 @@ class OrtRunner(Runner):
     def _infer(self, image: np.ndarray) -> dict[str, np.ndarray]:
         outs = self.session.run(self.output_names, {self.input_spec.name: image})
         return dict(zip(self.output_names, outs, strict=True))
+
+
+def _input_spec(session, meta: dict, path: str | Path) -> InputSpec:  # session: ort.InferenceSession
+    """The one image input (N, C, H, W: C/H/W fixed, N free) and the batch range the metadata records."""
+    hint = "expected an ONNX file written by deploymtl export: one input image (N, C, H, W), one output per task"
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if len(inputs) != 1 or not outputs:
+        raise DeploymtlError(f"ONNX model {path} has {len(inputs)} inputs and {len(outputs)} outputs", hint=hint)
+    inp = inputs[0]
+    shape = list(inp.shape or [])
+    if len(shape) != 4 or not all(isinstance(d, int) and d >= 1 for d in shape[1:]):
+        raise DeploymtlError(f"ONNX model {path}: input '{inp.name}' has shape {shape}", hint=hint)
+    if inp.type != "tensor(float)":
+        raise DeploymtlError(f"ONNX model {path}: input '{inp.name}' is {inp.type}", hint="expected tensor(float)")
+    batch = meta.get("batch", {})
+    lo, hi = (batch.get("min", 1), batch.get("max")) if isinstance(batch, dict) else (None, None)
+    if not (isinstance(lo, int) and lo >= 1 and (hi is None or (isinstance(hi, int) and hi >= lo))):
+        raise DeploymtlError(f"ONNX model {path}: metadata deploymtl.batch is {batch!r}",
+                             hint="expected {\"min\": N, \"opt\": N, \"max\": N} with 1 <= min <= max")
+    return InputSpec(name=inp.name, channels=shape[1], height=shape[2], width=shape[3], min_batch=lo,
+                     max_batch=hi)

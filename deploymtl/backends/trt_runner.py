@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ..config import _format_validation_error
 from ..errors import DeploymtlError
 from ..export.trt.manifest import check_compatible, dtype_name, manifest_path, read_manifest
 from ..export.trt.profile import profiles_from_dict
@@ -65,6 +67,7 @@ class TrtRunner(Runner):
         if not path.is_file():
             raise DeploymtlError(f"engine not found: {path}", hint="expected a model.plan from deploymtl export")
         manifest = read_manifest(manifest_path(path))
+        _check_fields(manifest, manifest_path(path))
         data = path.read_bytes()
         digest = hashlib.sha256(data).hexdigest()
         if manifest.get("plan_sha256") and manifest["plan_sha256"] != digest:
@@ -123,3 +126,31 @@ class TrtRunner(Runner):
         for attr in ("context", "engine", "_runtime"):
             if hasattr(self, attr):
                 setattr(self, attr, None)
+
+
+class _Compatibility(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    version_compatible: bool = False
+
+
+class _RunnerFields(BaseModel):
+    """The manifest fields this runner reads, typed (`read_manifest` checks the format, gpu and compatibility level):
+    checked before TensorRT is imported, so an edited manifest fails the same way on any machine."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    tensorrt_version: str = Field(min_length=1)
+    precision: str
+    plan_sha256: str | None = None
+    precision_check: dict[str, Any] = {}
+    compatibility: _Compatibility
+
+
+def _check_fields(manifest: dict[str, Any], path: Path) -> None:
+    try:
+        _RunnerFields.model_validate(manifest)
+    except ValidationError as exc:
+        raise DeploymtlError(_format_validation_error(exc, f"engine manifest {path}"),
+                             hint="rebuild the engine with deploymtl export MODEL --target trt") from None
+    profiles_from_dict(manifest["profile"], f"engine manifest {path}")

@@ -25,7 +25,7 @@ def export(
                                                    help="int8 calibration samples (default: recipe)."),
     max_metric_drop: float | None = typer.Option(None, "--max-metric-drop",
                                                  help="Allowed relative loss of a task metric for fp16/int8."),
-    workspace_mb: int = typer.Option(1024, "--workspace-mb", help="TensorRT builder workspace."),
+    workspace_mb: int = typer.Option(1024, "--workspace-mb", min=1, help="TensorRT builder workspace."),
     timing_cache: Path | None = typer.Option(None, "--timing-cache", help="TensorRT timing cache file."),
     threads: int | None = typer.Option(None, "--threads", min=1, help="ONNX Runtime/torch threads."),
     int8_activations: str = typer.Option("symmetric", "--int8-activations",

@@ -13,10 +13,9 @@ import typer
 
 from .. import __version__
 from ..env import debug_enabled
-from ..errors import EXIT_USAGE, DeploymtlError
+from ..errors import EXIT_INTERNAL, EXIT_USAGE, DeploymtlError, InternalError
 from ..outdir import interrupted_message
 
-EXIT_INTERNAL = 3
 EXIT_INTERRUPTED = 130
 
 app = typer.Typer(
@@ -74,6 +73,12 @@ def main(argv: list[str] | None = None) -> int:
             typer.echo(f"error: {interrupted_message(interrupt)}", err=True)
             return EXIT_INTERRUPTED
         return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_USAGE
+    except InternalError as exc:
+        if debug_enabled():
+            raise
+        typer.echo(f"internal error: {exc.one_line()} (a deploymtl bug; rerun with DEPLOYMTL_DEBUG=1 for the "
+                   "traceback)", err=True)
+        return exc.exit_code
     except DeploymtlError as exc:
         if debug_enabled():
             raise

@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from .common import OutDir, default_out
+from .common import OutDir, check_finite, default_out
 
 
 def _table(title: str, header: list[str], rows: list[list[str]]) -> Any:
@@ -59,6 +59,8 @@ def prune(
     from ..outdir import untouched
     from ..surgery.prune import prune_checkpoint
 
+    check_finite("--atol", atol, positive=True)
+    check_finite("--rtol", rtol)
     console = Console()
     out_dir = out or default_out("prune", _stem(checkpoint))
     try:

@@ -18,11 +18,16 @@ def train(
     quiet: bool = Quiet,
 ) -> None:
     """Run the family's search and pruning-aware training; write supernet.pt and train_report.json."""
-    from ..config import load_recipe
+    from ..config import check_device, load_recipe
     from ..errors import DeploymtlError
     from ..outdir import untouched
     from ..train.trainer import Trainer, resume_state_path
 
+    if device is not None:
+        try:
+            check_device(device)
+        except ValueError as exc:
+            raise DeploymtlError(f"--device: {exc}") from None
     overrides = {"train.device": device} if device else {}
     rec = load_recipe(recipe, overrides)
     out_dir = out or default_out("train", rec.name)

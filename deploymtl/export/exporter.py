@@ -35,7 +35,7 @@ from .. import __version__
 from ..backends.base import InputSpec, Runner
 from ..backends.torch_runner import TorchRunner
 from ..config import DataConfig, ExportConfig
-from ..errors import DeploymtlError, VerificationError
+from ..errors import DeploymtlError, InternalError, VerificationError
 from ..io import load_torch, write_json
 from ..outdir import check_output_dir, link_or_copy, output_set
 from ..surgery.artifact import STATIC_FORMAT, StaticArtifact, load_static
@@ -295,8 +295,7 @@ def _export(model_path: str | Path, out: Path, staging: Path, *, target: str, pr
     lap("export", t0)
     problems = onnx_export.check_structure(proto, outputs=names, **chw)
     if problems:
-        raise DeploymtlError(f"the exported ONNX graph is malformed: {problems[0]}",
-                             hint="rerun with DEPLOYMTL_DEBUG=1 and report this as a deploymtl bug")
+        raise InternalError(f"the exported ONNX graph of {model_path} is malformed: {problems[0]}")
     removed_check = check_removed_parts(proto, art.model, removed)
     if not removed_check["passed"]:
         failures.append(f"removed-parts check: {removed_check['problems'][0]}")

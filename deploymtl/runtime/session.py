@@ -97,8 +97,9 @@ def load(path: str | Path, *, provider: str = "cpu", device: str = "cpu", thread
     p = Path(path)
     if provider not in PROVIDER_CHOICES:
         raise DeploymtlError(f"unknown provider '{provider}'", hint=f"expected one of {', '.join(PROVIDER_CHOICES)}")
-    if threads is not None and threads < 1:
-        raise DeploymtlError(f"threads is {threads}", hint="expected an integer >= 1")
+    for name, value in (("threads", threads), ("max_batch", max_batch)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise DeploymtlError(f"{name} is {value!r}", hint="expected an integer >= 1 (or None)")
     kind = artifact_kind(p)
     if kind == "onnx":
         runner = open_runner(p, provider=provider, threads=threads)

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .. import __version__
+from ..config import _format_validation_error
 from ..errors import DeploymtlError
 from ..io import load_torch, save_torch, sha256_json
 from ..tasks import TaskSpec
@@ -50,15 +52,76 @@ def save_static(path: str | Path, art: StaticArtifact) -> Path:
     })
 
 
+class InputInfo(BaseModel):
+    """The image the model takes (N, channels, height, width) and its normalisation."""
+
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
+
+    channels: int = Field(ge=1)
+    height: int = Field(ge=1)
+    width: int = Field(ge=1)
+    mean: list[float] | None = None
+    std: list[Annotated[float, Field(gt=0)]] | None = None
+
+    @model_validator(mode="after")
+    def _per_channel(self) -> InputInfo:
+        for key in ("mean", "std"):
+            values = getattr(self, key)
+            if values is not None and len(values) != self.channels:
+                raise ValueError(f"{key} has {len(values)} values for {self.channels} channels")
+        return self
+
+
+class StaticFile(BaseModel):
+    """The envelope of `pruned.pt` (module docstring); graph and weights are checked by `graph_check`."""
+
+    model_config = ConfigDict(extra="ignore", arbitrary_types_allowed=True)
+
+    format: Literal["deploymtl.static/1"]
+    family: str = Field(min_length=1)
+    tasks: list[TaskSpec] = Field(min_length=1)
+    graph: dict[str, Any]
+    state_dict: dict[str, Any]
+    input: InputInfo
+    plan: dict[str, Any] = {}
+    recipe: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+
+    @field_validator("tasks")
+    @classmethod
+    def _unique(cls, tasks: list[TaskSpec]) -> list[TaskSpec]:
+        names = [t.name for t in tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"task names repeat: {names}")
+        return tasks
+
+
 def load_static(path: str | Path) -> StaticArtifact:
+    """Read and validate `pruned.pt`: envelope, graph spec (against its input size and tasks) and weights, each a
+    one-line DeploymtlError naming the file and the field."""
     data = load_torch(path, what="static model")
     if not isinstance(data, dict) or data.get("format") != STATIC_FORMAT:
         raise DeploymtlError(f"{path} is not a deploymtl static model",
                              hint=f"expected format {STATIC_FORMAT}, written by deploymtl prune")
-    model = build_static(data["graph"], data["state_dict"])
-    tasks = [TaskSpec.model_validate(t) for t in data["tasks"]]
-    return StaticArtifact(model=model, family=data["family"], tasks=tasks, plan=data["plan"], input=data["input"],
-                          recipe=data["recipe"], extra=data.get("extra", {}))
+    missing = [k for k, f in StaticFile.model_fields.items() if f.is_required() and k not in data]
+    if missing:
+        raise DeploymtlError(f"{path}: missing {', '.join(missing)}", hint="expected a pruned.pt written by "
+                             "deploymtl prune")
+    try:
+        env = StaticFile.model_validate(data)
+    except ValidationError as exc:
+        raise DeploymtlError(_format_validation_error(exc, path), hint="expected a pruned.pt written by deploymtl "
+                             "prune") from None
+    i = env.input
+    try:
+        model = build_static(env.graph, env.state_dict, image=(i.channels, i.height, i.width), tasks=env.tasks)
+    except DeploymtlError as exc:
+        raise DeploymtlError(f"{path}: {exc}", hint=exc.hint) from None
+    removed = env.extra.get("removed_prefixes", [])
+    if not isinstance(removed, list) or not all(isinstance(r, str) for r in removed):
+        raise DeploymtlError(f"{path}: extra.removed_prefixes: expected a list of module paths, got {removed!r}")
+    return StaticArtifact(model=model, family=env.family, tasks=env.tasks, plan=env.plan, input=dict(data["input"]),
+                          recipe=env.recipe, extra=env.extra)
 
 
 def example_input(art: StaticArtifact, batch: int = 1) -> torch.Tensor:

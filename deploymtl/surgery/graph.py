@@ -9,22 +9,22 @@ same supernet layer applied on two branches of a tree (AdaShare task groups) is 
 `StaticModel.forward` walks the fixed node list: no data-dependent control
 flow, so torch.export / ONNX tracing see a plain static graph.
 
-Ops are a registry keyed by op name (`OPS`); adding one is one builder function.
+Ops are a registry keyed by op name (`OPS`); adding one is one builder function plus its validation rule
+(`graph_check.ATTRS`: attrs, input count, output shape, weights).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import DeploymtlError
+from ..errors import DeploymtlError, InternalError
 from .fastpath import Plan, global_hooks
-
-INPUT = "image"
+from .graph_check import ATTRS, INPUT, check_spec, check_weights
 
 
 class Relu(nn.Module):
@@ -123,6 +123,7 @@ OPS: dict[str, Callable[[dict[str, Any]], nn.Module]] = {
     "gap": lambda a: GlobalAvgPool(),
     "linear": lambda a: nn.Linear(a["cin"], a["cout"]),
 }
+assert set(OPS) == set(ATTRS), "every op needs its validation rule in graph_check.ATTRS"
 
 
 class StaticModel(nn.Module):
@@ -171,31 +172,12 @@ class StaticModel(nn.Module):
         return not any(m._forward_hooks or m._forward_pre_hooks for m in self.layers.values())
 
 
-def validate_spec(spec: dict[str, Any]) -> None:
-    """Reject a malformed graph spec with a one-line reason (it may come from an edited file)."""
-    if not isinstance(spec, dict) or not {"nodes", "outputs"} <= set(spec):
-        raise DeploymtlError("static graph spec must have 'nodes' and 'outputs'")
-    seen = {INPUT}
-    ops: dict[str, str] = {}
-    for i, node in enumerate(spec["nodes"]):
-        name, op = node.get("name"), node.get("op")
-        owner = node.get("shares")
-        if owner is not None and ops.get(owner) != op:  # only earlier owning nodes are in `ops`
-            raise DeploymtlError(f"static graph node '{name}': shares '{owner}', which is not an earlier owning "
-                                 f"'{op}' node")
-        if not name or name in seen or "." in name:
-            raise DeploymtlError(f"static graph node {i}: missing, repeated or dotted name {name!r}")
-        if op not in OPS:
-            raise DeploymtlError(f"static graph node '{name}': unknown op '{op}'", hint=f"expected {sorted(OPS)}")
-        for inp in node.get("inputs", []):
-            if inp not in seen:
-                raise DeploymtlError(f"static graph node '{name}': input '{inp}' is not defined before it")
-        seen.add(name)
-        if owner is None:
-            ops[name] = op
-    for task, out in spec["outputs"].items():
-        if out not in seen:
-            raise DeploymtlError(f"static graph output '{task}' refers to unknown node '{out}'")
+def validate_spec(spec: Any, image: tuple[int, int, int] | None = None,
+                  tasks: Sequence[Any] | None = None) -> dict[str, tuple[str, str, tuple[int, ...]]]:
+    """Reject a malformed graph spec with a one-line reason (it may come from an edited file): structure, each op's
+    attrs, shapes through the graph (spatial ones given `image` = (C, H, W)), outputs against `tasks`. Returns the
+    weights the spec needs (`graph_check.check_spec`)."""
+    return check_spec(spec, image, tasks)
 
 
 def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -226,7 +208,7 @@ class GraphBuilder:
              shares: str | None = None, **params: torch.Tensor) -> str:
         name = name.replace(".", "_")
         if name in self._names:
-            raise RuntimeError(f"duplicate static node name {name}")  # a surgeon bug, not user input
+            raise InternalError(f"surgeon emitted the static node name {name} twice")  # not user input
         self._names.add(name)
         node: dict[str, Any] = {"name": name, "op": op, "inputs": list(inputs), "attrs": attrs or {}}
         if shares is not None:
@@ -315,22 +297,22 @@ class GraphBuilder:
         return {"input": INPUT, "nodes": self.nodes, "outputs": dict(self.outputs)}
 
     def build(self) -> StaticModel:
-        """The static model with the accumulated weights loaded (strictly: every parameter accounted for)."""
+        """The static model with the accumulated weights loaded (strictly: every parameter accounted for). A graph
+        the surgeon built that fails validation is our bug, not the user's input."""
+        try:
+            check_weights(validate_spec(self.spec()), self.state)
+        except DeploymtlError as exc:
+            raise InternalError(f"the surgeon built a malformed static graph: {exc.one_line()}") from None
         model = StaticModel(self.spec())
         model.load_state_dict(self.state, strict=True)
         return model.eval()
 
 
-def build_static(spec: dict[str, Any], state: dict[str, torch.Tensor]) -> StaticModel:
-    """Rebuild a static model from its spec and weights; a weight missing or extra is a one-line error."""
+def build_static(spec: Any, state: Any, *, image: tuple[int, int, int] | None = None,
+                 tasks: Sequence[Any] | None = None) -> StaticModel:
+    """Rebuild a static model from its spec and weights. Both are validated before any layer is built (a weight
+    missing, extra, of the wrong shape or not finite is a one-line error), so loading cannot fail later."""
+    check_weights(validate_spec(spec, image, tasks), state)
     model = StaticModel(spec)
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise DeploymtlError(
-            f"static model weights do not match its graph: missing {result.missing_keys[:3]}, "
-            f"unexpected {result.unexpected_keys[:3]}")
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise DeploymtlError(f"static model weights have wrong shapes: {str(exc).splitlines()[-1].strip()}") from None
+    model.load_state_dict(dict(state), strict=True)
     return model.eval()

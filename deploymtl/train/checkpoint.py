@@ -1,33 +1,120 @@
-"""Loading supernet checkpoints written by `deploymtl train` (weights only, validated)."""
+"""Loading the torch files `deploymtl train` writes, validated where they enter (weights only, one-line errors).
+
+- `supernet.pt` (`deploymtl.supernet/1`): family, resolved recipe, tasks, state dict, hard decisions, metrics;
+- `train_state.pt` (`deploymtl.train_state/1`, or a supernet.pt to continue from): family, recipe, state dict,
+  optimizer states, the (stage, epoch) pairs done, per-stage records.
+
+Each envelope is a pydantic model; the embedded recipe is validated as a recipe, the weights against the model the
+recipe builds, the decisions by the family's own `set_decisions`.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from ..config import parse_recipe
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ..config import Family, _format_validation_error, parse_recipe
 from ..errors import DeploymtlError
 from ..io import load_torch
 from ..models.base import Supernet
 from ..models.registry import FAMILY_MODULES, build_supernet
-from .trainer import SUPERNET_FORMAT
+from .trainer import STATE_FORMAT, SUPERNET_FORMAT
+
+
+class _Envelope(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    family: Family
+    recipe: dict[str, Any]
+    state_dict: dict[str, Any]
+
+
+class SupernetFile(_Envelope):
+    format: Literal["deploymtl.supernet/1"]
+    decisions: dict[str, Any]
+    metrics: dict[str, Any] = {}
+
+
+class TrainStateFile(_Envelope):
+    format: Literal["deploymtl.train_state/1", "deploymtl.supernet/1"]
+    optimizers: dict[str, dict[str, Any]] = {}
+    done: list[tuple[str, int]] = []
+    stages: list[dict[str, Any]] = []
+
+
+def _envelope(cls: type[_Envelope], data: Any, path: Path, what: str, hint: str) -> Any:
+    fmt = data.get("format") if isinstance(data, dict) else None
+    allowed = cls.model_fields["format"].annotation.__args__  # type: ignore[union-attr]
+    if fmt not in allowed:
+        raise DeploymtlError(f"{path} is not a deploymtl {what}", hint=hint)
+    if data.get("family") not in FAMILY_MODULES:
+        raise DeploymtlError(f"{path}: unknown family '{data.get('family')}'",
+                             hint=f"expected one of {', '.join(FAMILY_MODULES)}")
+    missing = [k for k, f in cls.model_fields.items() if f.is_required() and k not in data]
+    if missing:
+        raise DeploymtlError(f"{path}: missing {', '.join(missing)}", hint=hint)
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise DeploymtlError(_format_validation_error(exc, path), hint=hint) from None
+
+
+def load_weights(model: torch.nn.Module, state: dict[str, Any], path: Path, what: str) -> None:
+    """Load `state` strictly into `model`; a missing, extra, non-tensor or wrongly shaped weight is a one-line
+    DeploymtlError naming it."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        raise DeploymtlError(f"{path}: state_dict does not match {what}: missing {missing[:3]}, unexpected "
+                             f"{unexpected[:3]}", hint="use the recipe that wrote it")
+    for key, ref in expected.items():
+        value = state[key]
+        if not isinstance(value, torch.Tensor) or value.layout != torch.strided:
+            raise DeploymtlError(f"{path}: state_dict['{key}']: {type(value).__name__} is not a dense tensor")
+        if value.shape != ref.shape:
+            raise DeploymtlError(f"{path}: state_dict['{key}']: shape {list(value.shape)}, {what} needs "
+                                 f"{list(ref.shape)}", hint="use the recipe that wrote it")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise DeploymtlError(f"{path}: state_dict['{key}']: holds NaN or Inf values",
+                                 hint="expected finite weights")
+    model.load_state_dict(state, strict=True)
 
 
 def load_supernet(path: str | Path) -> tuple[Supernet, dict[str, Any]]:
     """(supernet in eval mode with its saved decisions fixed, raw checkpoint dict)."""
-    ckpt = load_torch(path, what="supernet checkpoint")
-    if not isinstance(ckpt, dict) or ckpt.get("format") != SUPERNET_FORMAT:
-        raise DeploymtlError(f"{path} is not a deploymtl supernet checkpoint",
-                             hint=f"expected format {SUPERNET_FORMAT}, written by deploymtl train")
-    family = ckpt.get("family")
-    if family not in FAMILY_MODULES:
-        raise DeploymtlError(f"{path}: unknown family '{family}'", hint=f"expected one of {', '.join(FAMILY_MODULES)}")
-    recipe = parse_recipe(ckpt["recipe"], f"{path} (embedded recipe)")
-    model = build_supernet(family, recipe.tasks, recipe.model, recipe.search)
+    p = Path(path)
+    ckpt = load_torch(p, what="supernet checkpoint")
+    env = _envelope(SupernetFile, ckpt, p, "supernet checkpoint",
+                    hint=f"expected format {SUPERNET_FORMAT}, written by deploymtl train")
+    recipe = parse_recipe(env.recipe, f"{p} (embedded recipe)")
+    if recipe.family != env.family:
+        raise DeploymtlError(f"{p}: family is '{env.family}' but its embedded recipe is for '{recipe.family}'")
+    model = build_supernet(env.family, recipe.tasks, recipe.model, recipe.search)
+    load_weights(model, env.state_dict, p, "the model of its embedded recipe")
     try:
-        model.load_state_dict(ckpt["state_dict"])
-    except (RuntimeError, KeyError) as exc:
-        raise DeploymtlError(f"{path}: weights do not match the embedded recipe ({str(exc).splitlines()[0][:120]})"
-                             ) from None
-    model.set_decisions(ckpt["decisions"])
+        model.set_decisions(env.decisions)
+    except DeploymtlError as exc:
+        raise DeploymtlError(f"{p}: decisions: {exc}", hint=exc.hint) from None
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:  # a family without full checks
+        raise DeploymtlError(f"{p}: decisions: malformed ({type(exc).__name__}: {str(exc)[:120]})",
+                             hint="expected the decisions deploymtl train wrote") from None
     return model.eval(), ckpt
+
+
+def load_train_state(path: str | Path, family: str) -> TrainStateFile:
+    """The validated envelope of a resume checkpoint for a recipe of `family` (weights loaded by the caller with
+    `load_weights`)."""
+    p = Path(path)
+    state = load_torch(p, what="resume checkpoint")
+    hint = "expected train_state.pt written by deploymtl train"
+    if not isinstance(state, dict) or state.get("format") not in (STATE_FORMAT, SUPERNET_FORMAT):
+        raise DeploymtlError(f"resume checkpoint {p} is not a deploymtl training state", hint=hint)
+    if state.get("family") != family:
+        raise DeploymtlError(f"resume checkpoint {p} belongs to family '{state.get('family')}', the recipe is "
+                             f"'{family}'", hint="resume with the same recipe")
+    return _envelope(TrainStateFile, state, p, "training state", hint=hint)
+

@@ -33,7 +33,7 @@ from .. import __version__
 from ..config import Recipe
 from ..data import MultiTaskDataset, build_datasets, make_loader
 from ..errors import DeploymtlError
-from ..io import load_torch, save_torch, write_json
+from ..io import save_torch, write_json
 from ..metrics import TaskMeter, delta_mtl
 from ..models.base import Supernet
 from ..models.registry import build_supernet
@@ -165,7 +165,12 @@ class Trainer:
         for ph in phases:  # restore optimiser state when resuming inside this stage
             key = f"{name}/{ph.name}"
             if key in self.optim_states:
-                ph.optimizer.load_state_dict(self.optim_states[key])
+                try:
+                    ph.optimizer.load_state_dict(self.optim_states[key])
+                except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # torch checks it against the optimizer
+                    raise DeploymtlError(f"resume checkpoint {self.resume_path}: optimizers['{key}'] does not fit "
+                                         f"this stage's optimizer ({str(exc)[:120]})",
+                                         hint="resume with the recipe that wrote it") from None
         loaders = [self._train_loader(ph.data) for ph in phases]
         steps_per_epoch = min(len(ld) for ld in loaders)
         if steps_per_epoch == 0:
@@ -257,21 +262,13 @@ class Trainer:
         })
 
     def _load_state(self, path: Path) -> None:
-        state = load_torch(path, what="resume checkpoint")
-        if not isinstance(state, dict) or state.get("format") not in (STATE_FORMAT, SUPERNET_FORMAT):
-            raise DeploymtlError(f"resume checkpoint {path} is not a deploymtl training state",
-                                 hint="expected train_state.pt written by deploymtl train")
-        if state.get("family") != self.recipe.family:
-            raise DeploymtlError(f"resume checkpoint {path} belongs to family '{state.get('family')}', "
-                                 f"the recipe is '{self.recipe.family}'", hint="resume with the same recipe")
-        try:
-            self.model.load_state_dict(state["state_dict"])
-        except RuntimeError:
-            raise DeploymtlError(f"resume checkpoint {path} does not match the recipe's model",
-                                 hint="resume with the recipe that wrote it") from None
-        self.optim_states = state.get("optimizers", {})
-        self.done = {(s, int(e)) for s, e in state.get("done", [])}
-        self.stages = state.get("stages", [])
+        from .checkpoint import load_train_state, load_weights  # validated envelope and weights (one-line errors)
+
+        state = load_train_state(path, self.recipe.family)
+        load_weights(self.model, state.state_dict, path, "the recipe's model")
+        self.optim_states = state.optimizers
+        self.done = {(s, int(e)) for s, e in state.done}
+        self.stages = state.stages
 
     # -- the whole job ------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:

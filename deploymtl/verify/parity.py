@@ -13,11 +13,13 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..backends.base import Runner
+from ..config import _format_validation_error
 from ..errors import DeploymtlError
 from ..io import atomic_path
 from .compare import CompareReport, Tolerance, compare_outputs, resolve_tolerances
@@ -67,22 +69,75 @@ def save_parity(path: str | Path, inputs: np.ndarray, reference: Mapping[str, np
     return Path(path)
 
 
+class _ToleranceModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    atol: float = Field(ge=0)
+    rtol: float = Field(ge=0)
+    range_rel: float = Field(default=0.0, ge=0)
+    min_cosine: float | None = Field(default=None, ge=-1, le=1)
+
+
+class ParityMeta(BaseModel):
+    """The JSON header of a parity file (extra keys, e.g. the batch spec and source, are kept as they are)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    format: Literal["deploymtl.parity/1"]
+    outputs: list[str] = Field(min_length=1)
+    precision: Literal["fp32", "fp16", "int8"] = "fp32"
+    tolerances: dict[str, _ToleranceModel] = {}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ParityMeta:
+        if len(set(self.outputs)) != len(self.outputs):
+            raise ValueError(f"outputs repeat: {self.outputs}")
+        unknown = [k for k in self.tolerances if k not in self.outputs]
+        if unknown:
+            raise ValueError(f"tolerances for outputs {unknown} that are not in outputs {self.outputs}")
+        return self
+
+
 def load_parity(path: str | Path) -> ParityData:
+    """Read and validate a parity file: an .npz of plain arrays (pickled object arrays are refused, never loaded),
+    its JSON header (`ParityMeta`), float32 images (N, C, H, W) and one reference per output with N samples."""
     p = Path(path)
+    hint = f"expected format {PARITY_FORMAT} written by deploymtl export"
     if not p.is_file():
         raise DeploymtlError(f"parity data not found: {p}",
                              hint="expected the .parity.npz written by deploymtl export, or pass --parity FILE")
+    with open(p, "rb") as f:
+        is_zip = f.read(4) == b"PK\x03\x04"
     try:
+        if not is_zip:  # np.load would take any other bytes for a pickle and say so
+            raise ValueError("not an .npz archive")
         with np.load(p, allow_pickle=False) as z:
-            meta = json.loads(bytes(z["meta"]).decode("utf-8"))
-            if meta.get("format") != PARITY_FORMAT:
-                raise ValueError(f"format {meta.get('format')!r}")
-            inputs = z["image"]
-            reference = {k: z[_REF + k] for k in meta["outputs"]}
-    except (OSError, KeyError, ValueError, json.JSONDecodeError) as exc:
-        raise DeploymtlError(f"{p} is not a deploymtl parity file ({str(exc)[:120]})",
-                             hint=f"expected format {PARITY_FORMAT} written by deploymtl export") from None
-    return ParityData(inputs, reference, meta)
+            header = json.loads(bytes(z["meta"]).decode("utf-8")) if "meta" in z.files else None
+            if not isinstance(header, dict):
+                raise ValueError("no JSON header 'meta'")
+            meta = ParityMeta.model_validate(header)
+            arrays = {k: z[k] for k in ["image", *(_REF + o for o in meta.outputs)] if k in z.files}
+    except ValidationError as exc:
+        raise DeploymtlError(f"{_format_validation_error(exc, p)} (in its header)", hint=hint) from None
+    except (OSError, KeyError, ValueError, EOFError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        if "pickle" in str(exc).lower():
+            raise DeploymtlError(f"parity data {p} holds pickled Python objects; refusing to load them: deploymtl "
+                                 "never unpickles code", hint=hint) from None
+        first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        raise DeploymtlError(f"{p} is not a deploymtl parity file ({first})", hint=hint) from None
+    inputs = arrays.get("image")
+    if inputs is None or inputs.dtype != np.float32 or inputs.ndim != 4 or not len(inputs):
+        got = "missing" if inputs is None else f"{inputs.dtype} {list(inputs.shape)}"
+        raise DeploymtlError(f"{p}: image is {got}", hint="expected float32 images (N, C, H, W), N >= 1")
+    reference = {}
+    for name in meta.outputs:
+        ref = arrays.get(_REF + name)
+        if ref is None or ref.ndim < 1 or len(ref) != len(inputs) or not np.issubdtype(ref.dtype, np.number):
+            got = "missing" if ref is None else f"{ref.dtype} {list(ref.shape)}"
+            raise DeploymtlError(f"{p}: reference output '{name}' is {got}",
+                                 hint=f"expected a numeric array with {len(inputs)} samples, one per image")
+        reference[name] = ref
+    return ParityData(inputs, reference, meta.model_dump(mode="json", exclude_defaults=False))
 
 
 def run_batches(runner: Runner, inputs: np.ndarray) -> tuple[dict[str, np.ndarray], list[int]]:
@@ -135,14 +190,18 @@ def open_for_backend(artifact: str | Path, backend: str = "auto", *, threads: in
     """`open_runner` with a `--backend` choice checked against the artifact's kind."""
     from ..backends.load import artifact_kind, open_runner
 
-    if backend not in BACKENDS:
-        raise DeploymtlError(f"unknown backend '{backend}'", hint=f"expected one of {', '.join(BACKENDS)}")
+    kinds, provider = _backend_kinds(backend)
     kind = artifact_kind(artifact)
-    kinds, provider = BACKENDS[backend]
     if kind not in kinds:
         raise DeploymtlError(f"backend '{backend}' cannot run {artifact} (a {kind} artifact)",
                              hint=f"use --backend auto or one of {[b for b, (k, _) in BACKENDS.items() if kind in k]}")
     return open_runner(artifact, provider=provider, threads=threads, max_batch=max_batch)
+
+
+def _backend_kinds(backend: str) -> tuple[tuple[str, ...], str]:
+    if backend not in BACKENDS:
+        raise DeploymtlError(f"--backend: unknown backend '{backend}'", hint=f"expected one of {', '.join(BACKENDS)}")
+    return BACKENDS[backend]
 
 
 def check_artifact(artifact: str | Path, *, backend: str = "auto", parity: str | Path | None = None,
@@ -150,7 +209,12 @@ def check_artifact(artifact: str | Path, *, backend: str = "auto", parity: str |
                    per_output: Mapping[str, Mapping[str, float]] | None = None,
                    threads: int | None = None) -> ParityCheck:
     """Re-run the saved parity inputs through `artifact` on `backend` and compare with the saved reference."""
-    data = load_parity(parity or _find_parity(artifact))
+    from ..backends.load import artifact_kind
+
+    _backend_kinds(backend)
+    artifact_kind(artifact)  # an unknown file type is named as such before its parity data is looked for
+    parity_file = Path(parity) if parity else _find_parity(artifact)
+    data = load_parity(parity_file)
     tolerances = data.tolerances()
     if atol is not None or rtol is not None or per_output:
         precision = data.meta.get("precision", "fp32")
@@ -158,6 +222,11 @@ def check_artifact(artifact: str | Path, *, backend: str = "auto", parity: str |
         tolerances = base
     runner = open_for_backend(artifact, backend, threads=threads, max_batch=len(data.inputs))
     try:
+        spec = runner.input_spec
+        if tuple(data.inputs.shape[1:]) != (spec.channels, spec.height, spec.width):
+            raise DeploymtlError(f"parity data {parity_file} holds images {list(data.inputs.shape[1:])} but "
+                                 f"{artifact} takes {[spec.channels, spec.height, spec.width]}",
+                                 hint="pass the parity file written beside this artifact")
         missing = [k for k in data.reference if k not in runner.output_names]
         if missing:
             raise DeploymtlError(f"{artifact} has no output(s) {missing} that the parity data expects",

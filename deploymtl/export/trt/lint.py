@@ -76,9 +76,15 @@ def _load(model: onnx.ModelProto | str | Path) -> onnx.ModelProto:
     if not path.is_file():
         raise DeploymtlError(f"ONNX model not found: {path}", hint="expected a .onnx file written by deploymtl export")
     try:
-        return onnx.load(str(path))
+        proto = onnx.load(str(path))
     except Exception as exc:  # onnx raises DecodeError / ValueError / OSError depending on the damage
         raise DeploymtlError(f"{path} is not a readable ONNX model: {str(exc).splitlines()[0][:160]}") from None
+    if not proto.HasField("graph") or not proto.graph.node or not proto.graph.output:
+        # protobuf parses an empty file (and some foreign bytes) as an empty model: that is bad input, not a graph
+        what = "an empty file" if path.stat().st_size == 0 else "a model without a graph, nodes or outputs"
+        raise DeploymtlError(f"{path} is not an ONNX model ({what})", hint="expected a .onnx file written by "
+                             "deploymtl export")
+    return proto
 
 
 def _opset(proto: onnx.ModelProto) -> int:
