@@ -94,7 +94,7 @@ class ExportConfig(_Strict):
     @field_validator("batch")
     @classmethod
     def _batch(cls, text: str) -> str:
-        from .export.batch import parse_batch  # the one parser of MIN:OPT:MAX
+        from .formats.batch import parse_batch  # the one parser of MIN:OPT:MAX
 
         try:
             parse_batch(text, where="batch")

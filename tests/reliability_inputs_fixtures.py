@@ -26,12 +26,12 @@ from export_fixtures import tiny_artifact
 from test_data_nyuv2 import make_nyuv2
 from test_prune_cli import make_checkpoint
 
-from deploymtl.export.trt.manifest import RuntimeInfo, make_manifest, manifest_path
+from deploymtl.formats.static import load_static
+from deploymtl.formats.supernet import load_supernet
+from deploymtl.formats.trt_manifest import RuntimeInfo, make_manifest, manifest_path
 from deploymtl.io import load_torch, save_torch, sha256_file
 from deploymtl.runtime.toy import toy_onnx, toy_static
-from deploymtl.surgery.artifact import load_static
 from deploymtl.surgery.plan import make_plan, save_plan
-from deploymtl.train.checkpoint import load_supernet
 from deploymtl.verify.parity import save_parity
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,8 +11,8 @@ import torch
 from adashare_helpers import randomize_bn, tiny_adashare
 
 from deploymtl.errors import DeploymtlError
+from deploymtl.ir.model import build_static
 from deploymtl.surgery import adashare as surgeon
-from deploymtl.surgery.graph import build_static
 
 matplotlib.use("Agg")
 ALL = ["seg", "depth", "normal"]

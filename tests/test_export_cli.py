@@ -8,8 +8,9 @@ from export_fixtures import recipe, tiny_artifact
 from torch import nn
 
 from deploymtl.cli.main import main
-from deploymtl.surgery import graph, graph_check
-from deploymtl.surgery.artifact import StaticArtifact, save_static
+from deploymtl.formats.static import StaticArtifact, save_static
+from deploymtl.ir import check as graph_check
+from deploymtl.ir import model as graph
 from deploymtl.tasks import TaskSpec
 
 

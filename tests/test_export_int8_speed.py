@@ -16,7 +16,7 @@ from torch import nn
 from deploymtl.export import quantize
 from deploymtl.export.onnx import export_onnx
 from deploymtl.export.trt.lint import errors, lint_onnx
-from deploymtl.surgery.graph import GraphBuilder, StaticModel
+from deploymtl.ir.model import GraphBuilder, StaticModel
 
 ort = pytest.importorskip("onnxruntime")
 H, W, C = 32, 32, 16

@@ -11,10 +11,10 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from deploymtl.errors import DeploymtlError  # noqa: E402
+from deploymtl.ir.model import build_static  # noqa: E402
 from deploymtl.models.gated import GatedSupernet  # noqa: E402
 from deploymtl.models.registry import build_supernet  # noqa: E402
 from deploymtl.surgery import gated as surgeon  # noqa: E402
-from deploymtl.surgery.graph import build_static  # noqa: E402
 from deploymtl.tasks import TaskSpec  # noqa: E402
 
 TASKS = [TaskSpec(name="seg", kind="segmentation", channels=5), TaskSpec(name="depth", kind="depth"),

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from deploymtl.config import parse_recipe
+from deploymtl.formats.supernet import load_supernet
 from deploymtl.io import read_json
 from deploymtl.surgery import gated as surgeon
-from deploymtl.train.checkpoint import load_supernet
 from deploymtl.train.trainer import Trainer
 
 RECIPE = {

@@ -19,12 +19,11 @@ import torch
 from deploymtl import __version__
 from deploymtl.cli.main import main
 from deploymtl.config import load_recipe
+from deploymtl.formats.static import load_static
+from deploymtl.formats.supernet import SUPERNET_FORMAT, load_supernet
 from deploymtl.io import save_torch
 from deploymtl.models.registry import build_supernet
-from deploymtl.surgery.artifact import load_static
 from deploymtl.surgery.families import SURGEON_MODULES
-from deploymtl.train.checkpoint import load_supernet
-from deploymtl.train.trainer import SUPERNET_FORMAT
 
 ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = [f for f, mod in SURGEON_MODULES.items() if importlib.util.find_spec(mod) is not None]

@@ -137,7 +137,7 @@ def test_trt_runner_checks_plan_against_manifest_before_tensorrt(no_tensorrt, tm
     import hashlib
 
     from deploymtl.backends.trt_runner import TrtRunner
-    from deploymtl.export.trt.manifest import RuntimeInfo, make_manifest, manifest_path, write_manifest
+    from deploymtl.formats.trt_manifest import RuntimeInfo, make_manifest, manifest_path, write_manifest
 
     plan = tmp_path / "model.plan"
     plan.write_bytes(b"engine bytes")

@@ -20,8 +20,8 @@ if not torch.cuda.is_available():
 from deploymtl.backends.trt_runner import TrtRunner  # noqa: E402
 from deploymtl.errors import DeploymtlError  # noqa: E402
 from deploymtl.export.trt.build import export_trt  # noqa: E402
-from deploymtl.export.trt.manifest import manifest_path  # noqa: E402
-from deploymtl.surgery.graph import GraphBuilder  # noqa: E402
+from deploymtl.formats.trt_manifest import manifest_path  # noqa: E402
+from deploymtl.ir.model import GraphBuilder  # noqa: E402
 
 BATCH = "1:2:4"
 

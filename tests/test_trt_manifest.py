@@ -9,7 +9,7 @@ import logging
 import pytest
 
 from deploymtl.errors import DeploymtlError
-from deploymtl.export.trt.manifest import (
+from deploymtl.formats.trt_manifest import (
     MANIFEST_FORMAT,
     RuntimeInfo,
     check_compatible,
@@ -122,7 +122,7 @@ def test_version_compatible_engines():
 
 
 def test_other_gpu_with_same_capability_only_warns(caplog):
-    with caplog.at_level(logging.WARNING, logger="deploymtl.export.trt.manifest"):
+    with caplog.at_level(logging.WARNING, logger="deploymtl.formats.trt_manifest"):
         assert check_compatible(_manifest(), RuntimeInfo("10.3.0", (8, 6), "NVIDIA RTX A6000")) is None
     assert "built on NVIDIA A10 and loads on NVIDIA RTX A6000" in caplog.text
 

@@ -14,7 +14,7 @@ from onnx import numpy_helper
 from deploymtl.cli.main import main
 from deploymtl.export import exporter
 from deploymtl.export.onnx import export_onnx
-from deploymtl.surgery.artifact import load_static
+from deploymtl.formats.static import load_static
 from deploymtl.verify.compare import PRESETS
 from deploymtl.verify.localize import localize, module_tensors
 
@@ -95,7 +95,7 @@ def test_a_layer_shared_by_several_nodes_is_split_per_call():
     from torch import nn
 
     from deploymtl.export.onnx import node_scope
-    from deploymtl.surgery.graph import GraphBuilder
+    from deploymtl.ir.model import GraphBuilder
 
     torch.manual_seed(0)
     b = GraphBuilder()

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DeploymtlError
-from ..export.metadata import from_props
+from ..formats.onnx_metadata import from_props
 from .base import InputSpec, Runner
 from .ort_lowering import lower_for_cpu
 

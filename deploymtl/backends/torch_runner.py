@@ -24,7 +24,7 @@ class TorchRunner(Runner):
     @classmethod
     def from_static(cls, path: str | Path, device: str = "cpu", threads: int | None = None,
                     max_batch: int | None = None) -> TorchRunner:
-        from ..surgery.artifact import load_static
+        from ..formats.static import load_static
 
         art = load_static(path)
         i = art.input

@@ -18,8 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..config import _format_validation_error
 from ..errors import DeploymtlError
-from ..export.trt.manifest import check_compatible, dtype_name, manifest_path, read_manifest
 from ..export.trt.profile import profiles_from_dict
+from ..formats.trt_manifest import check_compatible, dtype_name, manifest_path, read_manifest
 from .base import InputSpec, Runner
 
 

@@ -36,23 +36,23 @@ from ..backends.base import InputSpec, Runner
 from ..backends.torch_runner import TorchRunner
 from ..config import DataConfig, ExportConfig
 from ..errors import DeploymtlError, InternalError, VerificationError
+from ..formats.batch import BatchSpec, parse_batch
+from ..formats.static import STATIC_FORMAT, StaticArtifact, load_static
+from ..formats.supernet import SUPERNET_FORMAT
 from ..io import load_torch, write_json
 from ..outdir import check_output_dir, link_or_copy, output_set
-from ..surgery.artifact import STATIC_FORMAT, StaticArtifact, load_static
 from ..verify.compare import CompareReport, compare_outputs, resolve_tolerances
 from ..verify.localize import localize
 from ..verify.metrics_gate import evaluate, metric_gate
 from ..verify.parity import compare_runner, parity_path, save_parity
 from ..verify.removed import check_removed_parts
 from . import onnx as onnx_export
-from .batch import BatchSpec, parse_batch
 from .simplify import PASSES, simplify
 
 TARGETS = ("onnx", "trt")
 PRECISIONS = ("fp32", "fp16", "int8")
 INT8_ACTIVATIONS = ("symmetric", "asymmetric")
 INT8_OUTPUT_LAYERS = ("fp32", "int8")
-SUPERNET_FORMAT = "deploymtl.supernet/1"
 ONNX_NAME = "model.onnx"
 REPORT_NAME = "export_report.json"
 CALIBRATION_BATCH = 8

@@ -36,8 +36,8 @@ import torch
 from torch import nn
 
 from ..errors import DeploymtlError
-from . import metadata
-from .batch import BatchSpec
+from ..formats import onnx_metadata as metadata
+from ..formats.batch import BatchSpec
 
 INPUT_NAME = "image"
 BATCH_DIM = "batch"

@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from ..errors import DeploymtlError
+from ..ir.model import INPUT, GraphBuilder, fold_bn
 from ..models.auxnas import STAGES, AuxNasSupernet, NddrFusion, ResBlock
-from .graph import INPUT, GraphBuilder, fold_bn
 from .registry import emit, register
 
 

@@ -33,6 +33,7 @@ from .. import __version__
 from ..config import Recipe
 from ..data import MultiTaskDataset, build_datasets, make_loader
 from ..errors import DeploymtlError
+from ..formats.supernet import STATE_FORMAT, SUPERNET_FORMAT
 from ..io import save_torch, write_json
 from ..metrics import TaskMeter, delta_mtl
 from ..models.base import Supernet
@@ -49,8 +50,6 @@ from .distributed import (
     sync_gradients,
 )
 
-SUPERNET_FORMAT = "deploymtl.supernet/1"
-STATE_FORMAT = "deploymtl.train_state/1"
 STATE_NAME = "train_state.pt"
 TRAIN_FILES = ("supernet.pt", "train_report.json", "recipe.resolved.json", STATE_NAME)
 
@@ -262,7 +261,10 @@ class Trainer:
         })
 
     def _load_state(self, path: Path) -> None:
-        from .checkpoint import load_train_state, load_weights  # validated envelope and weights (one-line errors)
+        from ..formats.supernet import (  # validated envelope and weights (one-line errors)
+            load_train_state,
+            load_weights,
+        )
 
         state = load_train_state(path, self.recipe.family)
         load_weights(self.model, state.state_dict, path, "the recipe's model")

@@ -25,7 +25,7 @@ import torch
 
 from ..errors import DeploymtlError
 from ..export.onnx import node_scope, static_nodes
-from ..surgery.graph import INPUT, StaticModel
+from ..ir.model import INPUT, StaticModel
 from .compare import CompareResult, Tolerance, compare_arrays
 
 _LAYERS = "layers."

@@ -17,7 +17,7 @@ import re
 import onnx
 
 from ..export.onnx import node_scope, static_nodes
-from ..surgery.graph import StaticModel
+from ..ir.model import StaticModel
 
 _FLOAT = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)
 

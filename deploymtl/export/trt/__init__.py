@@ -4,9 +4,9 @@ Importing this package never imports `tensorrt`; only `require_tensorrt()` and t
 engine do. See docs/tensorrt.md for the GPU workflow.
 """
 
+from ...formats.trt_manifest import RuntimeInfo, check_compatible, manifest_path, read_manifest
 from .build import export_trt, require_tensorrt
 from .lint import LintIssue, lint_onnx
-from .manifest import RuntimeInfo, check_compatible, manifest_path, read_manifest
 from .profile import InputProfile, derive_profiles
 
 __all__ = ["InputProfile", "LintIssue", "RuntimeInfo", "check_compatible", "derive_profiles", "export_trt",

@@ -25,11 +25,19 @@ from typing import Any
 import onnx
 
 from ...errors import DeploymtlError
+from ...formats.batch import BatchSpec, parse_batch
+from ...formats.onnx_metadata import from_props
+from ...formats.trt_manifest import (
+    HARDWARE_LEVELS,
+    PRECISIONS,
+    RuntimeInfo,
+    dtype_name,
+    make_manifest,
+    version_tuple,
+    write_manifest,
+)
 from ...io import atomic_write_bytes, atomic_write_text, ensure_dir, sha256_file
-from ..batch import BatchSpec, parse_batch
-from ..metadata import from_props
 from .lint import errors, lint_onnx
-from .manifest import HARDWARE_LEVELS, PRECISIONS, RuntimeInfo, dtype_name, make_manifest, version_tuple, write_manifest
 from .precision import graph_precision, parse_engine_layers, precision_report, require_honoured
 from .profile import InputProfile, derive_profiles, profiles_to_dict
 

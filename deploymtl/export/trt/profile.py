@@ -15,7 +15,7 @@ from typing import Any
 import onnx
 
 from ...errors import DeploymtlError
-from ..batch import BatchSpec
+from ...formats.batch import BatchSpec
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ from .. import __version__
 from ..config import _format_validation_error
 from ..errors import DeploymtlError
 from ..io import load_torch, save_torch, sha256_json
+from ..ir.model import StaticModel, build_static
 from ..tasks import TaskSpec
-from .graph import StaticModel, build_static
 
 STATIC_FORMAT = "deploymtl.static/1"
 

@@ -32,7 +32,7 @@ from torch import nn
 from torch.nn.modules import module as _module
 
 if TYPE_CHECKING:
-    from .graph import StaticModel
+    from .model import StaticModel
 
 _NATIVE_MAX_NUMEL = 20480  # ATen's batch-1 size limit below which the native kernel runs (see module docstring)
 

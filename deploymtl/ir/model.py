@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import DeploymtlError, InternalError
-from .fastpath import Plan, global_hooks
-from .graph_check import ATTRS, INPUT, check_spec, check_weights
+from .check import ATTRS, INPUT, check_spec, check_weights
+from .schedule import Plan, global_hooks
 
 
 class Relu(nn.Module):

@@ -21,7 +21,9 @@ from ..errors import DeploymtlError
 from ..io import load_torch
 from ..models.base import Supernet
 from ..models.registry import FAMILY_MODULES, build_supernet
-from .trainer import STATE_FORMAT, SUPERNET_FORMAT
+
+SUPERNET_FORMAT = "deploymtl.supernet/1"
+STATE_FORMAT = "deploymtl.train_state/1"
 
 
 class _Envelope(BaseModel):

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ... import __version__
-from ...errors import DeploymtlError
-from ...io import read_json, write_json
+from .. import __version__
+from ..errors import DeploymtlError
+from ..io import read_json, write_json
 
 MANIFEST_FORMAT = "deploymtl.trt_plan/1"
 HARDWARE_LEVELS = ("none", "ampere_plus", "same_compute_capability")
