@@ -39,7 +39,8 @@ def build_tiny_demo_models(out: Path) -> list[Path]:
     import torch
 
     from deploymtl.config import load_recipe
-    from deploymtl.export.onnx import export_onnx, set_metadata
+    from deploymtl.export.onnx import export_onnx
+    from deploymtl.formats.onnx_metadata import set_metadata
     from deploymtl.models.registry import build_supernet
     from deploymtl.surgery.families import default_tasks, surgeon
 

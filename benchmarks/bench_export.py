@@ -49,9 +49,10 @@ from deploymtl.errors import VerificationError
 from deploymtl.export.exporter import export_model
 from deploymtl.formats.static import StaticArtifact, save_static
 from deploymtl.io import write_json
-from deploymtl.ir.model import GraphBuilder, StaticModel
+from deploymtl.ir import StaticModel
 from deploymtl.models.backbone import BackboneConfig, BlockBody, block_slots, make_ds
 from deploymtl.models.layers import Stem, make_head
+from deploymtl.surgery.builder import GraphBuilder
 from deploymtl.surgery.registry import emit
 from deploymtl.tasks import TaskSpec, task_loss
 

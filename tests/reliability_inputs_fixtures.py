@@ -26,13 +26,14 @@ from export_fixtures import tiny_artifact
 from test_data_nyuv2 import make_nyuv2
 from test_prune_cli import make_checkpoint
 
+from deploymtl.formats.parity import save_parity
+from deploymtl.formats.plan import save_plan
 from deploymtl.formats.static import load_static
-from deploymtl.formats.supernet import load_supernet
 from deploymtl.formats.trt_manifest import RuntimeInfo, make_manifest, manifest_path
 from deploymtl.io import load_torch, save_torch, sha256_file
+from deploymtl.models.checkpoint import load_supernet
 from deploymtl.runtime.toy import toy_onnx, toy_static
-from deploymtl.surgery.plan import make_plan, save_plan
-from deploymtl.verify.parity import save_parity
+from deploymtl.surgery.plan import make_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = {"name": "rel", "family": "adashare", "tasks": [{"name": "seg", "kind": "segmentation", "channels": 5},

@@ -11,7 +11,7 @@ import torch
 from adashare_helpers import randomize_bn, tiny_adashare
 
 from deploymtl.errors import DeploymtlError
-from deploymtl.ir.model import build_static
+from deploymtl.ir import build_static
 from deploymtl.surgery import adashare as surgeon
 
 matplotlib.use("Agg")

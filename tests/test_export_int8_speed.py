@@ -16,7 +16,8 @@ from torch import nn
 from deploymtl.export import quantize
 from deploymtl.export.onnx import export_onnx
 from deploymtl.export.trt.lint import errors, lint_onnx
-from deploymtl.ir.model import GraphBuilder, StaticModel
+from deploymtl.ir import StaticModel
+from deploymtl.surgery.builder import GraphBuilder
 
 ort = pytest.importorskip("onnxruntime")
 H, W, C = 32, 32, 16
@@ -172,7 +173,7 @@ def test_cpu_lowering_folds_the_relus_into_uint8(fp32: onnx.ModelProto, tmp_path
 
 def test_ort_runner_lowers_int8_files_on_cpu_only(fp32: onnx.ModelProto, tmp_path: Path) -> None:
     from deploymtl.backends.ort_runner import OrtRunner
-    from deploymtl.export.onnx import set_metadata
+    from deploymtl.formats.onnx_metadata import set_metadata
 
     q8 = quantize.quantize_int8(fp32, _calibration())
     path = tmp_path / "model.onnx"

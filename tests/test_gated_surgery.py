@@ -11,7 +11,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from deploymtl.errors import DeploymtlError  # noqa: E402
-from deploymtl.ir.model import build_static  # noqa: E402
+from deploymtl.ir import build_static  # noqa: E402
 from deploymtl.models.gated import GatedSupernet  # noqa: E402
 from deploymtl.models.registry import build_supernet  # noqa: E402
 from deploymtl.surgery import gated as surgeon  # noqa: E402

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from deploymtl.config import parse_recipe
-from deploymtl.formats.supernet import load_supernet
 from deploymtl.io import read_json
+from deploymtl.models.checkpoint import load_supernet
 from deploymtl.surgery import gated as surgeon
 from deploymtl.train.trainer import Trainer
 

@@ -20,8 +20,9 @@ from deploymtl import __version__
 from deploymtl.cli.main import main
 from deploymtl.config import load_recipe
 from deploymtl.formats.static import load_static
-from deploymtl.formats.supernet import SUPERNET_FORMAT, load_supernet
+from deploymtl.formats.supernet import SUPERNET_FORMAT
 from deploymtl.io import save_torch
+from deploymtl.models.checkpoint import load_supernet
 from deploymtl.models.registry import build_supernet
 from deploymtl.surgery.families import SURGEON_MODULES
 

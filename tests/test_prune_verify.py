@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from deploymtl.flops import measure, measure_stages
-from deploymtl.ir.model import GraphBuilder
 from deploymtl.models.base import Supernet
 from deploymtl.models.layers import ConvBN
+from deploymtl.surgery.builder import GraphBuilder
 from deploymtl.surgery.registry import emit
 from deploymtl.surgery.verify import check_parity, proof_tensors, prove_removal, removed_prefixes
 from deploymtl.tasks import TaskSpec

@@ -8,8 +8,9 @@ import pytest
 import torch
 from test_gated_surgery import NAMES, make, plan_of
 
-from deploymtl.ir.model import GraphBuilder, StaticModel
+from deploymtl.ir import StaticModel
 from deploymtl.surgery import gated as surgeon
+from deploymtl.surgery.builder import GraphBuilder
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

@@ -10,6 +10,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from deploymtl.backends.trt_env import require_tensorrt
 from deploymtl.errors import DeploymtlError
 from deploymtl.export.trt.build import (
     ParserError,
@@ -17,7 +18,6 @@ from deploymtl.export.trt.build import (
     check_graph,
     export_trt,
     format_parser_errors,
-    require_tensorrt,
 )
 
 

@@ -21,7 +21,7 @@ from deploymtl.backends.trt_runner import TrtRunner  # noqa: E402
 from deploymtl.errors import DeploymtlError  # noqa: E402
 from deploymtl.export.trt.build import export_trt  # noqa: E402
 from deploymtl.formats.trt_manifest import manifest_path  # noqa: E402
-from deploymtl.ir.model import GraphBuilder  # noqa: E402
+from deploymtl.surgery.builder import GraphBuilder  # noqa: E402
 
 BATCH = "1:2:4"
 

@@ -9,9 +9,10 @@ from onnx import TensorProto, helper
 from torch import nn
 
 from deploymtl.errors import DeploymtlError
-from deploymtl.export.trt.profile import InputProfile, derive_profiles, profiles_from_dict, profiles_to_dict
+from deploymtl.export.trt.profile import derive_profiles
 from deploymtl.formats.batch import BatchSpec, parse_batch
-from deploymtl.ir.model import GraphBuilder
+from deploymtl.formats.trt_manifest import InputProfile, profiles_from_dict, profiles_to_dict
+from deploymtl.surgery.builder import GraphBuilder
 
 
 def _graph(dims, extra_init=False):

@@ -94,8 +94,8 @@ def test_a_layer_shared_by_several_nodes_is_split_per_call():
     """AdaShare tree branches reuse one layer (`shares`): each call gets its own ONNX name and tensor."""
     from torch import nn
 
-    from deploymtl.export.onnx import node_scope
-    from deploymtl.ir.model import GraphBuilder
+    from deploymtl.formats.onnx_metadata import node_scope
+    from deploymtl.surgery.builder import GraphBuilder
 
     torch.manual_seed(0)
     b = GraphBuilder()

@@ -18,8 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..config import _format_validation_error
 from ..errors import DeploymtlError
-from ..export.trt.profile import profiles_from_dict
-from ..formats.trt_manifest import check_compatible, dtype_name, manifest_path, read_manifest
+from ..formats.trt_manifest import check_compatible, dtype_name, manifest_path, profiles_from_dict, read_manifest
 from .base import InputSpec, Runner
 
 
@@ -29,7 +28,7 @@ class TrtRunner(Runner):
     def __init__(self, plan: bytes, manifest: dict[str, Any], source: str, *, allow_host_code: bool = False) -> None:
         import torch
 
-        from ..export.trt.build import make_logger, require_tensorrt, runtime_info
+        from .trt_env import make_logger, require_tensorrt, runtime_info
 
         trt = require_tensorrt()
         check_compatible(manifest, runtime_info(trt))

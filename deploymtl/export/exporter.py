@@ -37,6 +37,8 @@ from ..backends.torch_runner import TorchRunner
 from ..config import DataConfig, ExportConfig
 from ..errors import DeploymtlError, InternalError, VerificationError
 from ..formats.batch import BatchSpec, parse_batch
+from ..formats.onnx_metadata import BATCH_DIM, INPUT_NAME, set_metadata
+from ..formats.parity import parity_path, save_parity
 from ..formats.static import STATIC_FORMAT, StaticArtifact, load_static
 from ..formats.supernet import SUPERNET_FORMAT
 from ..io import load_torch, write_json
@@ -44,7 +46,7 @@ from ..outdir import check_output_dir, link_or_copy, output_set
 from ..verify.compare import CompareReport, compare_outputs, resolve_tolerances
 from ..verify.localize import localize
 from ..verify.metrics_gate import evaluate, metric_gate
-from ..verify.parity import compare_runner, parity_path, save_parity
+from ..verify.parity import compare_runner
 from ..verify.removed import check_removed_parts
 from . import onnx as onnx_export
 from .simplify import PASSES, simplify
@@ -174,7 +176,7 @@ def _reference(model: torch.nn.Module, inputs: np.ndarray, names: list[str]) -> 
 def _meta(art: StaticArtifact, precision: str, batch: BatchSpec, removed: list[str]) -> dict[str, Any]:
     i = art.input
     return {"version": __version__, "family": art.family, "tasks": [t.model_dump() for t in art.tasks],
-            "input": {"name": onnx_export.INPUT_NAME, "layout": "NCHW", "dtype": "float32",
+            "input": {"name": INPUT_NAME, "layout": "NCHW", "dtype": "float32",
                       "channels": i["channels"], "height": i["height"], "width": i["width"],
                       "mean": list(i.get("mean", [])), "std": list(i.get("std", []))},
             "precision": precision, "batch": batch.to_dict(), "plan_hash": art.plan_hash,
@@ -347,7 +349,7 @@ def _export(model_path: str | Path, out: Path, staging: Path, *, target: str, pr
             failures.append(f"Q/DQ graph violates its quantisation scheme: {issues[0]}")
     lap("precision", t0)
 
-    onnx_export.set_metadata(proto, _meta(art, precision, spec, removed))
+    set_metadata(proto, _meta(art, precision, spec, removed))
     final_problems = onnx_export.check_structure(proto, outputs=names, **chw)
     if final_problems:
         failures.append(f"final graph: {final_problems[0]}")
@@ -413,7 +415,7 @@ def _export(model_path: str | Path, out: Path, staging: Path, *, target: str, pr
         "target": target, "precision": precision, "batch": spec.to_dict(), "artifact": artifact,
         "onnx": ONNX_NAME, "opset": onnx_export.opset_of(proto), "requested_opset": opset,
         "exporter": f"torch.onnx.export(dynamo=True), torch {torch.__version__}",
-        "inputs": {"name": onnx_export.INPUT_NAME, "shape": [onnx_export.BATCH_DIM, *chw.values()]},
+        "inputs": {"name": INPUT_NAME, "shape": [BATCH_DIM, *chw.values()]},
         "tasks": names, "outputs": outputs, "batch_sizes_checked": sizes,
         "onnx_outputs": _outputs_dict(onnx_report) if target == "trt" else None,
         "metrics": metrics, "passes": passes, "removed_parts_check": removed_check, "structure": final_problems,

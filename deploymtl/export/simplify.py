@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass
 
 import onnx
 
-from .onnx import check_structure, node_scope
+from ..formats.onnx_metadata import node_scope
+from .onnx import check_structure
 
 # onnxslim's OptimizationSettings keys, in the order its `optimize` applies them.
 PASSES = ("constant_folding", "graph_fusion", "dead_node_elimination", "subexpression_elimination", "weight_tying")

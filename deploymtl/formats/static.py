@@ -18,7 +18,7 @@ from .. import __version__
 from ..config import _format_validation_error
 from ..errors import DeploymtlError
 from ..io import load_torch, save_torch, sha256_json
-from ..ir.model import StaticModel, build_static
+from ..ir import StaticModel, build_static
 from ..tasks import TaskSpec
 
 STATIC_FORMAT = "deploymtl.static/1"
@@ -73,7 +73,7 @@ class InputInfo(BaseModel):
 
 
 class StaticFile(BaseModel):
-    """The envelope of `pruned.pt` (module docstring); graph and weights are checked by `graph_check`."""
+    """The envelope of `pruned.pt` (module docstring); graph and weights are checked by `deploymtl.ir.check`."""
 
     model_config = ConfigDict(extra="ignore", arbitrary_types_allowed=True)
 

@@ -18,17 +18,19 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from .. import __version__
+from ..config import Precision
 from ..errors import DeploymtlError
 from ..io import read_json, write_json
 
 MANIFEST_FORMAT = "deploymtl.trt_plan/1"
 HARDWARE_LEVELS = ("none", "ampere_plus", "same_compute_capability")
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 _REQUIRED = ("tensorrt_version", "gpu", "compatibility", "precision", "profile", "io")
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,48 @@ class RuntimeInfo:
     def to_dict(self) -> dict[str, Any]:
         return {"tensorrt_version": self.tensorrt_version, "cuda_version": self.cuda_version,
                 "gpu": {"name": self.gpu_name, "compute_capability": list(self.compute_capability)}}
+
+
+@dataclass(frozen=True)
+class InputProfile:
+    """Shapes of one network input for `IOptimizationProfile.set_shape(name, min, opt, max)`."""
+
+    name: str
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
+
+    def to_dict(self) -> dict[str, list[int]]:
+        return {"min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
+
+    def batch_range(self) -> tuple[int, int]:
+        return (self.min[0], self.max[0]) if self.min else (1, 1)
+
+    def contains(self, shape: tuple[int, ...]) -> bool:
+        if len(shape) != len(self.min):
+            return False
+        return all(lo <= s <= hi for lo, s, hi in zip(self.min, shape, self.max, strict=True))
+
+
+def profiles_to_dict(profiles: Mapping[str, InputProfile]) -> dict[str, dict[str, list[int]]]:
+    return {name: p.to_dict() for name, p in profiles.items()}
+
+
+def profiles_from_dict(data: Mapping[str, Any], where: str = "manifest") -> dict[str, InputProfile]:
+    """Inverse of `profiles_to_dict`, validating what a (possibly edited) manifest holds."""
+    out: dict[str, InputProfile] = {}
+    if not isinstance(data, Mapping) or not data:
+        raise DeploymtlError(f"{where}: 'profile' must map input names to min/opt/max shapes")
+    for name, shapes in data.items():
+        try:
+            lo, opt, hi = (tuple(int(v) for v in shapes[k]) for k in ("min", "opt", "max"))
+        except (KeyError, TypeError, ValueError):
+            raise DeploymtlError(f"{where}: profile of input '{name}' needs integer lists min, opt, max") from None
+        if not (len(lo) == len(opt) == len(hi)) or not all(a <= b <= c for a, b, c in zip(lo, opt, hi, strict=True)):
+            raise DeploymtlError(f"{where}: profile of input '{name}' needs min <= opt <= max of equal rank, "
+                                 f"got {list(lo)}, {list(opt)}, {list(hi)}")
+        out[str(name)] = InputProfile(str(name), lo, opt, hi)
+    return out
 
 
 def manifest_path(plan: str | Path) -> Path:

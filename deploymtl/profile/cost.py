@@ -145,7 +145,7 @@ def _supernet_cost(path: Path) -> dict[str, Any]:
     from torch.utils.flop_counter import FlopCounterMode
 
     from ..config import parse_recipe
-    from ..formats.supernet import load_supernet
+    from ..models.checkpoint import load_supernet
 
     model, ckpt = load_supernet(path)
     data = parse_recipe(ckpt["recipe"], str(path)).data

@@ -22,7 +22,8 @@ import torch
 
 from ..formats.static import StaticArtifact, save_static
 from ..io import atomic_path
-from ..ir.model import GraphBuilder, StaticModel
+from ..ir import StaticModel
+from ..surgery.builder import GraphBuilder
 from ..tasks import TaskSpec
 
 TOY_TASKS = (TaskSpec(name="seg", kind="segmentation", channels=5), TaskSpec(name="depth", kind="depth"),

@@ -21,9 +21,10 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import DeploymtlError
-from ..ir.model import INPUT, GraphBuilder
+from ..ir import INPUT
 from ..models.adashare import AdaShareBlock, AdaShareSupernet, check_decisions, shared_prefix
 from ..tasks import TaskSpec
+from .builder import GraphBuilder
 from .registry import emit, register
 
 ASPP_BRANCHES = 4  # DeepLab-v2 rates 6/12/18/24 (shared/METHODS.md)

@@ -19,8 +19,9 @@ import torch
 from torch import nn
 
 from ..errors import DeploymtlError
-from ..ir.model import INPUT, GraphBuilder, fold_bn
+from ..ir import INPUT
 from ..models.auxnas import STAGES, AuxNasSupernet, NddrFusion, ResBlock
+from .builder import GraphBuilder, fold_bn
 from .registry import emit, register
 
 

@@ -10,7 +10,7 @@ import importlib
 from typing import Any, Protocol, cast
 
 from ..errors import DeploymtlError
-from ..ir.model import GraphBuilder
+from .builder import GraphBuilder
 
 SURGEON_MODULES = {
     "adashare": "deploymtl.surgery.adashare",

@@ -42,9 +42,9 @@ import torch
 from torch import nn
 
 from ..errors import DeploymtlError
-from ..ir.model import GraphBuilder, fold_bn
 from ..models.gated import GatedBlock, GatedSupernet
 from ..models.layers import ASPPHead, ClassifierHead, LightHead
+from .builder import GraphBuilder, fold_bn
 from .registry import emit, register
 
 SHARED = "__shared__"  # key of the shared branch in per-layer maps (task names are identifiers; no clash)

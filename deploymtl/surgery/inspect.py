@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..flops import measure_stages
+from ..formats.plan import save_plan
 from ..io import write_json
 from ..outdir import check_output_dir, output_set
-from .plan import save_plan
 
 if TYPE_CHECKING:
     from .prune import Surgery

@@ -26,14 +26,16 @@ from ..config import Recipe, parse_recipe
 from ..data import build_datasets
 from ..errors import DeploymtlError, VerificationError
 from ..flops import measure_stages, ratio
+from ..formats.plan import Plan, PlanOptions, PlanSource, load_plan, save_plan
 from ..formats.static import StaticArtifact, save_static
-from ..formats.supernet import load_supernet
 from ..io import atomic_write_text, sha256_file, write_json
-from ..ir.model import GraphBuilder, StaticModel
+from ..ir import StaticModel
 from ..models.base import Supernet
+from ..models.checkpoint import load_supernet
 from ..outdir import check_output_dir, output_set
+from .builder import GraphBuilder
 from .families import Surgeon, approximation_links, surgeon
-from .plan import Plan, PlanOptions, PlanSource, check_plan, load_plan, make_plan, save_plan
+from .plan import check_plan, make_plan
 from .verify import ParityResult, RemovalProof, check_parity, proof_tensors, prove_removal, removed_prefixes
 
 REPORT_FORMAT = "deploymtl.prune_report/1"

@@ -11,8 +11,8 @@ from typing import Any
 
 from torch import nn
 
-from ..ir.model import GraphBuilder
 from ..models.layers import ASPPHead, ClassifierHead, ConvBN, LightHead, Stem
+from .builder import GraphBuilder
 
 SurgeryFn = Callable[..., str]
 SURGERY: dict[type[nn.Module], SurgeryFn] = {}

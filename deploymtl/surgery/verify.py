@@ -38,7 +38,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ..ir.model import GraphBuilder
+from .builder import GraphBuilder
 
 
 # -- parity -----------------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from .. import __version__
 from ..config import Recipe
 from ..data import MultiTaskDataset, build_datasets, make_loader
 from ..errors import DeploymtlError
-from ..formats.supernet import STATE_FORMAT, SUPERNET_FORMAT
+from ..formats.supernet import STATE_FORMAT, write_supernet
 from ..io import save_torch, write_json
 from ..metrics import TaskMeter, delta_mtl
 from ..models.base import Supernet
@@ -344,14 +344,8 @@ class Trainer:
         return results
 
     def save_supernet(self, report: dict[str, Any], folder: Path) -> Path:
-        path = folder / "supernet.pt"
-        save_torch(path, {
-            "format": SUPERNET_FORMAT, "family": self.recipe.family, "deploymtl_version": __version__,
-            "recipe": self.recipe.resolved(), "tasks": [t.model_dump() for t in self.recipe.tasks],
-            "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-            "decisions": self.model.decisions(), "metrics": report["metrics"],
-        })
-        return path
+        return write_supernet(folder / "supernet.pt", self.recipe, self.model.state_dict(), self.model.decisions(),
+                              report["metrics"])
 
 
 def summarize(model: Supernet) -> dict[str, Any]:

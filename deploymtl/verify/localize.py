@@ -24,8 +24,8 @@ import onnx
 import torch
 
 from ..errors import DeploymtlError
-from ..export.onnx import node_scope, static_nodes
-from ..ir.model import INPUT, StaticModel
+from ..formats.onnx_metadata import node_scope
+from ..ir import INPUT, StaticModel, static_nodes
 from .compare import CompareResult, Tolerance, compare_arrays
 
 _LAYERS = "layers."

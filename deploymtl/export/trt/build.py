@@ -8,8 +8,8 @@ int8 ONNX of the export stage), never from builder flags: TensorRT 11 has none, 
 typing. After the build the engine is deserialised once to record its IO and to inspect which precision its layers
 actually run (`precision.py`); an engine that silently ignored the requested precision is refused.
 
-Only `require_tensorrt`, `runtime_info`, `make_logger` and `export_trt` touch TensorRT; everything they decide on is
-pure and unit-tested (lint, profile, manifest, precision).
+Only `export_trt` touches TensorRT (imported through `deploymtl.backends.trt_env`, shared with the engine runner);
+everything it decides on is pure and unit-tested (lint, profile, manifest, precision).
 """
 
 from __future__ import annotations
@@ -24,79 +24,28 @@ from typing import Any
 
 import onnx
 
+from ...backends.trt_env import make_logger, require_tensorrt, runtime_info
 from ...errors import DeploymtlError
 from ...formats.batch import BatchSpec, parse_batch
 from ...formats.onnx_metadata import from_props
 from ...formats.trt_manifest import (
     HARDWARE_LEVELS,
     PRECISIONS,
-    RuntimeInfo,
+    InputProfile,
     dtype_name,
     make_manifest,
-    version_tuple,
+    profiles_to_dict,
     write_manifest,
 )
 from ...io import atomic_write_bytes, atomic_write_text, ensure_dir, sha256_file
 from .lint import errors, lint_onnx
 from .precision import graph_precision, parse_engine_layers, precision_report, require_honoured
-from .profile import InputProfile, derive_profiles, profiles_to_dict
+from .profile import derive_profiles
 
 log = logging.getLogger(__name__)
 
-INSTALL = "pip install 'deploymtl[trt]'"
 PLAN_NAME = "model.plan"
 _HW_ENUM = {"none": "NONE", "ampere_plus": "AMPERE_PLUS", "same_compute_capability": "SAME_COMPUTE_CAPABILITY"}
-
-
-def require_tensorrt() -> ModuleType:
-    """The `tensorrt` module, or a one-line DeploymtlError (exit 2) saying what to install and where it runs."""
-    try:
-        import tensorrt as trt
-    except (ImportError, OSError) as exc:  # OSError: the wheel is there but libnvinfer cannot load
-        raise DeploymtlError(f"TensorRT is not importable here ({type(exc).__name__}): run {INSTALL} on a machine "
-                             "with an NVIDIA GPU and TensorRT 10/11") from None
-    version = str(getattr(trt, "__version__", "0"))
-    if version_tuple(version)[:1] < (10,):
-        raise DeploymtlError(f"TensorRT {version} is too old: deploymtl builds with TensorRT 10/11; run "
-                             f"pip install -U 'deploymtl[trt]' on a machine with an NVIDIA GPU")
-    import torch
-
-    if not torch.cuda.is_available():
-        raise DeploymtlError(f"TensorRT {version} is installed but no CUDA GPU is visible (torch.cuda is not "
-                             f"available): run {INSTALL} on a machine with an NVIDIA GPU and a CUDA build of torch")
-    return trt
-
-
-def runtime_info(trt: ModuleType) -> RuntimeInfo:
-    """TensorRT version, current GPU, its compute capability, and the CUDA version torch runs."""
-    import torch
-
-    dev = torch.cuda.current_device()
-    major, minor = torch.cuda.get_device_capability(dev)
-    return RuntimeInfo(tensorrt_version=str(trt.__version__), compute_capability=(int(major), int(minor)),
-                       gpu_name=torch.cuda.get_device_name(dev), cuda_version=torch.version.cuda)
-
-
-def make_logger(trt: ModuleType) -> Any:
-    """A `trt.ILogger` that keeps messages (all but VERBOSE) so failures can be reported in one line."""
-
-    class CapturingLogger(trt.ILogger):
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)
-            self.messages: list[tuple[str, str]] = []
-
-        def log(self, severity: Any, msg: str) -> None:
-            name = getattr(severity, "name", str(severity).rsplit(".", 1)[-1])
-            if name == "VERBOSE":
-                return
-            self.messages.append((name, str(msg)))
-            if name in ("INTERNAL_ERROR", "ERROR", "WARNING"):
-                log.log(logging.WARNING if name == "WARNING" else logging.ERROR, "TensorRT: %s", msg)
-
-        def errors(self) -> list[str]:
-            return [m for s, m in self.messages if s in ("INTERNAL_ERROR", "ERROR")]
-
-    return CapturingLogger()
 
 
 @dataclass(frozen=True)
