@@ -151,13 +151,13 @@ def ort_session(model: bytes, threads: int):
 BLOCK = 5  # timed runs per model per round
 
 
-def latency_table(onnx_models: dict, torch_models: dict[str, nn.Module], shape: tuple[int, int, int], threads: int,
+def latency_table(onnx_models: dict, torch_models: dict[str, StaticModel], shape: tuple[int, int, int], threads: int,
                   repeats: int) -> dict[str, dict[str, float]]:
     """Median ms per model at batch 1 and 8. Models take turns in blocks for ceil(repeats / BLOCK) rounds, so that
     drifting background load on a shared machine hits them alike; within a block a model runs alone, as served:
     its ORT session is created for the block (2 untimed runs, then `BLOCK` timed ones) and deleted after it, since
     an idle session's spinning thread pool would steal the cores from the next. `onnx_models`: name -> (path or
-    proto, lower); `torch_models`: name -> module (eager, inference mode)."""
+    proto, lower); `torch_models`: name -> static model (its `infer`: the compiled eager schedule)."""
     torch.set_num_threads(threads)
     graphs = {name: model_bytes(src, lower) for name, (src, lower) in onnx_models.items()}  # load/lower once
     rows = {}
@@ -182,7 +182,7 @@ def latency_table(onnx_models: dict, torch_models: dict[str, nn.Module], shape: 
                     del sess
                     gc.collect()
                 for name, m in torch_models.items():
-                    block(name, lambda m=m, xt=xt: m(xt))
+                    block(name, lambda m=m, xt=xt: m.infer(xt))
         rows[f"batch_{batch}"] = {f"{k}_ms": round(statistics.median(v) * 1e3, 3) for k, v in times.items()}
     return rows
 

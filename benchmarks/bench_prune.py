@@ -138,7 +138,7 @@ def bench(cfg: dict[str, Any], batches: list[int], warmup: int, repeats: int, se
     h, w = cfg["shape"]
     x1 = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(seed))
     with torch.inference_mode():
-        ref, ours = model(x1), static(x1)
+        ref, ours = model(x1), static.infer(x1)
     max_abs = max(float((ours[t] - ref[t]).abs().max()) for t in deployed)
     masked_cost = measure(model.forward, model, x1, deployed)
     static_cost = measure(static.forward, static, x1, deployed)
@@ -159,9 +159,9 @@ def bench(cfg: dict[str, Any], batches: list[int], warmup: int, repeats: int, se
                           "latency_ms": {}}
     for batch in batches:
         x = torch.randn(batch, 3, h, w, generator=torch.Generator().manual_seed(seed + batch))
-        fns: dict[str, Callable[[], Any]] = {"masked": lambda x=x: model(x), "static": lambda x=x: static(x)}
+        fns: dict[str, Callable[[], Any]] = {"masked": lambda x=x: model(x), "static": lambda x=x: static.infer(x)}
         if per_task is not None:
-            fns["per_task"] = lambda x=x: [m(x) for m in per_task.values()]
+            fns["per_task"] = lambda x=x: [m.infer(x) for m in per_task.values()]
         t = time_ms(fns, warmup, repeats)
         ms = {k: v["median"] for k, v in t.items()}
         ratio = ms["static"] / ms["masked"]
@@ -248,7 +248,7 @@ def bench_ort(model: torch.nn.Module, static: torch.nn.Module, deployed: list[st
                 for name, proto in (("masked", masked_proto), ("static", lowered), ("static_as_is", static_proto))}
     x1 = np.random.default_rng(seed).standard_normal((1, 3, h, w), dtype=np.float32)
     with torch.inference_mode():
-        ref = static(torch.from_numpy(x1))
+        ref = static.infer(torch.from_numpy(x1))
     got = {name: dict(zip(deployed, s.run(deployed, {"image": x1}), strict=True)) for name, s in sessions.items()}
     out["parity_max_abs_vs_static_torch"] = {
         name: max(float(np.abs(g[t] - ref[t].numpy()).max()) for t in deployed) for name, g in got.items()}

@@ -42,6 +42,7 @@ from ..formats.parity import parity_path, save_parity
 from ..formats.static import STATIC_FORMAT, StaticArtifact, load_static
 from ..formats.supernet import SUPERNET_FORMAT
 from ..io import load_torch, write_json
+from ..ir import StaticModel
 from ..outdir import check_output_dir, link_or_copy, output_set
 from ..verify.compare import CompareReport, compare_outputs, resolve_tolerances
 from ..verify.localize import localize
@@ -167,9 +168,9 @@ def _take(images: torch.Tensor, n: int) -> np.ndarray:
     return np.ascontiguousarray(images[idx].numpy(), dtype=np.float32)
 
 
-def _reference(model: torch.nn.Module, inputs: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+def _reference(model: StaticModel, inputs: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
     with torch.inference_mode():
-        out = model.eval()(torch.from_numpy(inputs))
+        out = model.eval().infer(torch.from_numpy(inputs))
     return {k: out[k].float().numpy() for k in names}
 
 

@@ -23,7 +23,7 @@ from torch import nn
 
 from .check import check_spec, check_weights
 from .ops import INPUT, OPS
-from .schedule import Plan, global_hooks
+from .schedule import Schedule
 
 
 class StaticModel(nn.Module):
@@ -42,42 +42,41 @@ class StaticModel(nn.Module):
                 self.layers[node["name"]] = rule.build(rule.attrs.model_validate(node.get("attrs", {})))
             self._order.append((node["name"], owner or node["name"], list(node["inputs"])))
         self.outputs = dict(spec["outputs"])
-        self._plan: Plan | None = None  # built on first use: plain Python, holds no tensors of its own
+        self._schedule: Schedule | None = None  # compiled on first `infer`: plain Python, holds no tensors
 
     @property
     def task_names(self) -> list[str]:
         return list(self.outputs)
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Runs the node list. Without autograd, tracing or hooks, an equivalent lower-overhead plan runs instead
-        (`fastpath.Plan`: no Module.__call__, in-place ReLU/accumulation into dead tensors, freed
-        intermediates); tracing and export always see one module call per node (ONNX node scopes come from it)."""
-        if self._plan_usable():
-            if self._plan is None:
-                self._plan = Plan(self)
-            return self._plan.run(image)
+        """The node-by-node interpreter: one module call per node, so autograd, tracing and export (ONNX node
+        scopes come from the module calls) and forward hooks see every node. For inference call `infer`."""
         env = {INPUT: image}
         for name, layer, inputs in self._order:
             env[name] = self.layers[layer](*[env[i] for i in inputs])
         return {task: env[node] for task, node in self.outputs.items()}
 
-    def __getstate__(self) -> dict[str, Any]:
-        # The plan's closures hold this instance's layers: a copy (deepcopy, pickle) builds its own on first use.
-        return {**self.__dict__, "_plan": None}
+    def infer(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The values of `forward` (bit-identical but for the batch-1 dilated convolutions, `schedule.py`), computed
+        by the compiled eager schedule under `torch.inference_mode`
+        (`schedule.Schedule`: no Module.__call__, in-place ReLU and accumulation into dead tensors, freed
+        intermediates). What runners, parity checks, the profiler and the benchmarks call. Forward hooks do not
+        fire and nothing can be differentiated or traced through it: use `forward` for those."""
+        if self._schedule is None:
+            self._schedule = Schedule(self)
+        with torch.inference_mode():
+            return self._schedule.run(image)
 
-    def _plan_usable(self) -> bool:
-        if torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.jit.is_tracing():
-            return False  # autograd needs the un-mutated intermediates; tracers need module calls
-        if global_hooks():
-            return False
-        return not any(m._forward_hooks or m._forward_pre_hooks for m in self.layers.values())
+    def __getstate__(self) -> dict[str, Any]:
+        # The schedule's closures hold this instance's layers: a copy (deepcopy, pickle) compiles its own.
+        return {**self.__dict__, "_schedule": None}
 
 
 def validate_spec(spec: Any, image: tuple[int, int, int] | None = None,
                   tasks: Sequence[Any] | None = None) -> dict[str, tuple[str, str, tuple[int, ...]]]:
     """Reject a malformed graph spec with a one-line reason (it may come from an edited file): structure, each op's
     attrs, shapes through the graph (spatial ones given `image` = (C, H, W)), outputs against `tasks`. Returns the
-    weights the spec needs (`graph_check.check_spec`)."""
+    weights the spec needs (`check.check_spec`)."""
     return check_spec(spec, image, tasks)
 
 

@@ -204,10 +204,10 @@ def prune_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, plan_path: 
     static = s.build_static()
     links = approximation_links(s.family, s.model, s.plan.decisions)
 
-    parity = check_parity(static, s.model, images, s.tasks, atol=atol, rtol=rtol)
+    parity = check_parity(static.infer, s.model, images, s.tasks, atol=atol, rtol=rtol)
     approx = None
     if links:
-        err = check_parity(static, _soft_reference(s.model), images, s.tasks, atol=atol, rtol=rtol)
+        err = check_parity(static.infer, _soft_reference(s.model), images, s.tasks, atol=atol, rtol=rtol)
         approx = {"links": links, "error": err.to_dict(), "within_tolerance": bool(err), "accepted": accept}
     static_params = sum(p.numel() for p in static.parameters())
     proof = prove_removal(s.model, s.builder, images[:PROOF_SAMPLES], s.tasks, static_params=static_params,
