@@ -47,6 +47,7 @@ from deploymtl.config import DataConfig
 from deploymtl.data import build_datasets
 from deploymtl.errors import VerificationError
 from deploymtl.export.exporter import export_model
+from deploymtl.export.options import ExportOptions
 from deploymtl.formats.static import StaticArtifact, save_static
 from deploymtl.io import write_json
 from deploymtl.ir import StaticModel
@@ -203,8 +204,9 @@ def bench_pruned(args: argparse.Namespace, work: Path) -> dict:
     variants = {"fp32": ("fp32", "symmetric"), "int8": ("int8", "symmetric"), "int8_asym": ("int8", "asymmetric")}
     for name, (precision, activations) in variants.items():
         try:
-            reports[name] = export_model(work / "pruned.pt", work / name, precision=precision, max_metric_drop=0.01,
-                                         threads=args.threads, int8_activations=activations)
+            options = ExportOptions.parse({"precision": precision, "max_metric_drop": 0.01, "threads": args.threads,
+                                           "int8_activations": activations})
+            reports[name] = export_model(work / "pruned.pt", work / name, options).to_dict()
         except VerificationError:  # the report is written either way; the figures go in the JSON honestly
             reports[name] = json.loads((work / name / "export_report.json").read_text())
     stack = conv_stack(flops, h, w)
@@ -280,7 +282,8 @@ def bench_resnet34(args: argparse.Namespace, work: Path) -> dict:
     save_static(work / "resnet34.pt", art)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    report = export_model(work / "resnet34.pt", work / "resnet34", precision="fp32", threads=args.threads)
+    options = ExportOptions.parse({"precision": "fp32", "threads": args.threads})
+    report = export_model(work / "resnet34.pt", work / "resnet34", options).to_dict()
     wall = time.perf_counter() - t0
     return {"model": {"layout": "Deeplab-ResNet-34 [3,4,6,3], width 64, OS8, ASPP heads hidden 256",
                       "input": [3, h, w], "params": sum(p.numel() for p in model.parameters()),

@@ -14,6 +14,7 @@ from deploymtl.cli.main import main
 from deploymtl.errors import VerificationError
 from deploymtl.export.exporter import export_model
 from deploymtl.export.fp16 import float16_fraction
+from deploymtl.export.options import ExportOptions
 from deploymtl.export.quantize import check_qdq, quantized_ops
 from deploymtl.verify.metrics_gate import metric_gate
 
@@ -28,7 +29,9 @@ def model_path(tmp_path_factory):
 @pytest.fixture(scope="module")
 def fp16(model_path):
     out = model_path.parent / "fp16"
-    report = export_model(model_path, out, precision="fp16", batch="1:2:4", threads=1)
+    report = export_model(model_path, out, ExportOptions.parse({"precision": "fp16", "batch": "1:2:4", "threads": 1}))
+    assert report.artifact == "model.onnx" and report.passed and report.verification.parity
+    report = report.to_dict()
     return out, report, onnx.load(out / "model.onnx")
 
 
@@ -114,9 +117,9 @@ def test_int8_metric_gate_fails_at_zero_threshold_and_passes_at_the_recipe_thres
 def test_asymmetric_int8_for_onnxruntime_cpu_and_the_api_gate_error(model_path, tmp_path):
     """`int8_activations="asymmetric"`: uint8 activations with real zero points (not TensorRT-ready, said so)."""
     with pytest.raises(VerificationError, match="metric gate"):
-        export_model(model_path, tmp_path / "o", precision="int8", batch="1:1:2", max_metric_drop=0.0,
-                     calibration_samples=8, simplify_graph=False, threads=1, int8_activations="asymmetric",
-                     int8_output_layers="int8")
+        export_model(model_path, tmp_path / "o", ExportOptions.parse({
+            "precision": "int8", "batch": "1:1:2", "max_metric_drop": 0.0, "calibration_samples": 8, "simplify": False,
+            "threads": 1, "int8_activations": "asymmetric", "int8_output_layers": "int8"}))
     report = json.loads((tmp_path / "o" / "export_report.json").read_text())
     assert report["quantization"]["fp32_output_layers"] == []
     assert report["quantization"]["quantized_nodes"] == 13  # --int8-output-layers int8: every layer (+2 Mul)
@@ -132,8 +135,9 @@ def test_asymmetric_int8_keeps_its_relus_before_fp32_output_layers(model_path, t
     """Regression: onnxruntime.quantization's asymmetric scheme deleted each ReLU and left its clamp to the next Q/DQ
     pair, which is dropped before a float output layer: the head lost its ReLU (parity max_abs ~3). The ReLUs now
     stay in the file (`QDQKeepRemovableActivations`), and ORT folds them on the CPU."""
-    report = export_model(model_path, tmp_path / "o", precision="int8", batch="1:1:2", calibration_samples=8,
-                          simplify_graph=False, threads=1, int8_activations="asymmetric", max_metric_drop=0.05)
+    report = export_model(model_path, tmp_path / "o", ExportOptions.parse({
+        "precision": "int8", "batch": "1:1:2", "calibration_samples": 8, "simplify": False, "threads": 1,
+        "int8_activations": "asymmetric", "max_metric_drop": 0.05})).to_dict()
     assert report["quantization"]["fp32_output_layers"]
     assert all(o["passed"] and o["cosine"] > 0.999 for o in report["outputs"].values())
     proto = onnx.load(tmp_path / "o" / "model.onnx")

@@ -13,6 +13,7 @@ from onnx import numpy_helper
 from deploymtl.cli.main import main
 from deploymtl.errors import DeploymtlError
 from deploymtl.export.exporter import export_model
+from deploymtl.export.options import ExportOptions
 from deploymtl.formats.parity import load_parity, save_parity
 from deploymtl.verify.parity import check_artifact, saved_tolerances
 
@@ -24,7 +25,7 @@ def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("parity")
     model = tiny_artifact(root / "pruned.pt")
     out = root / "onnx"
-    export_model(model, out, batch="1:2:3", simplify_graph=False, threads=1)
+    export_model(model, out, ExportOptions.parse({"batch": "1:2:3", "simplify": False, "threads": 1}))
     return model, out
 
 

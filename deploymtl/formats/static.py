@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -22,6 +22,7 @@ from ..ir import StaticModel, build_static
 from ..tasks import TaskSpec
 
 STATIC_FORMAT = "deploymtl.static/1"
+SectionT = TypeVar("SectionT", bound=BaseModel)
 
 
 @dataclass
@@ -41,6 +42,19 @@ class StaticArtifact:
     @property
     def task_names(self) -> list[str]:
         return [t.name for t in self.tasks]
+
+    @property
+    def removed_prefixes(self) -> list[str]:
+        """Module paths of the supernet the surgeon removed (`load_static` checked their type)."""
+        return list(self.extra.get("removed_prefixes") or [])
+
+    def recipe_section(self, key: str, cls: type[SectionT], where: str | Path) -> SectionT:
+        """The embedded recipe's `key:` section validated as `cls` (defaults where it has none); a one-line
+        DeploymtlError naming `where` (the file) and the field."""
+        try:
+            return cls.model_validate(self.recipe.get(key, {}))
+        except ValidationError as exc:
+            raise DeploymtlError(_format_validation_error(exc, f"{where}: embedded recipe", prefix=(key,))) from None
 
 
 def save_static(path: str | Path, art: StaticArtifact) -> Path:
