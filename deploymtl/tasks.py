@@ -11,7 +11,6 @@ output layout, loss and metrics (shared/METHODS.md, NYUv2 conventions):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -100,26 +99,3 @@ def task_loss(task: TaskSpec, out: torch.Tensor, target: torch.Tensor) -> torch.
         cos = (pred * target).sum(dim=1)
         return (1.0 - cos)[valid].mean()
     raise ValueError(f"unknown task kind {task.kind}")
-
-
-@dataclass(frozen=True)
-class TaskSet:
-    """An ordered set of tasks with lookup by name."""
-
-    tasks: tuple[TaskSpec, ...]
-
-    def __iter__(self):
-        return iter(self.tasks)
-
-    def __len__(self) -> int:
-        return len(self.tasks)
-
-    @property
-    def names(self) -> list[str]:
-        return [t.name for t in self.tasks]
-
-    def __getitem__(self, name: str) -> TaskSpec:
-        for t in self.tasks:
-            if t.name == name:
-                return t
-        raise KeyError(name)

@@ -169,7 +169,7 @@ class Inputs:
                 batch={"min": 1, "opt": 2, "max": 4}, tasks=[],
                 profile={"image": {"min": [1, 3, 48, 64], "opt": [2, 3, 48, 64], "max": [4, 3, 48, 64]}},
                 io=[{"name": "image", "mode": "input", "dtype": "float32", "shape": [-1, 3, 48, 64]}],
-                onnx_path="model.onnx", onnx_sha256="ab" * 32, plan_name=p.name, plan_sha256=sha256_file(p))
+                onnx_path="model.onnx", onnx_sha256="ab" * 32, engine_name=p.name, engine_sha256=sha256_file(p))
             mutate(manifest)
             manifest_path(p).write_text(json.dumps(manifest))
         return self._once(f"{name}.plan", write)

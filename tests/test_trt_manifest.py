@@ -31,7 +31,7 @@ def _manifest(runtime=A10, **kw):
                 io=[{"name": "image", "mode": "input", "dtype": "float32", "shape": [-1, 3, 48, 64]},
                     {"name": "seg", "mode": "output", "dtype": "float32", "shape": [-1, 5, 48, 64]}],
                 tasks=[{"name": "seg", "kind": "segmentation", "channels": 5}], onnx_path="out/model.onnx",
-                onnx_sha256="ab" * 32, plan_name="model.plan", plan_sha256="cd" * 32)
+                onnx_sha256="ab" * 32, engine_name="model.plan", engine_sha256="cd" * 32)
     args.update(kw)
     return make_manifest(**args)
 

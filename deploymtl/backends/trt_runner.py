@@ -25,7 +25,8 @@ from .base import InputSpec, Runner
 class TrtRunner(Runner):
     backend = "tensorrt"
 
-    def __init__(self, plan: bytes, manifest: dict[str, Any], source: str, *, allow_host_code: bool = False) -> None:
+    def __init__(self, serialized: bytes, manifest: dict[str, Any], source: str, *,
+                 allow_host_code: bool = False) -> None:
         import torch
 
         from .trt_env import make_logger, require_tensorrt, runtime_info
@@ -39,9 +40,9 @@ class TrtRunner(Runner):
         if manifest["compatibility"].get("version_compatible"):
             if not allow_host_code:
                 raise DeploymtlError(f"{source} is a version-compatible engine, which embeds host code",
-                                     hint="load it with allow_host_code=True only if you trust the plan's origin")
+                                     hint="load it with allow_host_code=True only if you trust the engine's origin")
             self._runtime.engine_host_code_allowed = True
-        self.engine = self._runtime.deserialize_cuda_engine(plan)
+        self.engine = self._runtime.deserialize_cuda_engine(serialized)
         if self.engine is None:
             last = "; ".join(self._logger.errors()[-2:]) or "no reason was logged"
             raise DeploymtlError(f"TensorRT cannot deserialise {source}: {last}",
@@ -60,7 +61,7 @@ class TrtRunner(Runner):
         super().__init__(spec, list(self._out), source)
 
     @classmethod
-    def from_plan(cls, path: str | Path, *, allow_host_code: bool = False) -> TrtRunner:
+    def from_engine(cls, path: str | Path, *, allow_host_code: bool = False) -> TrtRunner:
         """Open `model.plan` with its `model.plan.json`; checks compatibility before deserialising."""
         path = Path(path)
         if not path.is_file():
@@ -71,7 +72,7 @@ class TrtRunner(Runner):
         digest = hashlib.sha256(data).hexdigest()
         if manifest.get("plan_sha256") and manifest["plan_sha256"] != digest:
             raise DeploymtlError(f"{path} does not match its manifest {manifest_path(path).name} (sha256 differs)",
-                                 hint="rebuild the engine; plan and manifest must come from the same build")
+                                 hint="rebuild the engine; engine and manifest must come from the same build")
         if not manifest.get("precision_check", {}).get("ok", True):
             raise DeploymtlError(f"{path} failed its precision check at build time "
                                  f"({manifest['precision']} was not honoured)",

@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from ..export.report import ExportReport
 
 
+EXPORT_HELP = "Export MODEL to ONNX or TensorRT, simplify, verify against PyTorch, write export_report.json."
+
+
 def export(
     model: Path = typer.Argument(..., help="pruned.pt (static model) or supernet.pt (pruned on the way)."),
     target: str = typer.Option("onnx", "--target", help="onnx or trt (TensorRT engine, needs a GPU)."),
@@ -44,8 +47,8 @@ def export(
                                                 "accuracy-sensitive one) or int8 (every layer quantised)."),
     quiet: bool = Quiet,
 ) -> None:
-    """Export MODEL to ONNX or TensorRT, simplify, verify against PyTorch, write export_report.json. (One parameter
-    per flag: typer builds the command from this signature.)"""
+    """`deploymtl export` (help: `EXPORT_HELP`). One parameter per flag: typer builds the command from this
+    signature."""
     from ..export.exporter import export_model
     from ..export.options import ExportOptions
     from ..formats.supernet import SUPERNET_FORMAT
@@ -135,5 +138,5 @@ def verify(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("export")(export)
+    app.command("export", help=EXPORT_HELP)(export)
     app.command("verify")(verify)

@@ -44,7 +44,7 @@ from .profile import derive_profiles
 
 log = logging.getLogger(__name__)
 
-PLAN_NAME = "model.plan"
+ENGINE_NAME = "model.plan"  # the engine file: Triton's name for a TensorRT model
 _HW_ENUM = {"none": "NONE", "ampere_plus": "AMPERE_PLUS", "same_compute_capability": "SAME_COMPUTE_CAPABILITY"}
 
 
@@ -118,10 +118,14 @@ def export_trt(onnx_path: str | Path, out_dir: str | Path, *, precision: str, ba
                hardware_compatibility: str = "none", version_compatible: bool = False) -> dict[str, Any]:
     """Build `out_dir/model.plan` + `model.plan.json` from `onnx_path`; returns the manifest.
 
+    One sequence in TensorRT's documented build order (parse, configure, profile, build, inspect, write), kept whole:
+    the objects it creates must live together until the build ends (the ONNX parser owns the network's weights).
+    Its keyword parameters are the builder settings the manifest records.
+
     `timing_cache` (default `out_dir/timing.cache`) is read if present and rewritten after the build, so rebuilds
     reuse measured tactics. fp32 engines clear TF32 so they meet fp32 parity tolerances.
     Raises DeploymtlError (exit 2) for unusable input or a failed build, VerificationError (exit 1) when the built
-    engine does not run the requested precision (the plan and manifest are kept for inspection).
+    engine does not run the requested precision (the engine and manifest are kept for inspection).
     """
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
     batch = parse_batch(batch)
@@ -158,25 +162,25 @@ def export_trt(onnx_path: str | Path, out_dir: str | Path, *, precision: str, ba
     _set_compatibility(trt, config, hardware_compatibility, version_compatible)
     _add_profile(builder, config, network, profiles)
     cache = _load_timing_cache(config, cache_path)  # kept alive for the build
-    plan = builder.build_serialized_network(network, config)
-    if plan is None:
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
         last = "; ".join(logger.errors()[-3:]) or "no error was logged"
         raise DeploymtlError(f"TensorRT could not build an engine from {onnx_path}: {last}",
                              hint="check the workspace (--workspace-mb) and run deploymtl lint on the ONNX")
-    data = bytes(plan)
+    data = bytes(serialized)
     atomic_write_bytes(cache_path, bytes(config.get_timing_cache().serialize()))
     del cache
     build_s = time.perf_counter() - t0
 
     io, layers_json = _inspect_engine(trt, logger, data, version_compatible)
     report = precision_report(parse_engine_layers(layers_json), precision)
-    plan_path = out_dir / PLAN_NAME
-    atomic_write_bytes(plan_path, data)  # the raw engine, no header: loadable by trtexec and Triton as is
+    engine_path = out_dir / ENGINE_NAME
+    atomic_write_bytes(engine_path, data)  # the raw engine, no header: loadable by trtexec and Triton as is
     atomic_write_text(out_dir / "model.plan.layers.json", layers_json)
     manifest = make_manifest(
         runtime=info, precision=precision, batch=batch.to_dict(), profile=profiles_to_dict(profiles), io=io,
         tasks=meta.get("tasks") or [o["name"] for o in io if o["mode"] == "output"], onnx_path=str(onnx_path),
-        onnx_sha256=sha256_file(onnx_path), plan_name=PLAN_NAME, plan_sha256=hashlib.sha256(data).hexdigest(),
+        onnx_sha256=sha256_file(onnx_path), engine_name=ENGINE_NAME, engine_sha256=hashlib.sha256(data).hexdigest(),
         hardware_compatibility=hardware_compatibility, version_compatible=version_compatible,
         strongly_typed=strongly_typed, input_meta=meta.get("input"),
         build={"workspace_mb": int(workspace_mb), "builder_optimization_level": int(builder_optimization_level),
@@ -184,7 +188,7 @@ def export_trt(onnx_path: str | Path, out_dir: str | Path, *, precision: str, ba
                "warnings": [m for s, m in logger.messages if s == "WARNING"][-20:]},
         precision_check=report)
     write_manifest(out_dir / "model.plan.json", manifest)
-    require_honoured(report, str(plan_path))
+    require_honoured(report, str(engine_path))
     return manifest
 
 
@@ -231,10 +235,10 @@ def _load_timing_cache(config: Any, path: Path) -> Any:
 
 def _inspect_engine(trt: ModuleType, logger: Any, data: bytes,
                     version_compatible: bool) -> tuple[list[dict[str, Any]], str]:
-    """IO tensors (name, mode, dtype, shape) and the inspector's layer JSON of a freshly built plan."""
+    """IO tensors (name, mode, dtype, shape) and the inspector's layer JSON of a freshly built engine."""
     runtime = trt.Runtime(logger)
     if version_compatible:
-        runtime.engine_host_code_allowed = True  # we built this plan ourselves a moment ago
+        runtime.engine_host_code_allowed = True  # we built this engine ourselves a moment ago
     engine = runtime.deserialize_cuda_engine(data)
     if engine is None:
         last = "; ".join(logger.errors()[-3:]) or "no error was logged"

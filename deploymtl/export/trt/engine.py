@@ -33,7 +33,7 @@ def build_engine(ctx: ExportContext, onnx_path: Path, out: Path) -> EngineSectio
                 raise
             manifest = json.loads((staging / "model.plan.json").read_text(encoding="utf-8"))
             honoured = exc.one_line()
-    engine = staging / str(manifest.get("plan", build.PLAN_NAME))
+    engine = staging / str(manifest.get("plan", build.ENGINE_NAME))
     with ctx.timed("trt_parity"):
         runner = load.open_runner(engine)
         try:
