@@ -12,7 +12,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -21,7 +21,7 @@ from ..config import _format_validation_error
 from ..errors import DeploymtlError
 from ..io import atomic_path
 
-PARITY_FORMAT = "deploymtl.parity/1"
+PARITY_FORMAT: Final = "deploymtl.parity/1"
 _REF = "ref__"
 
 
@@ -65,7 +65,7 @@ class ParityMeta(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    format: Literal["deploymtl.parity/1"]
+    format: Literal[PARITY_FORMAT]
     outputs: list[str] = Field(min_length=1)
     precision: Literal["fp32", "fp16", "int8"] = "fp32"
     tolerances: dict[str, _ToleranceModel] = {}

@@ -12,7 +12,7 @@ family's surgeon checks it against the supernet (`deploymtl.surgery.plan.check_p
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -20,7 +20,7 @@ from ..config import Family, _format_validation_error
 from ..errors import DeploymtlError
 from ..io import read_json, write_json
 
-PLAN_FORMAT = "deploymtl.plan/1"
+PLAN_FORMAT: Final = "deploymtl.plan/1"
 
 
 class _Strict(BaseModel):
@@ -39,7 +39,7 @@ class PlanSource(_Strict):
 class Plan(_Strict):
     """A validated plan envelope. `decisions` is opaque here; the family's surgeon checks it."""
 
-    format: Literal["deploymtl.plan/1"] = PLAN_FORMAT
+    format: Literal[PLAN_FORMAT] = PLAN_FORMAT
     family: Family
     tasks: list[str] = Field(min_length=1, description="deployed tasks, in output order")
     rule: str = Field(min_length=1, description="the rule that turned the search's soft decisions into these")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Final, Literal, TypeVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -21,7 +21,7 @@ from ..io import load_torch, save_torch, sha256_json
 from ..ir import StaticModel, build_static
 from ..tasks import TaskSpec
 
-STATIC_FORMAT = "deploymtl.static/1"
+STATIC_FORMAT: Final = "deploymtl.static/1"
 SectionT = TypeVar("SectionT", bound=BaseModel)
 
 
@@ -91,7 +91,7 @@ class StaticFile(BaseModel):
 
     model_config = ConfigDict(extra="ignore", arbitrary_types_allowed=True)
 
-    format: Literal["deploymtl.static/1"]
+    format: Literal[STATIC_FORMAT]
     family: str = Field(min_length=1)
     tasks: list[TaskSpec] = Field(min_length=1)
     graph: dict[str, Any]

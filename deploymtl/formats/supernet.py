@@ -12,7 +12,7 @@ the family's (`deploymtl.models.checkpoint.load_supernet`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Final, Literal, get_args
 
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -24,8 +24,8 @@ from ..io import load_torch, save_torch
 
 FAMILIES: tuple[str, ...] = get_args(Family)
 
-SUPERNET_FORMAT = "deploymtl.supernet/1"
-STATE_FORMAT = "deploymtl.train_state/1"
+SUPERNET_FORMAT: Final = "deploymtl.supernet/1"
+STATE_FORMAT: Final = "deploymtl.train_state/1"
 
 
 class _Envelope(BaseModel):
@@ -37,13 +37,13 @@ class _Envelope(BaseModel):
 
 
 class SupernetFile(_Envelope):
-    format: Literal["deploymtl.supernet/1"]
+    format: Literal[SUPERNET_FORMAT]
     decisions: dict[str, Any]
     metrics: dict[str, Any] = {}
 
 
 class TrainStateFile(_Envelope):
-    format: Literal["deploymtl.train_state/1", "deploymtl.supernet/1"]
+    format: Literal[STATE_FORMAT, SUPERNET_FORMAT]
     optimizers: dict[str, dict[str, Any]] = {}
     done: list[tuple[str, int]] = []
     stages: list[dict[str, Any]] = []

@@ -8,7 +8,7 @@ VerificationError (exit 1).
 
 Outputs in `out_dir`, written as one set (`deploymtl.outdir.output_set`: the directory holds the previous set or
 this one, whenever the command is killed): plan.json (the resolved plan), plan.png (its picture), pruned.pt
-(`surgery/artifact.py`), prune_report.json and prune_report.md.
+(`formats/static.py`), prune_report.json and prune_report.md.
 """
 
 from __future__ import annotations
