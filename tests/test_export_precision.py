@@ -44,6 +44,25 @@ def int8_strict(model_path):
     return rc, out, json.loads((out / "export_report.json").read_text()), onnx.load(out / "model.onnx")
 
 
+REPORT_KEYS = ["target", "precision", "batch", "artifact", "onnx", "opset", "requested_opset", "exporter", "inputs",
+               "tasks", "outputs", "batch_sizes_checked", "onnx_outputs", "metrics", "passes", "removed_parts_check",
+               "structure", "lint", "quantization", "onnxruntime_cpu_lowering", "localization", "trt", "source",
+               "options", "deploymtl_version", "failures", "passed", "timings"]
+
+
+def test_report_keys_are_the_contract(fp16):
+    """export_report.json's keys, in order, as written before the exporter became stages (readers rely on them)."""
+    out, report, _ = fp16
+    assert list(report) == REPORT_KEYS and json.loads((out / "export_report.json").read_text()) == report
+    assert list(report["options"]) == ["target", "precision", "batch", "atol", "rtol", "per_output", "simplify",
+                                       "opset", "calibration_samples", "max_metric_drop", "workspace_mb",
+                                       "int8_activations", "threads"]
+    assert list(report["source"]) == ["model", "family", "plan_hash", "pruned", "prune_passed"]
+    assert list(report["timings"]) == ["load", "export", "simplify", "precision", "parity", "metrics", "total"]
+    assert report["options"]["batch"] == "1:2:4" and report["options"]["opset"] == report["requested_opset"] == 17
+    assert report["options"]["calibration_samples"] == 32 and report["options"]["max_metric_drop"] == 0.05  # recipe
+
+
 def test_fp16_graph_is_half_precision_with_float32_io(fp16):
     _, report, proto = fp16
     assert report["passed"] and report["precision"] == "fp16"
