@@ -645,9 +645,10 @@ def test_a_fatal_clock_error_stops_the_worker_and_fails_what_is_queued(caplog):
     clock = FaultyClock(Fatal("clock gone"), armed=False)
     with caplog.at_level(logging.ERROR, logger="deploymtl.runtime.batcher"):
         b = Batcher(model, input_spec=SPEC, max_batch=8, max_delay_ms=60_000, clock=clock)
-        futs = [b.submit(image(i)) for i in range(3)]
+        futs = [b.submit(image(i)) for i in range(4)]
         clock.arm()
-        futs.append(b.submit(image(3)))  # wakes the worker, whose next clock call raises
+        with b._cond:  # wake the waiting worker (a submit would race it: it may stop before being accepted)
+            b._cond.notify_all()
         for f in futs:
             with pytest.raises(BatcherClosedError, match="not run: the batcher's worker stopped on Fatal"):
                 f.result(timeout=JOIN_S)
@@ -721,9 +722,10 @@ def test_asyncio_cancel_storm(inner_timeout, caplog):
             time.sleep(0.001)
         s = b.stats()
         assert seen["wrong"] == 0 and seen["served"] + seen["cut"] + seen["timed_out"] == 300 and seen["cut"] > 0
-        # a task cut off just as its result arrived counts as served: the result was delivered, then dropped
-        assert s["served"] + s["cancelled"] + s["timed_out"] == 300 and s["timed_out"] == seen["timed_out"]
-        assert s["served"] >= seen["served"] and s["cancelled"] <= seen["cut"]
+        # A task cut off just as its request ended counts as that end (served, or timed out in the queue): the
+        # outcome was delivered, then dropped by the cut. So each end the tasks saw is at most what was counted.
+        assert s["served"] + s["cancelled"] + s["timed_out"] == 300
+        assert s["served"] >= seen["served"] and s["timed_out"] >= seen["timed_out"] and s["cancelled"] <= seen["cut"]
         assert s["queued"] == s["in_flight"] == 0 and balanced(s)
         still_serves(b)
         gc.collect()  # an abandoned request's asyncio future must not log "exception was never retrieved"

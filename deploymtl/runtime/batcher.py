@@ -132,7 +132,11 @@ class Batcher:
         self._cond = threading.Condition()  # an RLock inside: a cancel() from a callback may re-enter
         self._queue: deque[Request] = deque()
         self._queued_images = 0
-        self._in_flight = 0  # requests a batch (or the idle fast path) took and that have not ended
+        self._in_flight = 0  # requests a batch took and that have not ended
+        self._inline = False  # an idle-fast-path request is running in its caller's thread
+        # the fast path counts one number per request; stats() derives requests/served/batches/images from it
+        self._inline_sizes: Counter[int] = Counter()
+        self._inline_failed = 0
         self._closed = False
         self._draining = False
         self._busy = False  # a batch is running (worker or inline)
@@ -217,8 +221,8 @@ class Batcher:
         except asyncio.CancelledError:
             if waiter.cancelled() and req.outcome == "cancelled" and self._closed:
                 raise BatcherClosedError("the request was cancelled: the batcher was closed before it ran") from None
-            if self._abandon(req, "cancelled"):
-                waiter.add_done_callback(_dropped)
+            self._abandon(req, "cancelled")  # False: it ended meanwhile; either way this task drops the outcome
+            waiter.add_done_callback(_dropped)
             raise
         except (asyncio.TimeoutError, TimeoutError):  # the wait ran out, or the request's own timeout
             if self._abandon(req, "timed_out"):
@@ -241,22 +245,19 @@ class Batcher:
                 return False
             if not (self.policy.max_delay_s == 0 or n >= self.policy.target):
                 return False
-            self._busy = True
-            self._stats["requests"] += 1
-            self._in_flight += 1
+            self._busy = self._inline = True
             return True
 
     def _run_claimed(self, x: np.ndarray, squeeze: bool) -> Outputs:
-        outcome = "failed"
+        failed = True
         try:
             out = split_outputs(self._fn(x), [(x.shape[0], squeeze)])[0]
-            outcome = "served"
+            failed = False
         finally:
             with self._cond:
-                self._busy = False
-                self._in_flight -= 1
-                self._stats[outcome] += 1
-                self._count_batch(x.shape[0])
+                self._busy = self._inline = False
+                self._inline_sizes[x.shape[0]] += 1
+                self._inline_failed += failed
                 if self._queue or self._closed:  # waking an idle worker for nothing would cost a switch
                     self._cond.notify_all()
         return out
@@ -581,6 +582,13 @@ class Batcher:
         """
         with self._cond:
             keys = ("requests", *OUTCOMES, "rejected", "batches", "images")
-            return {k: self._stats[k] for k in keys} | {
-                "queued": len(self._queue), "in_flight": self._in_flight,
-                "batch_sizes": dict(sorted(self._batch_sizes.items()))}
+            out = {k: self._stats[k] for k in keys}
+            inline = sum(self._inline_sizes.values())
+            out["requests"] += inline + self._inline
+            out["served"] += inline - self._inline_failed
+            out["failed"] += self._inline_failed
+            out["batches"] += inline
+            out["images"] += sum(n * c for n, c in self._inline_sizes.items())
+            sizes = self._batch_sizes + self._inline_sizes
+            return out | {"queued": len(self._queue), "in_flight": self._in_flight + self._inline,
+                          "batch_sizes": dict(sorted(sizes.items()))}

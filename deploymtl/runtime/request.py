@@ -93,13 +93,27 @@ def cancel_owned(fut: concurrent.futures.Future) -> None:
 def split_outputs(out: Any, parts: list[tuple[int, bool]]) -> list[Outputs]:
     """Each request's rows of a batch's outputs; `parts`: (images, squeeze) per request in batch order.
     An answer without one row per image is an error, never a silently shifted result."""
+    if len(parts) == 1:  # the hot path (one request, often inline): check and take the rows in one pass
+        n, squeeze = parts[0]
+        try:
+            one = {}
+            for k, v in out.items():
+                if v.shape[0] != n:
+                    break
+                one[k] = v[0] if squeeze else v
+            else:
+                if one:
+                    return [one]
+        except (AttributeError, IndexError, TypeError):  # not a dict, not an array, or 0-d
+            pass
+        _bad_outputs(out, n)
     total = sum(n for n, _ in parts)
-    rows = {k: v.shape[0] for k, v in out.items() if getattr(v, "ndim", 0)} if isinstance(out, dict) else {}
-    if not rows or len(rows) < len(out) or any(n != total for n in rows.values()):
-        got = {k: getattr(v, "shape", type(v).__name__) for k, v in out.items()} if isinstance(out, dict) else \
-            type(out).__name__
-        raise DeploymtlError(f"the batcher's model returned {got} for a batch of {total} image{'s' * (total != 1)}",
-                             hint="expected {task: array with one row per image}")
+    try:
+        ok = isinstance(out, dict) and len(out) > 0 and all(v.shape[0] == total for v in out.values())
+    except (AttributeError, IndexError, TypeError):
+        ok = False
+    if not ok:
+        _bad_outputs(out, total)
     results, start = [], 0
     for n, squeeze in parts:
         if squeeze:
@@ -108,6 +122,13 @@ def split_outputs(out: Any, parts: list[tuple[int, bool]]) -> list[Outputs]:
             results.append({k: v[start:start + n] for k, v in out.items()})
         start += n
     return results
+
+
+def _bad_outputs(out: Any, total: int) -> None:
+    got = {k: getattr(v, "shape", type(v).__name__) for k, v in out.items()} if isinstance(out, dict) else \
+        type(out).__name__
+    raise DeploymtlError(f"the batcher's model returned {got} for a batch of {total} image{'s' * (total != 1)}",
+                         hint="expected {task: array with one row per image}")
 
 
 def abandoned_error(outcome: str | None) -> BaseException:
