@@ -690,6 +690,34 @@ def test_infer_async_own_timeout_counts_as_timed_out():
     assert (s["requests"], s["timed_out"], s["cancelled"], s["served"]) == (1 + extra, 1, 0, extra) and balanced(s)
 
 
+def test_task_cancelled_while_its_expired_request_is_being_ended():
+    """The window, opened on purpose: the worker has claimed the request as timed out but not yet set its future,
+    the task's own wait runs out and finds it ended, and then the task is cancelled from outside. The task must
+    see its cancellation (not BatcherClosedError), and the request still ends once, as timed out."""
+    clock = ManualClock()
+    b = Batcher(model, input_spec=SPEC, max_batch=8, max_delay_ms=1000, clock=clock, start=False)
+
+    async def main() -> list[Any]:
+        task = asyncio.ensure_future(b.infer_async(image(1), timeout=0.02))
+        await asyncio.sleep(0)  # the task enqueues its request
+        clock.advance(0.02)
+        with b._cond:
+            expired, batch = b._take_locked(clock(), select=False)  # as the worker would, before ending it
+        await asyncio.sleep(0.1)  # the task's own 20 ms wait runs out meanwhile
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return expired
+
+    expired = asyncio.run(main())
+    assert len(expired) == 1 and not expired[0].future.cancelled()
+    Batcher._end_expired(expired)
+    with pytest.raises(RequestTimeoutError, match="in the batcher queue"):
+        expired[0].future.result(timeout=0)
+    s = b.stats()
+    assert (s["requests"], s["timed_out"], s["cancelled"], s["queued"]) == (1, 1, 0, 0) and balanced(s)
+
+
 @pytest.mark.parametrize("inner_timeout", [None, 0.008], ids=["outer cut-off", "outer and own timeout"])
 def test_asyncio_cancel_storm(inner_timeout, caplog):
     """300 tasks, each cut off by an outer wait_for after 1-20 ms, against a 10 ms delay."""

@@ -216,24 +216,20 @@ class Batcher:
         timeout = self._timeout(timeout)
         req = self._enqueue(req_x, squeeze, timeout)
         waiter = asyncio.wrap_future(req.future)
-        try:  # shield: the request's end is decided here (_abandon), not by asyncio cancelling its future
-            return await asyncio.wait_for(asyncio.shield(waiter), timeout)
+        try:  # shielded: only the batcher cancels the request's future; this task's end goes through _abandon
+            try:
+                return await asyncio.wait_for(asyncio.shield(waiter), timeout)
+            except (asyncio.TimeoutError, TimeoutError):  # the wait ran out, or the request's own timeout
+                if self._abandon(req, "timed_out"):
+                    waiter.add_done_callback(_dropped)
+                    raise RequestTimeoutError(f"request did not complete within {timeout} s",
+                                              hint="raise the timeout or lower the load") from None
+            return await asyncio.shield(waiter)  # it had ended as the wait ran out: its own outcome, at once
         except asyncio.CancelledError:
-            if waiter.cancelled() and req.outcome == "cancelled" and self._closed:
+            if waiter.cancelled():  # the batcher cancelled it: closed without drain before it ran
                 raise BatcherClosedError("the request was cancelled: the batcher was closed before it ran") from None
             self._abandon(req, "cancelled")  # False: it ended meanwhile; either way this task drops the outcome
             waiter.add_done_callback(_dropped)
-            raise
-        except (asyncio.TimeoutError, TimeoutError):  # the wait ran out, or the request's own timeout
-            if self._abandon(req, "timed_out"):
-                waiter.add_done_callback(_dropped)
-                raise RequestTimeoutError(f"request did not complete within {timeout} s",
-                                          hint="raise the timeout or lower the load") from None
-        try:  # it had ended just before the wait ran out: its own outcome
-            return await waiter
-        except asyncio.CancelledError:
-            if req.future.cancelled():
-                raise BatcherClosedError("the request was cancelled: the batcher was closed before it ran") from None
             raise
 
     def _claim_idle(self, n: int) -> bool:
