@@ -14,26 +14,28 @@ this one, whenever the command is killed): plan.json (the resolved plan), plan.p
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
 from .. import __version__
 from ..config import Recipe, parse_recipe
 from ..data import build_datasets
 from ..errors import DeploymtlError, VerificationError
+from ..families import family_spec
 from ..flops import measure_stages, ratio
 from ..io import atomic_write_text, sha256_file, write_json
 from ..models.base import Supernet
 from ..outdir import check_output_dir, output_set
 from ..train.checkpoint import load_supernet
 from .artifact import StaticArtifact, save_static
-from .families import Surgeon, approximation_links, surgeon
+from .base import Cut
 from .graph import GraphBuilder, StaticModel
-from .plan import Plan, PlanOptions, PlanSource, check_plan, load_plan, make_plan, save_plan
+from .plan import Plan, PlanSource, check_plan, load_plan, make_plan, parse_plan, save_plan
 from .verify import ParityResult, RemovalProof, check_parity, proof_tensors, prove_removal, removed_prefixes
 
 REPORT_FORMAT = "deploymtl.prune_report/1"
@@ -43,12 +45,12 @@ PROOF_SAMPLES = 4  # images for the gradient and perturbation checks (the parity
 
 @dataclass
 class Surgery:
-    """A loaded supernet with a checked plan applied: what prune and inspect work on."""
+    """A loaded supernet with its plan prepared (`cut`) and applied: what prune and inspect work on."""
 
     model: Supernet
     recipe: Recipe
     plan: Plan
-    surgeon: Surgeon
+    cut: Cut
     checkpoint: Path
     edited: bool
     warnings: list[str] = field(default_factory=list)
@@ -63,16 +65,17 @@ class Surgery:
 
     @property
     def options(self) -> dict[str, Any]:
-        return self.plan.options.model_dump()
+        """Every surgeon option of the plan, resolved (the family's defaults filled in)."""
+        return self.plan.options.model_dump(mode="json")
 
     def builder(self) -> GraphBuilder:
-        return self.surgeon.build_graph(self.model, self.plan.decisions, self.tasks, self.options)
+        return self.cut.build()
 
     def build_static(self) -> StaticModel:
         return self.builder().build()
 
     def expected_params(self) -> int:
-        return int(self.surgeon.expected_params(self.model, self.plan.decisions, self.tasks, self.options))
+        return int(self.cut.expected_params())
 
     def input_spec(self) -> dict[str, Any]:
         d = self.recipe.data
@@ -91,10 +94,32 @@ def _parse_tasks(tasks: list[str] | str | None) -> list[str] | None:
     return names
 
 
+def family_options(family: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Check `--option KEY=VALUE` overrides against the family's options model; values as given (strings from the
+    CLI are converted by the model when the plan is made). One-line error naming the option and the choices."""
+    model = family_spec(family).surgeon.options_model
+    names = [n for n in model.model_fields if n != "round_channels"]
+    for key, value in (options or {}).items():
+        if key == "round_channels":
+            raise DeploymtlError("--option round_channels: set it with --round-channels",
+                                 hint="--option takes the family's other options")
+        if key not in names:
+            raise DeploymtlError(f"--option {key}: not an option of family {family}",
+                                 hint=f"expected one of {', '.join(names)}" if names else f"{family} has none")
+        try:
+            model.model_validate({key: value})
+        except ValidationError as exc:
+            msg = exc.errors()[0]["msg"].removeprefix("Value error, ")
+            raise DeploymtlError(f"--option {key}={value}: {msg}", hint=model.model_fields[key].description
+                                 ) from None
+    return dict(options or {})
+
+
 def prepare(checkpoint: str | Path, *, plan_path: str | Path | None = None, tasks: list[str] | str | None = None,
-            round_channels: int | None = None) -> Surgery:
-    """Load the checkpoint, make (or read) the plan, resolve the task subset and options, validate the plan against
-    the supernet and apply it. Options resolve as: argument > plan file > recipe's `prune:` section > default."""
+            round_channels: int | None = None, options: Mapping[str, Any] | None = None) -> Surgery:
+    """Load the checkpoint, make (or read) the plan, resolve the task subset and options, prepare the plan against
+    the supernet (validated once, by the family's surgeon) and apply it. Options resolve as: argument (`options`:
+    the family's options besides round_channels) > plan file > recipe's `prune:` section > the family's default."""
     ckpt_path = Path(checkpoint)
     model, ckpt = load_supernet(ckpt_path)
     recipe = parse_recipe(ckpt["recipe"], f"{ckpt_path} (embedded recipe)")
@@ -104,6 +129,7 @@ def prepare(checkpoint: str | Path, *, plan_path: str | Path | None = None, task
     subset = _parse_tasks(tasks)
     if round_channels is not None and (isinstance(round_channels, bool) or int(round_channels) < 1):
         raise DeploymtlError(f"--round-channels {round_channels}", hint="expected an integer >= 1")
+    overrides = family_options(family, options)
     warnings: list[str] = []
     if plan_path is not None:
         plan = load_plan(plan_path)
@@ -111,22 +137,18 @@ def prepare(checkpoint: str | Path, *, plan_path: str | Path | None = None, task
         if plan.source is not None and plan.source.sha256 != source.sha256:
             warnings.append(f"plan {plan_path} was made from another checkpoint ({plan.source.checkpoint}); "
                             "its decisions are applied to this one")
-        update: dict[str, Any] = {"source": source}
-        if subset:
-            update["tasks"] = subset
-        if round_channels is not None:
-            update["options"] = PlanOptions(round_channels=int(round_channels))
-        plan = plan.model_copy(update=update)
-        plan = Plan.model_validate(plan.model_dump())  # re-validate the overridden fields (unique tasks)
+        data = plan.to_dict() | {"source": source.model_dump()}  # re-validated with the overrides (unique tasks)
+        data["tasks"] = subset or data["tasks"]
+        data["options"] |= overrides | ({"round_channels": int(round_channels)} if round_channels is not None else {})
+        plan = parse_plan(data, plan_path)
     else:
         where = f"plan of {ckpt_path}"
         rc = int(round_channels) if round_channels is not None else recipe.prune.round_channels
-        plan = make_plan(model, family, tasks=subset or recipe.prune.tasks, round_channels=rc, source=source)
-    check_plan(plan, model, family, where)
-    fam = surgeon(family)
-    fam.apply_plan(model, plan.decisions)
-    model.eval().set_deployed(True)
-    return Surgery(model=model, recipe=recipe, plan=plan, surgeon=fam, checkpoint=ckpt_path,
+        plan = make_plan(model, family, tasks=subset or recipe.prune.tasks, round_channels=rc,
+                         options=recipe.prune.options | overrides, source=source)
+    cut = check_plan(plan, model, family, where)
+    cut.apply()
+    return Surgery(model=model, recipe=recipe, plan=plan, cut=cut, checkpoint=ckpt_path,
                    edited=plan.decisions != own, warnings=warnings)
 
 
@@ -184,12 +206,14 @@ def _failure_line(parity: ParityResult, proof: RemovalProof, approx: dict[str, A
 def prune_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, plan_path: str | Path | None = None,
                      tasks: list[str] | str | None = None, round_channels: int | None = None,
                      accept_approximation: bool = False, atol: float | None = None, rtol: float | None = None,
-                     verify_samples: int | None = None) -> tuple[StaticArtifact, dict[str, Any]]:
-    """Prune a supernet checkpoint into `out_dir`; returns (static artifact, report). See the module docstring."""
+                     verify_samples: int | None = None, options: Mapping[str, Any] | None = None
+                     ) -> tuple[StaticArtifact, dict[str, Any]]:
+    """Prune a supernet checkpoint into `out_dir`; returns (static artifact, report). See the module docstring.
+    `options` overrides the family's surgeon options (`--option`)."""
     t0 = time.perf_counter()
     check_output_dir(out_dir)
     out = Path(out_dir)
-    s = prepare(checkpoint, plan_path=plan_path, tasks=tasks, round_channels=round_channels)
+    s = prepare(checkpoint, plan_path=plan_path, tasks=tasks, round_channels=round_channels, options=options)
     cfg = s.recipe.prune
     atol = cfg.atol if atol is None else float(atol)
     rtol = cfg.rtol if rtol is None else float(rtol)
@@ -200,7 +224,7 @@ def prune_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, plan_path: 
                              hint="expected atol > 0, rtol >= 0, verify samples >= 1")
     images = verification_images(s.recipe, n_verify)
     static = s.build_static()
-    links = approximation_links(s.family, s.model, s.plan.decisions)
+    links = s.cut.approximation_links()
 
     parity = check_parity(static, s.model, images, s.tasks, atol=atol, rtol=rtol)
     approx = None
@@ -225,9 +249,10 @@ def prune_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, plan_path: 
         "plan": {"path": str(out / "plan.json"), "hash": art.plan_hash, "rule": s.plan.rule, "edited": s.edited,
                  "from": str(plan_path) if plan_path else None},
         "options": {"tasks": s.tasks, "round_channels": s.plan.options.round_channels,
-                    "accept_approximation": accept, "atol": atol, "rtol": rtol, "verify_samples": n_verify},
+                    "accept_approximation": accept, "atol": atol, "rtol": rtol, "verify_samples": n_verify,
+                    "family_options": {k: v for k, v in s.options.items() if k != "round_channels"}},
         "input": art.input,
-        "summary": s.surgeon.summary(s.model, s.plan.decisions, s.tasks),
+        "summary": s.cut.summary(),
         "params": costs["params"], "flops": costs["flops"],
         "ratios": {k: {"after/masked": ratio(costs[k]["after"]["total"], costs[k]["masked"]["total"]),
                        "after/before": ratio(costs[k]["after"]["total"], costs[k]["before"]["total"])}
@@ -283,12 +308,13 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
 
 def render_markdown(report: dict[str, Any]) -> str:
     o, r = report["options"], report["removal"]
+    extra = "".join(f", {k} {v}" for k, v in o["family_options"].items())
     lines = [
         f"# Prune report: {report['family']} -> {', '.join(report['tasks'])}",
         "", f"**{'PASSED' if report['passed'] else 'FAILED'}**. Source: `{(report['source'] or {}).get('checkpoint')}`;"
         f" plan rule `{report['plan']['rule']}`{' (edited)' if report['plan']['edited'] else ''}; round_channels "
-        f"{o['round_channels']}; atol {o['atol']:g}, rtol {o['rtol']:g} on {report['parity_samples']} validation "
-        "images.", "",
+        f"{o['round_channels']}{extra}; atol {o['atol']:g}, rtol {o['rtol']:g} on {report['parity_samples']} "
+        "validation images.", "",
         "## Parity: static model vs supernet in deployed mode", "",
         _md_table(["task", "max abs", "max rel", "passed"], parity_rows(report)), "",
         "## Parameters", "", _md_table(["", "before", "masked", "after"], cost_rows(report, "params")), "",
