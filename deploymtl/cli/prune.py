@@ -57,7 +57,9 @@ def prune(
     rtol: float | None = typer.Option(None, "--rtol", help="Relative parity tolerance (default: recipe prune.rtol)."),
     option: list[str] = SurgeonOption,
 ) -> None:
-    """Physically remove what the search did not keep; verify the static model; write pruned.pt and its report."""
+    """Physically remove what the search did not keep; verify the static model; write pruned.pt and its report.
+    \f
+    One parameter per command-line option (typer makes each a flag), hence more than eight."""
     from rich.console import Console
 
     from ..errors import VerificationError

@@ -203,53 +203,70 @@ def _failure_line(parity: ParityResult, proof: RemovalProof, approx: dict[str, A
     return "; ".join(parts) + f"; see {report_md}"
 
 
-def prune_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, plan_path: str | Path | None = None,
-                     tasks: list[str] | str | None = None, round_channels: int | None = None,
-                     accept_approximation: bool = False, atol: float | None = None, rtol: float | None = None,
-                     verify_samples: int | None = None, options: Mapping[str, Any] | None = None
-                     ) -> tuple[StaticArtifact, dict[str, Any]]:
-    """Prune a supernet checkpoint into `out_dir`; returns (static artifact, report). See the module docstring.
-    `options` overrides the family's surgeon options (`--option`)."""
-    t0 = time.perf_counter()
-    check_output_dir(out_dir)
-    out = Path(out_dir)
-    s = prepare(checkpoint, plan_path=plan_path, tasks=tasks, round_channels=round_channels, options=options)
-    cfg = s.recipe.prune
-    atol = cfg.atol if atol is None else float(atol)
-    rtol = cfg.rtol if rtol is None else float(rtol)
-    n_verify = cfg.verify_samples if verify_samples is None else int(verify_samples)
-    accept = bool(accept_approximation or cfg.accept_approximation)
-    if atol <= 0 or rtol < 0 or n_verify < 1:
-        raise DeploymtlError(f"tolerances atol={atol:g} rtol={rtol:g}, verify samples {n_verify}",
-                             hint="expected atol > 0, rtol >= 0, verify samples >= 1")
-    images = verification_images(s.recipe, n_verify)
-    static = s.build_static()
-    links = s.cut.approximation_links()
+@dataclass(frozen=True)
+class _Tolerances:
+    """How the static model is verified: the recipe's `prune:` section, overridden by the arguments."""
 
-    parity = check_parity(static, s.model, images, s.tasks, atol=atol, rtol=rtol)
+    atol: float
+    rtol: float
+    samples: int
+    accept_approximation: bool
+
+
+def _tolerances(recipe: Recipe, atol: float | None, rtol: float | None, samples: int | None, accept: bool
+                ) -> _Tolerances:
+    cfg = recipe.prune
+    tol = _Tolerances(atol=cfg.atol if atol is None else float(atol), rtol=cfg.rtol if rtol is None else float(rtol),
+                      samples=cfg.verify_samples if samples is None else int(samples),
+                      accept_approximation=bool(accept or cfg.accept_approximation))
+    if tol.atol <= 0 or tol.rtol < 0 or tol.samples < 1:
+        raise DeploymtlError(f"tolerances atol={tol.atol:g} rtol={tol.rtol:g}, verify samples {tol.samples}",
+                             hint="expected atol > 0, rtol >= 0, verify samples >= 1")
+    return tol
+
+
+@dataclass
+class _Checks:
+    """What was verified of one static model: parity, the Aux-NAS approximation, the proof of removal, costs."""
+
+    parity: ParityResult
+    approx: dict[str, Any] | None
+    proof: RemovalProof
+    costs: dict[str, Any]
+    prefixes: list[str]
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.parity) and bool(self.proof) and (self.approx is None or self.approx["accepted"])
+
+
+def _verify(s: Surgery, static: StaticModel, images: torch.Tensor, tol: _Tolerances) -> _Checks:
+    parity = check_parity(static, s.model, images, s.tasks, atol=tol.atol, rtol=tol.rtol)
     approx = None
+    links = s.cut.approximation_links()
     if links:
-        err = check_parity(static, _soft_reference(s.model), images, s.tasks, atol=atol, rtol=rtol)
-        approx = {"links": links, "error": err.to_dict(), "within_tolerance": bool(err), "accepted": accept}
+        err = check_parity(static, _soft_reference(s.model), images, s.tasks, atol=tol.atol, rtol=tol.rtol)
+        approx = {"links": links, "error": err.to_dict(), "within_tolerance": bool(err),
+                  "accepted": tol.accept_approximation}
     static_params = sum(p.numel() for p in static.parameters())
     proof = prove_removal(s.model, s.builder, images[:PROOF_SAMPLES], s.tasks, static_params=static_params,
                           expected_params=s.expected_params())
     costs = measure_stages(s.model, static, s.tasks, images[:1])
-    passed = bool(parity) and bool(proof) and (approx is None or approx["accepted"])
+    prefixes = removed_prefixes(proof.removed_tensors, list(proof_tensors(s.model)))
+    return _Checks(parity=parity, approx=approx, proof=proof, costs=costs, prefixes=prefixes)
 
-    all_names = list(proof_tensors(s.model))
-    prefixes = removed_prefixes(proof.removed_tensors, all_names)
-    art = StaticArtifact(model=static, family=s.family, tasks=[t for n in s.tasks for t in s.recipe.tasks
-                                                                 if t.name == n],
-                         plan=s.plan.to_dict(), input=s.input_spec(), recipe=s.recipe.resolved(),
-                         extra={"removed_prefixes": prefixes, "expected_params": proof.expected_params})
-    report: dict[str, Any] = {
-        "format": REPORT_FORMAT, "family": s.family, "tasks": s.tasks, "passed": passed,
+
+def _report(s: Surgery, c: _Checks, art: StaticArtifact, tol: _Tolerances, out: Path,
+            plan_path: str | Path | None) -> dict[str, Any]:
+    costs = c.costs
+    return {
+        "format": REPORT_FORMAT, "family": s.family, "tasks": s.tasks, "passed": c.passed,
         "source": s.plan.source.model_dump() if s.plan.source else None,
         "plan": {"path": str(out / "plan.json"), "hash": art.plan_hash, "rule": s.plan.rule, "edited": s.edited,
                  "from": str(plan_path) if plan_path else None},
         "options": {"tasks": s.tasks, "round_channels": s.plan.options.round_channels,
-                    "accept_approximation": accept, "atol": atol, "rtol": rtol, "verify_samples": n_verify,
+                    "accept_approximation": tol.accept_approximation, "atol": tol.atol, "rtol": tol.rtol,
+                    "verify_samples": tol.samples,
                     "family_options": {k: v for k, v in s.options.items() if k != "round_channels"}},
         "input": art.input,
         "summary": s.cut.summary(),
@@ -257,24 +274,47 @@ def prune_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, plan_path: 
         "ratios": {k: {"after/masked": ratio(costs[k]["after"]["total"], costs[k]["masked"]["total"]),
                        "after/before": ratio(costs[k]["after"]["total"], costs[k]["before"]["total"])}
                    for k in ("params", "flops")},
-        "parity": parity.to_dict(), "parity_samples": parity.samples,
-        "removal": proof.to_dict() | {"removed_prefixes": prefixes},
-        "approximation": approx, "warnings": s.warnings,
-        "artifact": str(out / "pruned.pt") if passed else None,
+        "parity": c.parity.to_dict(), "parity_samples": c.parity.samples,
+        "removal": c.proof.to_dict() | {"removed_prefixes": c.prefixes},
+        "approximation": c.approx, "warnings": s.warnings,
+        "artifact": str(out / "pruned.pt") if c.passed else None,
         "deploymtl_version": __version__, "seconds": None,
     }
+
+
+def prune_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, plan_path: str | Path | None = None,
+                     tasks: list[str] | str | None = None, round_channels: int | None = None,
+                     accept_approximation: bool = False, atol: float | None = None, rtol: float | None = None,
+                     verify_samples: int | None = None, options: Mapping[str, Any] | None = None
+                     ) -> tuple[StaticArtifact, dict[str, Any]]:
+    """Prune a supernet checkpoint into `out_dir`; returns (static artifact, report). See the module docstring.
+    `options` overrides the family's surgeon options (`--option`). The keyword parameters are `deploymtl prune`'s
+    options, one each (None: the recipe's `prune:` section decides), hence more than eight."""
+    t0 = time.perf_counter()
+    check_output_dir(out_dir)
+    out = Path(out_dir)
+    s = prepare(checkpoint, plan_path=plan_path, tasks=tasks, round_channels=round_channels, options=options)
+    tol = _tolerances(s.recipe, atol, rtol, verify_samples, accept_approximation)
+    images = verification_images(s.recipe, tol.samples)
+    static = s.build_static()
+    checks = _verify(s, static, images, tol)
+    art = StaticArtifact(model=static, family=s.family, tasks=[t for n in s.tasks for t in s.recipe.tasks
+                                                                 if t.name == n],
+                         plan=s.plan.to_dict(), input=s.input_spec(), recipe=s.recipe.resolved(),
+                         extra={"removed_prefixes": checks.prefixes, "expected_params": checks.proof.expected_params})
+    report = _report(s, checks, art, tol, out, plan_path)
     from .inspect import draw_plan  # matplotlib only once the input is known to be good
 
     with output_set(out, owned=PRUNE_FILES) as stage:  # a failing run has no pruned.pt: an old one is dropped
         save_plan(stage / "plan.json", s.plan)
-        draw_plan(s, costs, stage / "plan.png")
-        if passed:
+        draw_plan(s, checks.costs, stage / "plan.png")
+        if checks.passed:
             save_static(stage / "pruned.pt", art)
         report["seconds"] = round(time.perf_counter() - t0, 3)
         write_json(stage / "prune_report.json", report)
         atomic_write_text(stage / "prune_report.md", render_markdown(report))
-    if not passed:
-        err = VerificationError(_failure_line(parity, proof, approx, out / "prune_report.md"))
+    if not checks.passed:
+        err = VerificationError(_failure_line(checks.parity, checks.proof, checks.approx, out / "prune_report.md"))
         err.report = report  # type: ignore[attr-defined]  # the CLI prints the per-task table from it
         raise err
     return art, report
