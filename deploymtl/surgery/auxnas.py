@@ -134,6 +134,11 @@ class AuxNasCut(Cut[AuxNasSupernet, PlanOptions]):
                 out[name] = float(wa[s, j])
         return out
 
+    def soft_reference(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The supernet run with every link at its real sigmoid weight (`soft_links`), removed ones included."""
+        with self.model.soft_links():
+            return self.model(images)
+
     def summary(self) -> dict[str, Any]:
         """What the surgeon keeps and removes, for the prune report."""
         m, kp, ka, depths = self.model, self.kp, self.ka, self.depths

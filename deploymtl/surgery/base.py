@@ -10,7 +10,8 @@ runs, GatedMTL's kept filters, Aux-NAS's kept links). Everything downstream asks
 - `expected_params()`: the static model's parameter count from the plan and the layer shapes alone
   (`registry.count`), never from the builder: the proof of removal compares the two;
 - `summary()`, `draw(ax)`: the report's summary of the decisions and their picture;
-- `approximation_links()`: removed parts whose trained weight is not exactly zero ({} unless the family has such).
+- `approximation_links()`: removed parts whose trained weight is not exactly zero ({} unless the family has such),
+  and `soft_reference(images)`: the supernet with them at their trained weights, to measure the approximation.
 
 The family's typed options (`options_model`, a `PlanOptions` subclass) live in the plan's `options`; the plan
 envelope validates them through the family, so a Cut reads `self.options` as a typed object.
@@ -20,6 +21,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Generic, TypeVar
+
+import torch
 
 from ..errors import DeploymtlError, InternalError
 from ..models.base import Supernet
@@ -66,6 +69,11 @@ class Cut(ABC, Generic[ModelT, OptionsT]):
     def approximation_links(self) -> dict[str, float]:
         """Removed links whose trained weight is not exactly zero, by name: what removing them approximates."""
         return {}
+
+    def soft_reference(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The supernet's outputs with every link at its trained weight: what the static model approximates when
+        `approximation_links()` is not empty (a family that has such links overrides this)."""
+        raise InternalError(f"the {type(self).__name__} has no approximate links to measure")
 
 
 class Surgeon(ABC):

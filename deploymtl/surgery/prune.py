@@ -14,7 +14,7 @@ this one, whenever the command is killed): plan.json (the resolved plan), plan.p
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -165,19 +165,6 @@ def verification_images(recipe: Recipe, n: int) -> torch.Tensor:
     return val.images[:n]
 
 
-def _soft_reference(model: Supernet) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
-    """The supernet with its real (soft) link weights: the Aux-NAS model's `soft_links()`."""
-    ctx = getattr(model, "soft_links", None)
-    if ctx is None:
-        raise RuntimeError(f"{type(model).__name__} reports approximate links but has no soft_links()")
-
-    def run(x: torch.Tensor) -> dict[str, torch.Tensor]:
-        with ctx():
-            return model(x)
-
-    return run
-
-
 def _failure_line(parity: ParityResult, proof: RemovalProof, approx: dict[str, Any] | None, report_md: Path) -> str:
     parts = []
     for name in parity.failed:
@@ -245,7 +232,7 @@ def _verify(s: Surgery, static: StaticModel, images: torch.Tensor, tol: _Toleran
     approx = None
     links = s.cut.approximation_links()
     if links:
-        err = check_parity(static, _soft_reference(s.model), images, s.tasks, atol=tol.atol, rtol=tol.rtol)
+        err = check_parity(static, s.cut.soft_reference, images, s.tasks, atol=tol.atol, rtol=tol.rtol)
         approx = {"links": links, "error": err.to_dict(), "within_tolerance": bool(err),
                   "accepted": tol.accept_approximation}
     static_params = sum(p.numel() for p in static.parameters())
