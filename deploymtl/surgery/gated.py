@@ -57,7 +57,7 @@ from .registry import conv_params, count, emit, fold_input, register, selected
 SHARED = "__shared__"  # key of the shared branch in per-layer maps (task names are identifiers; no clash)
 
 
-# -- the plan: which filters survive -----------------------------------------------------------------
+# -- options and the kept filters -----------------------------------------------------------------
 @dataclass
 class LayerKeep:
     """Kept output filters of one gated layer, original channel indices in ascending order ([] = removed)."""
