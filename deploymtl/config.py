@@ -2,7 +2,7 @@
 every artifact.
 
 A recipe names a family, its tasks and data, the family's `model` and `search` settings (validated by the
-family's own config classes, see `deploymtl.models.registry`), and optional sections per pipeline stage.
+family's own config classes, see `deploymtl.families`), and optional sections per pipeline stage.
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ from pydantic import (
 )
 
 from .errors import DeploymtlError
+from .families import FAMILY_NAMES
 from .tasks import TaskSpec
 
-Family = Literal["adashare", "gated", "auxnas"]
+Family = Literal[FAMILY_NAMES]  # type: ignore[valid-type]  # the registry's names, in its order
 Precision = Literal["fp32", "fp16", "int8"]
 Target = Literal["onnx", "trt"]
 
@@ -77,6 +78,8 @@ class TrainConfig(_Strict):
 class PruneConfig(_Strict):
     tasks: list[str] | None = None
     round_channels: int = Field(default=1, ge=1, description="round kept channel counts up to a multiple")
+    options: dict[str, Any] = Field(default={}, description="the family's surgeon options besides round_channels "
+                                                            "(validated by the family's options model)")
     accept_approximation: bool = False
     atol: float = Field(default=1e-4, gt=0)
     rtol: float = Field(default=1e-3, ge=0)
@@ -145,7 +148,7 @@ class Recipe(_Strict):
 
     @model_validator(mode="after")
     def _family_sections(self) -> Recipe:
-        from .models.registry import family_spec  # the family validates its own sections
+        from .families import family_spec  # the family validates its own sections
 
         spec = family_spec(self.family)
         for section, cls in (("model", spec.model_config_cls), ("search", spec.search_config_cls)):
@@ -157,6 +160,12 @@ class Recipe(_Strict):
             spec.model_config_cls.model_validate(self.model).block_counts()
         except ValueError as exc:
             raise _FieldError("model.blocks", str(exc)) from None
+        if "round_channels" in self.prune.options:
+            raise _FieldError("prune.options.round_channels", "set prune.round_channels instead")
+        try:
+            spec.surgeon.options_model.model_validate(self.prune.options)
+        except ValidationError as exc:
+            raise _SectionError("prune.options", exc) from None
         return self
 
     @model_validator(mode="after")
@@ -168,12 +177,12 @@ class Recipe(_Strict):
         return self
 
     def model_cfg(self) -> Any:
-        from .models.registry import family_spec
+        from .families import family_spec
 
         return family_spec(self.family).model_config_cls.model_validate(self.model)
 
     def search_cfg(self) -> Any:
-        from .models.registry import family_spec
+        from .families import family_spec
 
         return family_spec(self.family).search_config_cls.model_validate(self.search)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from deploymtl.errors import DeploymtlError
-from deploymtl.models.registry import build_supernet
+from deploymtl.families import build_supernet
 from deploymtl.surgery import plan as P
 from deploymtl.surgery.plan import PLAN_FORMAT, Plan, PlanSource, check_plan, load_plan, make_plan, parse_plan
 from deploymtl.tasks import TaskSpec

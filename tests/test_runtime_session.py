@@ -151,7 +151,7 @@ def test_supernet_checkpoint_runs_in_deployed_mode(tmp_path):
     import torch
 
     from deploymtl.config import load_recipe
-    from deploymtl.models.registry import build_supernet
+    from deploymtl.families import build_supernet
     from deploymtl.profile.cost import artifact_cost
     from deploymtl.train.trainer import SUPERNET_FORMAT
 

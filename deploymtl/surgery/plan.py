@@ -5,22 +5,38 @@
      "decisions": {...family decisions, as Supernet.decisions() writes them...},
      "source": {"checkpoint": "runs/x/supernet.pt", "sha256": "..."}}
 
-The envelope is validated here (pydantic, one-line errors naming the field); the family's surgeon validates the
-`decisions` against the supernet (`families.Surgeon.validate_plan`). `deploymtl prune CKPT --plan edited.json`
-rebuilds the static model from an edited plan; the surgeon rejects a plan that does not fit the checkpoint.
+The envelope is validated here (pydantic, one-line errors naming the field), `options` through the family's
+options model (`Surgeon.options_model`: `round_channels` for every family, plus e.g. GatedMTL's `fold_blends`);
+the family's surgeon checks the `decisions` against the supernet when it prepares the plan (`check_plan`).
+`deploymtl prune CKPT --plan edited.json` rebuilds the static model from an edited plan; the surgeon rejects a
+plan that does not fit the checkpoint. A plan file holds `round_channels` and the options that were set; the
+others take the family's defaults (so a plan of default options reads as it always did).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+)
 
 from ..config import Family, _format_validation_error
 from ..errors import DeploymtlError
+from ..families import family_spec
 from ..io import read_json, write_json
-from .families import default_tasks, surgeon
+
+if TYPE_CHECKING:
+    from .base import Cut
 
 PLAN_FORMAT = "deploymtl.plan/1"
 
@@ -30,7 +46,15 @@ class _Strict(BaseModel):
 
 
 class PlanOptions(_Strict):
+    """The surgeon options every family has; a family's options model extends it (`Surgeon.options_model`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
     round_channels: int = Field(default=1, ge=1, description="round kept channel counts up to a multiple")
+
+    def to_plan(self) -> dict[str, Any]:
+        """What a plan file records: round_channels and every option that was set."""
+        return {"round_channels": self.round_channels} | self.model_dump(mode="json", exclude_unset=True)
 
 
 class PlanSource(_Strict):
@@ -45,9 +69,22 @@ class Plan(_Strict):
     family: Family
     tasks: list[str] = Field(min_length=1, description="deployed tasks, in output order")
     rule: str = Field(min_length=1, description="the rule that turned the search's soft decisions into these")
-    options: PlanOptions = PlanOptions()
+    options: SerializeAsAny[PlanOptions] = Field(default_factory=PlanOptions, validate_default=True)
     decisions: dict[str, Any]
     source: PlanSource | None = None
+
+    @field_validator("options", mode="wrap")
+    @classmethod
+    def _family_options(cls, value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo
+                        ) -> PlanOptions:
+        """Validate through the family's options model (`family` is validated first; unset options stay unset)."""
+        family = info.data.get("family")
+        if family is None:  # the family failed its own validation, which is the error reported
+            return handler(value)
+        model = family_spec(family).surgeon.options_model
+        if isinstance(value, model):
+            return value
+        return model.model_validate(value.model_dump(exclude_unset=True) if isinstance(value, BaseModel) else value)
 
     @field_validator("tasks")
     @classmethod
@@ -58,7 +95,7 @@ class Plan(_Strict):
         return tasks
 
     def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude_none=True)
+        return self.model_dump(mode="json", exclude_none=True) | {"options": self.options.to_plan()}
 
 
 def parse_plan(data: Any, where: str | Path = "<plan>") -> Plan:
@@ -69,6 +106,10 @@ def parse_plan(data: Any, where: str | Path = "<plan>") -> Plan:
     if data.get("format") != PLAN_FORMAT:  # checked first: a foreign document fails on every other field too
         raise DeploymtlError(f"{where}: format: {data.get('format')!r} is not a deploymtl plan",
                              hint=f"expected format {PLAN_FORMAT!r}, written by deploymtl prune/inspect")
+    return _validated(data, where)
+
+
+def _validated(data: dict[str, Any], where: str | Path) -> Plan:
     try:
         return Plan.model_validate(data)
     except ValidationError as exc:
@@ -84,25 +125,24 @@ def save_plan(path: str | Path, plan: Plan) -> Path:
 
 
 def make_plan(model: Any, family: str, *, tasks: list[str] | None = None, round_channels: int = 1,
+              options: Mapping[str, Any] | None = None, decisions: dict[str, Any] | None = None,
               source: PlanSource | None = None) -> Plan:
-    """The plan of a loaded supernet's own decisions (`model.decisions()`); `tasks` defaults to the family's
-    default deployment (every task, or Aux-NAS's primary tasks)."""
-    decisions = model.decisions()
-    return Plan(family=family, tasks=list(tasks) if tasks else default_tasks(model, decisions),
-                rule=str(decisions.get("rule", "unknown")), options=PlanOptions(round_channels=round_channels),
-                decisions=decisions, source=source)
+    """The plan of a loaded supernet's decisions (`decisions`, default `model.decisions()`); `tasks` defaults to
+    the family's default deployment (every task, or Aux-NAS's primary tasks); `options` are the family's options
+    besides `round_channels` (validated by the family: a bad one is a one-line error naming it)."""
+    decisions = model.decisions() if decisions is None else decisions
+    chosen = list(tasks) if tasks is not None else family_spec(family).surgeon.default_tasks(model)
+    return _validated({"family": family, "tasks": chosen, "rule": str(decisions.get("rule", "unknown")),
+                       "options": {"round_channels": round_channels, **(options or {})}, "decisions": decisions,
+                       "source": source}, "plan")
 
 
-def check_plan(plan: Plan, model: Any, family: str, where: str | Path = "plan") -> None:
-    """Check that `plan` fits the loaded supernet: same family, known tasks, then the family's own checks."""
-    if plan.family != family:
-        raise DeploymtlError(f"{where}: family: plan is for '{plan.family}' but the checkpoint is '{family}'",
-                             hint="make the plan from this checkpoint with deploymtl inspect")
-    names = list(model.task_names)
-    for task in plan.tasks:
-        if task not in names:
-            raise DeploymtlError(f"{where}: tasks: unknown task '{task}'", hint=f"expected some of {', '.join(names)}")
+def check_plan(plan: Plan, model: Any, family: str, where: str | Path = "plan") -> Cut:
+    """Check that `plan` fits the loaded supernet of `family` (same family, known tasks, the family's checks of
+    the decisions) and return the prepared Cut; errors name `where` and the plan field."""
     try:
-        surgeon(family).validate_plan(model, plan.decisions, list(plan.tasks))
+        return family_spec(family).surgeon.prepare(model, plan)
     except DeploymtlError as exc:
-        raise DeploymtlError(f"{where}: decisions: {exc}", hint=exc.hint) from None
+        if exc.exit_code != DeploymtlError.exit_code:  # our bugs keep their own exit code and message
+            raise
+        raise DeploymtlError(f"{where}: {exc}", hint=exc.hint) from None

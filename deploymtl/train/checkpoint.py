@@ -18,9 +18,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..config import Family, _format_validation_error, parse_recipe
 from ..errors import DeploymtlError
+from ..families import FAMILY_NAMES, build_supernet
 from ..io import load_torch
 from ..models.base import Supernet
-from ..models.registry import FAMILY_MODULES, build_supernet
 from .trainer import STATE_FORMAT, SUPERNET_FORMAT
 
 
@@ -50,9 +50,9 @@ def _envelope(cls: type[_Envelope], data: Any, path: Path, what: str, hint: str)
     allowed = cls.model_fields["format"].annotation.__args__  # type: ignore[union-attr]
     if fmt not in allowed:
         raise DeploymtlError(f"{path} is not a deploymtl {what}", hint=hint)
-    if data.get("family") not in FAMILY_MODULES:
+    if data.get("family") not in FAMILY_NAMES:
         raise DeploymtlError(f"{path}: unknown family '{data.get('family')}'",
-                             hint=f"expected one of {', '.join(FAMILY_MODULES)}")
+                             hint=f"expected one of {', '.join(FAMILY_NAMES)}")
     missing = [k for k, f in cls.model_fields.items() if f.is_required() and k not in data]
     if missing:
         raise DeploymtlError(f"{path}: missing {', '.join(missing)}", hint=hint)
