@@ -25,6 +25,7 @@ import torch
 
 from ..errors import DeploymtlError
 from ..export.onnx import node_scope, static_nodes
+from ..onnxkit.session import QUIET, open_session
 from ..surgery.graph import INPUT, StaticModel
 from .compare import CompareResult, Tolerance, compare_arrays
 
@@ -123,8 +124,6 @@ class _Prober:
         self.cache: dict[str, np.ndarray] = {}
 
     def run(self, tensors: list[str]) -> dict[str, np.ndarray]:
-        import onnxruntime as ort
-
         todo = [t for t in tensors if t not in self.cache]
         if todo:
             probe = onnx.ModelProto()
@@ -134,9 +133,7 @@ class _Prober:
                 if t not in have:
                     elem = self.types.get(t, onnx.TensorProto.FLOAT)
                     probe.graph.output.append(onnx.helper.make_tensor_value_info(t, elem, None))
-            opts = ort.SessionOptions()
-            opts.log_severity_level = 3
-            session = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+            session = open_session(probe, log_severity=QUIET, label="<localisation probe>")
             values = session.run(todo, {"image": self.inputs})
             self.runs += 1
             for t, v in zip(todo, values, strict=True):

@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ...errors import DeploymtlError
+from ...onnxkit.load import load_onnx
 from . import ops
 
 ERROR, WARNING = "error", "warning"
@@ -57,7 +57,7 @@ def errors(issues: list[LintIssue]) -> list[LintIssue]:
 
 def lint_onnx(model: onnx.ModelProto | str | Path) -> list[LintIssue]:
     """All TensorRT compatibility issues of `model` (a path or a loaded ModelProto), errors first."""
-    proto = _load(model)
+    proto = load_onnx(model)
     g = _Graph(proto.graph, _opset(proto), {(f.domain, f.name): f for f in proto.functions})
     issues = list(_check_opset(g.opset))
     issues += _check_io(proto.graph)
@@ -67,24 +67,6 @@ def lint_onnx(model: onnx.ModelProto | str | Path) -> list[LintIssue]:
     issues += _check_qdq(g, types)
     unique = list(dict.fromkeys(issues))
     return sorted(unique, key=lambda i: i.severity != ERROR)
-
-
-def _load(model: onnx.ModelProto | str | Path) -> onnx.ModelProto:
-    if isinstance(model, onnx.ModelProto):
-        return model
-    path = Path(model)
-    if not path.is_file():
-        raise DeploymtlError(f"ONNX model not found: {path}", hint="expected a .onnx file written by deploymtl export")
-    try:
-        proto = onnx.load(str(path))
-    except Exception as exc:  # onnx raises DecodeError / ValueError / OSError depending on the damage
-        raise DeploymtlError(f"{path} is not a readable ONNX model: {str(exc).splitlines()[0][:160]}") from None
-    if not proto.HasField("graph") or not proto.graph.node or not proto.graph.output:
-        # protobuf parses an empty file (and some foreign bytes) as an empty model: that is bad input, not a graph
-        what = "an empty file" if path.stat().st_size == 0 else "a model without a graph, nodes or outputs"
-        raise DeploymtlError(f"{path} is not an ONNX model ({what})", hint="expected a .onnx file written by "
-                             "deploymtl export")
-    return proto
 
 
 def _opset(proto: onnx.ModelProto) -> int:
