@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
+from ...onnxkit.index import GraphIndex, value_types
 from ...onnxkit.load import load_onnx
 from . import ops
 
@@ -62,7 +62,7 @@ def lint_onnx(model: onnx.ModelProto | str | Path) -> list[LintIssue]:
     issues = list(_check_opset(g.opset))
     issues += _check_io(proto.graph)
     issues += _check_nodes(g, prefix="")
-    types = _infer_dtypes(proto)
+    types = value_types(proto)
     issues += _check_dtypes(g, types)
     issues += _check_qdq(g, types)
     unique = list(dict.fromkeys(issues))
@@ -76,70 +76,19 @@ def _opset(proto: onnx.ModelProto) -> int:
     return 1
 
 
-class _Graph:
-    """Indices over one (sub)graph: constants (with values where known), producers, consumers, data tensors."""
+class _Graph(GraphIndex):
+    """The graph index of one (sub)graph plus what the lint needs beside it: the opset, the model's functions,
+    graph IO names and the tensors that carry data (computed from an input, not only from shapes)."""
 
     def __init__(self, graph: onnx.GraphProto, opset: int, functions: dict[tuple[str, str], onnx.FunctionProto],
                  parent: _Graph | None = None) -> None:
-        self.graph, self.opset, self.functions = graph, opset, functions
-        self.nodes = list(graph.node)
-        self.initializers = {t.name: t for t in graph.initializer}
-        self.values: dict[str, np.ndarray | None] = dict(parent.values) if parent else {}
-        for name, t in self.initializers.items():
-            self.values[name] = _array(t)
-        self.inputs = [i for i in graph.input if i.name not in self.initializers]
-        self.io_names = {i.name for i in self.inputs} | {o.name for o in graph.output}
-        self.producer: dict[str, onnx.NodeProto] = {}
-        self.consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+        super().__init__(graph, parent)
+        self.opset, self.functions = opset, functions
+        self.io_names = {i.name for i in self.inputs} | self.outputs
         self.data: set[str] = {i.name for i in self.inputs}
         for node in self.nodes:
-            for pos, name in enumerate(node.input):
-                if name:
-                    self.consumers.setdefault(name, []).append((node, pos))
-            for name in node.output:
-                self.producer[name] = node
-            self._fold(node)
             if node.op_type not in ops.SHAPE_OPS and any(i in self.data for i in node.input):
                 self.data.update(o for o in node.output if o)
-
-    def _fold(self, node: onnx.NodeProto) -> None:
-        """Mark outputs constant when the parser can fold them (a Constant, or every input constant)."""
-        if node.op_type == "Constant":
-            self.values[node.output[0]] = _constant_value(node)
-        elif node.op_type == "Identity" and node.input[0] in self.values:
-            self.values[node.output[0]] = self.values[node.input[0]]
-        elif (node.input and all(i in self.values for i in node.input if i)
-              and not node.op_type.startswith("Random") and node.domain in ("", "ai.onnx")):
-            for out in node.output:
-                self.values[out] = None  # constant, value not computed here
-
-    def is_const(self, name: str) -> bool:
-        return name in self.values
-
-    def value(self, name: str) -> np.ndarray | None:
-        return self.values.get(name)
-
-
-def _array(t: onnx.TensorProto) -> np.ndarray | None:
-    try:
-        return numpy_helper.to_array(t)
-    except Exception:  # external data not loaded or an exotic dtype: constness is still known
-        return None
-
-
-def _constant_value(node: onnx.NodeProto) -> np.ndarray | None:
-    for a in node.attribute:
-        if a.name == "value":
-            return _array(a.t)
-        if a.name == "value_float":
-            return np.asarray(a.f, dtype=np.float32)
-        if a.name == "value_floats":
-            return np.asarray(list(a.floats), dtype=np.float32)
-        if a.name == "value_int":
-            return np.asarray(a.i, dtype=np.int64)
-        if a.name == "value_ints":
-            return np.asarray(list(a.ints), dtype=np.int64)
-    return None
 
 
 def _attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
@@ -290,7 +239,7 @@ def _upsample(g: _Graph, node: onnx.NodeProto) -> Iterator[tuple[str, str]]:
 
 
 def _const_input(g: _Graph, node: onnx.NodeProto, pos: int, what: str) -> Iterator[tuple[str, str]]:
-    if len(node.input) > pos and node.input[pos] and not g.is_const(node.input[pos]):
+    if len(node.input) > pos and node.input[pos] and not g.is_constant(node.input[pos]):
         yield ERROR, f"{what} '{node.input[pos]}' is computed at run time; TensorRT needs it constant"
 
 
@@ -312,10 +261,10 @@ def _onehot(g: _Graph, node: onnx.NodeProto) -> Iterator[tuple[str, str]]:
 @_rule("Dropout")
 def _dropout(g: _Graph, node: onnx.NodeProto) -> Iterator[tuple[str, str]]:
     if len(node.input) > 2 and node.input[2]:
-        if not g.is_const(node.input[2]):
+        if not g.is_constant(node.input[2]):
             yield ERROR, "training_mode is computed at run time; TensorRT needs a constant False (export in eval mode)"
         else:
-            value = g.value(node.input[2])
+            value = g.constant_value(node.input[2])
             if value is not None and bool(np.asarray(value).any()):
                 yield ERROR, "training_mode is True: TensorRT runs Dropout in inference mode only (model.eval())"
 
@@ -326,11 +275,11 @@ def _topk(g: _Graph, node: onnx.NodeProto) -> Iterator[tuple[str, str]]:
         yield ERROR, "sorted=0 is not supported; TensorRT returns sorted values only"
     if g.opset < 10:
         k = np.asarray(_attr(node, "k", 1))
-    elif len(node.input) < 2 or not g.is_const(node.input[1]):
+    elif len(node.input) < 2 or not g.is_constant(node.input[1]):
         yield ERROR, "K is computed at run time; TensorRT needs a constant K"
         return
     else:
-        k = g.value(node.input[1])
+        k = g.constant_value(node.input[1])
     if k is not None and int(np.asarray(k).reshape(-1)[0]) >= ops.TOPK_MAX_K:
         yield ERROR, f"K={int(np.asarray(k).reshape(-1)[0])}: TensorRT needs K < {ops.TOPK_MAX_K}"
 
@@ -357,7 +306,7 @@ def _constant(g: _Graph, node: onnx.NodeProto) -> Iterator[tuple[str, str]]:
 
 @_rule("Reshape")
 def _reshape(g: _Graph, node: onnx.NodeProto) -> Iterator[tuple[str, str]]:
-    shape = g.value(node.input[1]) if len(node.input) > 1 else None
+    shape = g.constant_value(node.input[1]) if len(node.input) > 1 else None
     if shape is None or node.input[0] not in g.data:
         return
     shape = np.asarray(shape).reshape(-1)
@@ -373,23 +322,6 @@ def _has_dynamic_batch(g: _Graph) -> bool:
 # ------------------------------------------------------------------------------------------------------ data types
 _OK_TYPES = frozenset({"FLOAT", "FLOAT16", "BFLOAT16", "INT32", "INT64", "BOOL"})
 _QUANT_TYPES = frozenset({"INT8", "INT4", "FLOAT8E4M3FN", "FLOAT4E2M1"})
-
-
-def _infer_dtypes(proto: onnx.ModelProto) -> dict[str, int]:
-    """Element type of every tensor of the main graph that ONNX shape inference can type."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False)
-    except Exception:  # custom domains or broken graphs: lint what is declared
-        inferred = proto
-    g = inferred.graph
-    types = {t.name: t.data_type for t in g.initializer}
-    for v in [*g.value_info, *g.input, *g.output]:
-        if v.type.HasField("tensor_type") and v.type.tensor_type.elem_type:
-            types[v.name] = v.type.tensor_type.elem_type
-    for node in g.node:
-        if node.op_type == "Cast" and node.output[0] not in types:
-            types[node.output[0]] = int(_attr(node, "to", 0))
-    return types
 
 
 def _qdq_tensors(g: _Graph) -> set[str]:
@@ -437,7 +369,7 @@ def _check_dtypes(g: _Graph, types: dict[str, int]) -> Iterator[LintIssue]:
 
 def _check_int64_weights(g: _Graph, types: dict[str, int]) -> Iterator[LintIssue]:
     """INT64 constants used as data next to run-time activations (not as shapes, indices or axes)."""
-    for name in g.values:
+    for name in g.constant_names():
         if types.get(name) != onnx.TensorProto.INT64 or name in g.io_names:
             continue
         for node, pos in g.consumers.get(name, []):
@@ -445,7 +377,7 @@ def _check_int64_weights(g: _Graph, types: dict[str, int]) -> Iterator[LintIssue
                 continue
             if not any(i in g.data for i in node.input if i != name):
                 continue  # a shape computation, folded or run on shape tensors
-            value = g.value(name)
+            value = g.constant_value(name)
             shape = list(value.shape) if value is not None else "?"
             yield LintIssue(WARNING, node.name or name, node.op_type, f"INT64 weights '{name}' (shape {shape}) "
                             "enter as data: TensorRT runs INT64 on few layers and never in fp16/int8; store them "
@@ -475,14 +407,14 @@ def _qdq_node(g: _Graph, node: onnx.NodeProto, types: dict[str, int]) -> Iterato
             return
     scale_name = node.input[1] if len(node.input) > 1 else ""
     zp_name = node.input[2] if len(node.input) > 2 else ""
-    scale = g.value(scale_name)
-    if not g.is_const(scale_name):
+    scale = g.constant_value(scale_name)
+    if not g.is_constant(scale_name):
         yield ERROR, f"scale '{scale_name}' is computed at run time; TensorRT needs constant scales"
     elif scale is not None and not (np.all(np.isfinite(scale)) and np.all(np.asarray(scale) > 0)):
         yield ERROR, f"scale '{scale_name}' has non-positive or non-finite values; scales must be > 0"
     if zp_name:
-        zp = g.value(zp_name)
-        if not g.is_const(zp_name):
+        zp = g.constant_value(zp_name)
+        if not g.is_constant(zp_name):
             yield ERROR, f"zero point '{zp_name}' is computed at run time; TensorRT needs a constant 0"
         elif zp is not None and np.asarray(zp).dtype == np.uint8:
             yield ERROR, (f"zero point '{zp_name}' is uint8: TensorRT quantizes to signed int8 only "
@@ -501,13 +433,13 @@ def _qdq_node(g: _Graph, node: onnx.NodeProto, types: dict[str, int]) -> Iterato
 def _per_channel(g: _Graph, node: onnx.NodeProto, scale: np.ndarray) -> Iterator[tuple[str, str]]:
     """Per-channel scales: only for constant weights, on their output-channel axis."""
     x = node.input[0]
-    is_weight = g.is_const(x) or (node.op_type == "DequantizeLinear" and x in g.producer
-                                  and g.producer[x].op_type == "QuantizeLinear" and g.is_const(g.producer[x].input[0]))
+    is_weight = g.is_constant(x) or (node.op_type == "DequantizeLinear" and x in g.producer
+                                  and g.producer[x].op_type == "QuantizeLinear" and g.is_constant(g.producer[x].input[0]))
     if not is_weight:
         yield ERROR, (f"per-channel scale ({np.asarray(scale).size} values) on an activation: TensorRT quantizes "
                       "activations per tensor only")
         return
-    value = g.value(x) if g.is_const(x) else g.value(g.producer[x].input[0])
+    value = g.constant_value(x) if g.is_constant(x) else g.constant_value(g.producer[x].input[0])
     rank = value.ndim if value is not None else 4
     axis = int(_attr(node, "axis", 1))
     axis = axis + rank if axis < 0 else axis
