@@ -15,7 +15,7 @@ the CPU session only, each keeping what the graph computes (see each for the exa
 The int8 rewrite:
 
 The exported int8 graph is symmetric (every zero point 0, int8) so that TensorRT can read it
-(shared/TENSORRT.md). TensorRT fuses Conv+ReLU+Q itself; ONNX Runtime's CPU provider cannot: its x86 kernels
+(docs/tensorrt.md). TensorRT fuses Conv+ReLU+Q itself; ONNX Runtime's CPU provider cannot: its x86 kernels
 are uint8 x int8, it rewrites each int8 pair to uint8 with zero point 128, and a ReLU between a DQ and a Q is
 absorbed (`ReluQuantFusion`) only when the zero point is the type's minimum. So every ReLU of the file runs in
 fp32 as DQ -> Relu -> Q, three elementwise passes per activation (on the benchmark's pruned ResNet-18 that is

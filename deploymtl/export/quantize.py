@@ -1,14 +1,15 @@
 """int8 static quantisation to a Q/DQ ONNX graph (onnxruntime.quantization), TensorRT-compatible.
 
-Scheme (shared/TENSORRT.md, "Explicit quantization"): QDQ format; int8 activations and weights; symmetric
+Scheme (docs/tensorrt.md, "Explicit quantization"): QDQ format; int8 activations and weights; symmetric
 (every zero point 0); activations per tensor; weights per output channel (Conv axis 0); scales from MinMax
 calibration on batches of the recipe's *training* split (the validation split stays unseen for the metric gate).
 The same file runs on ONNX Runtime (which fuses DQ->Conv->Q into QLinearConv; `_private_qdq_pairs` shapes the
 graph so it can for every convolution) and feeds TensorRT's explicit quantisation.
 
-`check_qdq` re-reads the result and lists every violation of that scheme, so a change in ONNX Runtime's
-defaults cannot silently produce a graph TensorRT rejects. (`deploymtl export --int8-activations asymmetric`
-opts out of TensorRT compatibility for ONNX Runtime CPU speed, see `quantize_int8`.)
+The export checks the result against that scheme with the Q/DQ rules the TensorRT lint applies
+(`deploymtl.onnxkit.qdq`, scheme `TENSORRT`), so a change in ONNX Runtime's defaults cannot silently produce a
+graph TensorRT rejects. (`deploymtl export --int8-activations asymmetric` opts out of TensorRT compatibility for
+ONNX Runtime CPU speed, scheme `ORT_CPU_ASYMMETRIC`, see `quantize_int8`.)
 """
 
 from __future__ import annotations
@@ -19,10 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from ..errors import DeploymtlError
-from ..onnxkit.index import GraphIndex
+from ..onnxkit.index import GraphIndex, attr
 from .onnx import INPUT_NAME
 from .quiet import quiet_root_logger
 
@@ -226,7 +226,7 @@ def _private_qdq_pairs(model: onnx.ModelProto) -> int:
     added = 0
     for q in [n for n in g.nodes if n.op_type == "QuantizeLinear" and n.input[0] not in inits]:
         if len(q.input) < 3 or q.input[2] not in inits:
-            continue  # no constant zero point: check_qdq reports it
+            continue  # no constant zero point: the Q/DQ rules report it (onnxkit.qdq)
         dqs = [d for d in g.readers(q.output[0]) if d.op_type == "DequantizeLinear"]
         if len(dqs) != len(g.readers(q.output[0])) or q.output[0] in outputs:
             continue  # the quantised tensor itself is used: leave it alone
@@ -245,9 +245,9 @@ def _private_qdq_pairs(model: onnx.ModelProto) -> int:
                 continue
             q_out, dq_out = f"{q.output[0]}/{k}", f"{dq.output[0]}/{k}"
             new_q = onnx.helper.make_node("QuantizeLinear", [q.input[0], q.input[1], zp.name], [q_out],
-                                          name=f"{q.name}/{k}", axis=_axis(q))
+                                          name=f"{q.name}/{k}", axis=attr(q, "axis", 1))
             new_dq = onnx.helper.make_node("DequantizeLinear", [q_out, dq.input[1], zp.name], [dq_out],
-                                           name=f"{dq.name}/{k}", axis=_axis(dq))
+                                           name=f"{dq.name}/{k}", axis=attr(dq, "axis", 1))
             for i, name in enumerate(node.input):
                 if name == dq.output[0]:
                     g.set_input(node, i, dq_out)
@@ -265,44 +265,6 @@ def _private_qdq_pairs(model: onnx.ModelProto) -> int:
     del model.graph.initializer[:]
     model.graph.initializer.extend(kept)
     return added
-
-
-def _axis(node: onnx.NodeProto) -> int:
-    return next((a.i for a in node.attribute if a.name == "axis"), 1)
-
-
-def check_qdq(model: onnx.ModelProto, *, symmetric: bool = True) -> list[str]:
-    """Violations of the TensorRT Q/DQ scheme: non-zero or non-constant zero points, non-positive scales,
-    per-channel activations (a QuantizeLinear of a non-constant tensor with more than one scale)."""
-    inits = {i.name: i for i in model.graph.initializer}
-    issues = []
-    n_q = 0
-    for node in model.graph.node:
-        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
-            continue
-        n_q += 1
-        scale = inits.get(node.input[1]) if len(node.input) > 1 else None
-        if scale is None:
-            issues.append(f"{node.name}: scale {node.input[1] if len(node.input) > 1 else '?'} is not a constant")
-        else:
-            s = numpy_helper.to_array(scale)
-            if not np.all(s > 0) or not np.all(np.isfinite(s)):
-                issues.append(f"{node.name}: scales must be positive and finite")
-            if node.op_type == "QuantizeLinear" and node.input[0] not in inits and s.size > 1:
-                issues.append(f"{node.name}: activation quantised per channel")
-        if symmetric:
-            zp = inits.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
-            if len(node.input) > 2 and node.input[2] and zp is None:
-                issues.append(f"{node.name}: zero point is not a constant")
-            elif zp is not None:
-                z = numpy_helper.to_array(zp)
-                if np.any(z != 0):
-                    issues.append(f"{node.name}: zero point is not 0")
-                if z.dtype != np.int8:
-                    issues.append(f"{node.name}: quantised type is {z.dtype}, expected int8")
-    if n_q == 0:
-        issues.append("no QuantizeLinear/DequantizeLinear nodes: nothing was quantised")
-    return issues
 
 
 def quantized_ops(model: onnx.ModelProto) -> list[str]:

@@ -20,6 +20,7 @@ is constant (foldable, value not computed: None), plus the constants of the encl
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import onnx
@@ -163,3 +164,20 @@ def value_types(model: onnx.ModelProto) -> dict[str, int]:
         if node.op_type == "Cast" and node.output[0] not in types:
             types[node.output[0]] = next((int(a.i) for a in node.attribute if a.name == "to"), 0)
     return types
+
+
+def opset_version(model: onnx.ModelProto) -> int:
+    """The default-domain opset the model imports (1 when it names none, ONNX's rule)."""
+    for imp in model.opset_import:
+        if imp.domain in _DEFAULT_DOMAINS:
+            return int(imp.version)
+    return 1
+
+
+def attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
+    """A node attribute's value (strings decoded), or `default` when the node does not set it."""
+    for a in node.attribute:
+        if a.name == name:
+            value = onnx.helper.get_attribute_value(a)
+            return value.decode() if isinstance(value, bytes) else value
+    return default

@@ -1,6 +1,6 @@
 """TensorRT compatibility lint for ONNX graphs: runs without TensorRT or a GPU.
 
-Checks an ONNX model against what TensorRT 10.x/11.x's ONNX parser accepts (shared/TENSORRT.md; the parser's operator
+Checks an ONNX model against what TensorRT 10.x/11.x's ONNX parser accepts (docs/tensorrt.md; the parser's operator
 support matrix, `ops.py`) so problems surface at export time, not on a GPU machine:
 
 - operators: unsupported ones (QLinearConv, ConvInteger, DynamicQuantizeLinear, Sequence*, custom domains), and the
@@ -9,8 +9,8 @@ support matrix, `ops.py`) so problems surface at export time, not on a GPU machi
   Dropout not training, LayerNormalization output Y only, ...);
 - data types: DOUBLE is cast down to FLOAT, UINT8 only as network IO, INT8/INT4/FP8/FP4 only through Q/DQ, INT64
   weights;
-- explicit quantization: symmetric (constant zero points equal to 0), positive constant scales, per-tensor activations,
-  per-channel weights on the Conv weight's output-channel axis 0, opset >= 13;
+- explicit quantization: the Q/DQ rules of `deploymtl.onnxkit.qdq` (symmetric constant zero points, positive constant
+  scales, per-tensor activations, per-channel weights on the Conv weight's output-channel axis 0, opset >= 13);
 - dynamic shapes: every input needs a dynamic batch axis (a static batch cannot be fixed after parsing), other dynamic
   dims and batch-fixing Reshapes are flagged; the opset must lie in the parsers' range.
 
@@ -23,16 +23,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
 
-from ...onnxkit.index import GraphIndex, value_types
+from ...onnxkit import qdq
+from ...onnxkit.index import GraphIndex, attr, opset_version, value_types
 from ...onnxkit.load import load_onnx
 from . import ops
 
-ERROR, WARNING = "error", "warning"
+ERROR, WARNING = qdq.ERROR, qdq.WARNING
 
 
 @dataclass(frozen=True)
@@ -57,23 +57,23 @@ def errors(issues: list[LintIssue]) -> list[LintIssue]:
 
 def lint_onnx(model: onnx.ModelProto | str | Path) -> list[LintIssue]:
     """All TensorRT compatibility issues of `model` (a path or a loaded ModelProto), errors first."""
+    return lint_with_qdq(model)[0]
+
+
+def lint_with_qdq(model: onnx.ModelProto | str | Path) -> tuple[list[LintIssue], list[qdq.QdqFinding]]:
+    """`lint_onnx`'s issues, and the Q/DQ rule findings among them as such (`onnxkit.qdq`): an int8 export reads
+    its scheme's violations from these instead of running the rules a second time."""
     proto = load_onnx(model)
-    g = _Graph(proto.graph, _opset(proto), {(f.domain, f.name): f for f in proto.functions})
+    g = _Graph(proto.graph, opset_version(proto), {(f.domain, f.name): f for f in proto.functions})
     issues = list(_check_opset(g.opset))
     issues += _check_io(proto.graph)
     issues += _check_nodes(g, prefix="")
     types = value_types(proto)
     issues += _check_dtypes(g, types)
-    issues += _check_qdq(g, types)
+    findings = qdq.check(g, g.opset, types)
+    issues += [LintIssue(f.severity, f.node, f.op, f.message) for f in findings]
     unique = list(dict.fromkeys(issues))
-    return sorted(unique, key=lambda i: i.severity != ERROR)
-
-
-def _opset(proto: onnx.ModelProto) -> int:
-    for imp in proto.opset_import:
-        if imp.domain in ("", "ai.onnx"):
-            return int(imp.version)
-    return 1
+    return sorted(unique, key=lambda i: i.severity != ERROR), findings
 
 
 class _Graph(GraphIndex):
@@ -89,14 +89,6 @@ class _Graph(GraphIndex):
         for node in self.nodes:
             if node.op_type not in ops.SHAPE_OPS and any(i in self.data for i in node.input):
                 self.data.update(o for o in node.output if o)
-
-
-def _attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
-    for a in node.attribute:
-        if a.name == name:
-            value = onnx.helper.get_attribute_value(a)
-            return value.decode() if isinstance(value, bytes) else value
-    return default
 
 
 def _name(node: onnx.NodeProto, index: int, prefix: str) -> str:
@@ -199,10 +191,10 @@ def _check_nodes(g: _Graph, prefix: str) -> Iterator[LintIssue]:
 
 @_rule("MaxPool", "AveragePool", "LpPool")
 def _pool(g: _Graph, node: onnx.NodeProto) -> Iterator[tuple[str, str]]:
-    kernel = _attr(node, "kernel_shape", [])
+    kernel = attr(node, "kernel_shape", [])
     if len(kernel) not in (2, 3):
         yield ERROR, f"{len(kernel)}D pooling: TensorRT pools in 2D or 3D only"
-    dilations = _attr(node, "dilations", [])
+    dilations = attr(node, "dilations", [])
     if any(d != 1 for d in dilations):
         yield ERROR, f"dilations {list(dilations)}: TensorRT pooling needs dilations of 1"
     if node.op_type == "MaxPool" and len(node.output) > 1 and node.output[1]:
@@ -211,29 +203,29 @@ def _pool(g: _Graph, node: onnx.NodeProto) -> Iterator[tuple[str, str]]:
 
 @_rule("Resize")
 def _resize(g: _Graph, node: onnx.NodeProto) -> Iterator[tuple[str, str]]:
-    coord = _attr(node, "coordinate_transformation_mode", "half_pixel")
+    coord = attr(node, "coordinate_transformation_mode", "half_pixel")
     if coord not in ops.RESIZE_COORDINATE_MODES:
         yield ERROR, (f"coordinate_transformation_mode '{coord}' is not supported; expected one of "
                       f"{sorted(ops.RESIZE_COORDINATE_MODES)} (F.interpolate align_corners=False gives half_pixel)")
-    mode = _attr(node, "mode", "nearest")
+    mode = attr(node, "mode", "nearest")
     if mode not in ops.RESIZE_MODES:
         yield ERROR, f"mode '{mode}' is not supported; expected one of {sorted(ops.RESIZE_MODES)}"
-    nearest = _attr(node, "nearest_mode", "round_prefer_floor")
+    nearest = attr(node, "nearest_mode", "round_prefer_floor")
     if mode == "nearest" and nearest not in ops.RESIZE_NEAREST_MODES:
         yield ERROR, f"nearest_mode '{nearest}' is not supported; expected one of {sorted(ops.RESIZE_NEAREST_MODES)}"
-    if _attr(node, "antialias", 0):
+    if attr(node, "antialias", 0):
         yield ERROR, "antialias is not supported; resize with antialias=False"
-    policy = _attr(node, "keep_aspect_ratio_policy", "stretch")
+    policy = attr(node, "keep_aspect_ratio_policy", "stretch")
     if policy != "stretch":
         yield ERROR, f"keep_aspect_ratio_policy '{policy}' is not supported; only 'stretch'"
-    axes = _attr(node, "axes", None)
+    axes = attr(node, "axes", None)
     if axes is not None and list(axes) != list(range(len(axes))):
         yield ERROR, f"axes {list(axes)} must be 0..rank-1 in order"
 
 
 @_rule("Upsample")
 def _upsample(g: _Graph, node: onnx.NodeProto) -> Iterator[tuple[str, str]]:
-    mode = _attr(node, "mode", "nearest")
+    mode = attr(node, "mode", "nearest")
     if mode not in ("nearest", "linear", "bilinear"):
         yield ERROR, f"mode '{mode}' is not supported; expected nearest or linear"
 
@@ -271,10 +263,10 @@ def _dropout(g: _Graph, node: onnx.NodeProto) -> Iterator[tuple[str, str]]:
 
 @_rule("TopK")
 def _topk(g: _Graph, node: onnx.NodeProto) -> Iterator[tuple[str, str]]:
-    if int(_attr(node, "sorted", 1)) != 1:
+    if int(attr(node, "sorted", 1)) != 1:
         yield ERROR, "sorted=0 is not supported; TensorRT returns sorted values only"
     if g.opset < 10:
-        k = np.asarray(_attr(node, "k", 1))
+        k = np.asarray(attr(node, "k", 1))
     elif len(node.input) < 2 or not g.is_constant(node.input[1]):
         yield ERROR, "K is computed at run time; TensorRT needs a constant K"
         return
@@ -292,7 +284,7 @@ def _layernorm(g: _Graph, node: onnx.NodeProto) -> Iterator[tuple[str, str]]:
 
 @_rule("ScatterND")
 def _scatternd(g: _Graph, node: onnx.NodeProto) -> Iterator[tuple[str, str]]:
-    reduction = _attr(node, "reduction", "none")
+    reduction = attr(node, "reduction", "none")
     if reduction != "none":
         yield ERROR, f"reduction '{reduction}' is not supported; only 'none'"
 
@@ -321,7 +313,6 @@ def _has_dynamic_batch(g: _Graph) -> bool:
 
 # ------------------------------------------------------------------------------------------------------ data types
 _OK_TYPES = frozenset({"FLOAT", "FLOAT16", "BFLOAT16", "INT32", "INT64", "BOOL"})
-_QUANT_TYPES = frozenset({"INT8", "INT4", "FLOAT8E4M3FN", "FLOAT4E2M1"})
 
 
 def _qdq_tensors(g: _Graph) -> set[str]:
@@ -341,7 +332,7 @@ def _reported(node: onnx.NodeProto | None) -> bool:
 
 
 def _check_dtypes(g: _Graph, types: dict[str, int]) -> Iterator[LintIssue]:
-    qdq = _qdq_tensors(g)
+    qdq_names = _qdq_tensors(g)
     for tensor, elem in types.items():
         dtype = onnx.TensorProto.DataType.Name(elem) if elem else "UNDEFINED"
         if dtype in _OK_TYPES or dtype == "UNDEFINED":
@@ -355,11 +346,11 @@ def _check_dtypes(g: _Graph, types: dict[str, int]) -> Iterator[LintIssue]:
             yield LintIssue(WARNING, where, op, f"tensor '{tensor}' is DOUBLE: TensorRT casts it to FLOAT "
                             "(clamped to +-FLT_MAX); export in float32")
         elif dtype == "UINT8":
-            if tensor not in g.io_names and tensor not in qdq:
+            if tensor not in g.io_names and tensor not in qdq_names:
                 yield LintIssue(ERROR, where, op, f"tensor '{tensor}' is UINT8 inside the network: TensorRT "
                                 "accepts UINT8 only as network input or output")
-        elif dtype in _QUANT_TYPES:
-            if tensor not in qdq:
+        elif dtype in qdq.QUANT_TYPES:
+            if tensor not in qdq_names:
                 yield LintIssue(ERROR, where, op, f"tensor '{tensor}' is {dtype} outside QuantizeLinear/"
                                 "DequantizeLinear: TensorRT supports quantized types only through Q/DQ")
         else:
@@ -382,79 +373,3 @@ def _check_int64_weights(g: _Graph, types: dict[str, int]) -> Iterator[LintIssue
             yield LintIssue(WARNING, node.name or name, node.op_type, f"INT64 weights '{name}' (shape {shape}) "
                             "enter as data: TensorRT runs INT64 on few layers and never in fp16/int8; store them "
                             "as float32 or int32")
-
-
-# ------------------------------------------------------------------------------------------- explicit quantization
-def _check_qdq(g: _Graph, types: dict[str, int]) -> Iterator[LintIssue]:
-    qnodes = [n for n in g.nodes if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
-    if not qnodes:
-        return
-    if g.opset < 13:
-        yield LintIssue(ERROR, "model", "opset", f"Q/DQ quantization with opset {g.opset}: TensorRT's explicit "
-                        "quantization needs opset >= 13; re-export with opset 13 or newer")
-    for node in qnodes:
-        name = _name(node, g.nodes.index(node), "")
-        for severity, message in _qdq_node(g, node, types):
-            yield LintIssue(severity, name, node.op_type, message)
-
-
-def _qdq_node(g: _Graph, node: onnx.NodeProto, types: dict[str, int]) -> Iterator[tuple[str, str]]:
-    if node.op_type == "DequantizeLinear" and node.input[0] in types:
-        dtype = onnx.TensorProto.DataType.Name(types[node.input[0]])
-        if dtype not in _QUANT_TYPES:
-            hint = " (a quantized bias: quantize with extra_options QuantizeBias=False)" if dtype == "INT32" else ""
-            yield ERROR, f"dequantizes {dtype}: TensorRT dequantizes only INT8, INT4, FP8 and FP4{hint}"
-            return
-    scale_name = node.input[1] if len(node.input) > 1 else ""
-    zp_name = node.input[2] if len(node.input) > 2 else ""
-    scale = g.constant_value(scale_name)
-    if not g.is_constant(scale_name):
-        yield ERROR, f"scale '{scale_name}' is computed at run time; TensorRT needs constant scales"
-    elif scale is not None and not (np.all(np.isfinite(scale)) and np.all(np.asarray(scale) > 0)):
-        yield ERROR, f"scale '{scale_name}' has non-positive or non-finite values; scales must be > 0"
-    if zp_name:
-        zp = g.constant_value(zp_name)
-        if not g.is_constant(zp_name):
-            yield ERROR, f"zero point '{zp_name}' is computed at run time; TensorRT needs a constant 0"
-        elif zp is not None and np.asarray(zp).dtype == np.uint8:
-            yield ERROR, (f"zero point '{zp_name}' is uint8: TensorRT quantizes to signed int8 only "
-                          "(quantize with QuantType.QInt8)")
-        elif zp is not None and np.any(np.asarray(zp).astype(np.float64) != 0):
-            yield ERROR, (f"zero point '{zp_name}' is not 0 (asymmetric quantization): TensorRT supports symmetric "
-                          "quantization only (ActivationSymmetric=True, WeightSymmetric=True)")
-    elif node.op_type == "QuantizeLinear" and _attr(node, "output_dtype", 0) in (0, onnx.TensorProto.UINT8):
-        yield WARNING, ("no zero point: ONNX then quantizes to uint8 while TensorRT uses int8; add an int8 zero "
-                        "point of 0 so ONNX Runtime and TensorRT agree")
-    if scale is None or np.asarray(scale).size <= 1:
-        return
-    yield from _per_channel(g, node, scale)
-
-
-def _per_channel(g: _Graph, node: onnx.NodeProto, scale: np.ndarray) -> Iterator[tuple[str, str]]:
-    """Per-channel scales: only for constant weights, on their output-channel axis."""
-    x = node.input[0]
-    is_weight = g.is_constant(x) or (node.op_type == "DequantizeLinear" and x in g.producer
-                                  and g.producer[x].op_type == "QuantizeLinear" and g.is_constant(g.producer[x].input[0]))
-    if not is_weight:
-        yield ERROR, (f"per-channel scale ({np.asarray(scale).size} values) on an activation: TensorRT quantizes "
-                      "activations per tensor only")
-        return
-    value = g.constant_value(x) if g.is_constant(x) else g.constant_value(g.producer[x].input[0])
-    rank = value.ndim if value is not None else 4
-    axis = int(_attr(node, "axis", 1))
-    axis = axis + rank if axis < 0 else axis
-    dq_out = node.output[0]
-    if node.op_type == "QuantizeLinear":  # follow Q -> DQ to the consumer of the dequantized weight
-        dqs = [c for c, _ in g.consumers.get(dq_out, []) if c.op_type == "DequantizeLinear"]
-        dq_out = dqs[0].output[0] if dqs else dq_out
-    for consumer, pos in g.consumers.get(dq_out, []):
-        op = consumer.op_type
-        if op == "Conv" and pos == 1:
-            if axis != 0:
-                yield ERROR, f"per-channel axis {axis} on a Conv weight: TensorRT needs axis 0 (output channels)"
-        elif (op == "ConvTranspose" and pos == 1 and axis == 1) or (op in ("Gemm", "MatMul") and pos == 1):
-            yield WARNING, (f"per-channel weights feeding {op} '{consumer.name}': TensorRT documents per-channel "
-                            "weights for Conv (axis 0); confirm the engine's layer precision on the GPU")
-        else:
-            yield ERROR, (f"per-channel scale on axis {axis} of a weight feeding {op} input {pos}: TensorRT "
-                          "supports per-channel weights on the Conv weight's axis 0")
