@@ -17,8 +17,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ..config import Family, _format_validation_error
-from ..errors import DeploymtlError
+from ..config import Family
+from ..errors import DeploymtlError, validation_message
 from ..io import read_json, write_json
 from .families import default_tasks, surgeon
 
@@ -72,7 +72,7 @@ def parse_plan(data: Any, where: str | Path = "<plan>") -> Plan:
     try:
         return Plan.model_validate(data)
     except ValidationError as exc:
-        raise DeploymtlError(_format_validation_error(exc, where)) from None
+        raise DeploymtlError(validation_message(exc, where)) from None
 
 
 def load_plan(path: str | Path) -> Plan:
