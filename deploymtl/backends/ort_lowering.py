@@ -42,7 +42,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ..onnxkit.index import GraphIndex
+from ..onnxkit.index import GraphIndex, drop_unused_initializers
 
 
 def _activation_q(node: onnx.NodeProto | None, g: GraphIndex) -> bool:
@@ -123,10 +123,7 @@ class _Rewrite(GraphIndex):
         del self.graph.node[:]
         self.graph.node.extend(kept)
         self.graph.initializer.extend(self.zero_points)
-        used = {name for node in self.graph.node for name in node.input}
-        live = [i for i in self.graph.initializer if i.name in used]
-        del self.graph.initializer[:]
-        self.graph.initializer.extend(live)
+        drop_unused_initializers(self.graph)
         return len(self.zero_points)
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 
 from ..errors import DeploymtlError
-from ..onnxkit.index import GraphIndex, attr
+from ..onnxkit.index import GraphIndex, attr, drop_unused_initializers
 from .onnx import INPUT_NAME
 from .quiet import quiet_root_logger
 
@@ -164,10 +164,7 @@ def _drop_float_only_pairs(model: onnx.ModelProto) -> int:
             break
         else:
             break
-    used = {name for node in model.graph.node for name in node.input}
-    kept_inits = [i for i in model.graph.initializer if i.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept_inits)
+    drop_unused_initializers(model.graph)
     return removed
 
 
@@ -260,10 +257,7 @@ def _private_qdq_pairs(model: onnx.ModelProto) -> int:
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     model.graph.initializer.extend(fresh)
-    used = {name for node in model.graph.node for name in node.input}
-    kept = [i for i in model.graph.initializer if i.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)
+    drop_unused_initializers(model.graph)
     return added
 
 

@@ -181,3 +181,12 @@ def attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
             value = onnx.helper.get_attribute_value(a)
             return value.decode() if isinstance(value, bytes) else value
     return default
+
+
+def drop_unused_initializers(graph: onnx.GraphProto) -> None:
+    """Remove the initializers no node of `graph` reads, in place, keeping the order of the others (the rewrites
+    call it last; an index built before is stale afterwards)."""
+    used = {name for node in graph.node for name in node.input}
+    kept = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
