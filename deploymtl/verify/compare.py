@@ -41,8 +41,8 @@ class Tolerance:
     range_rel: float = 0.0
     min_cosine: float | None = None
 
-    def effective_atol(self, ref: np.ndarray) -> float:
-        peak = float(np.max(np.abs(ref[np.isfinite(ref)]))) if ref.size and np.isfinite(ref).any() else 0.0
+    def effective_atol(self, peak: float) -> float:
+        """atol_eff = atol + range_rel * max|ref| for an output whose largest finite |ref| is `peak`."""
         return self.atol + self.range_rel * peak
 
     def to_dict(self) -> dict:
@@ -180,7 +180,7 @@ class Accumulator:
             self._max_abs = max(self._max_abs, float(diff.max()))
             self._sum_abs += float(diff.sum())
             self._need = max(self._need, float(np.max(diff - self.tol.rtol * rabs)))
-            big = rabs > self.tol.atol + self.tol.range_rel * self._peak  # the absolute floor, atol_eff
+            big = rabs > self.tol.effective_atol(self._peak)  # max_rel's floor (module docstring)
             if big.any():
                 self._max_rel = max(self._max_rel, float((diff[big] / rabs[big]).max()))
         of, rf = np.where(both, o, 0.0).ravel(), np.where(both, r, 0.0).ravel()
@@ -201,8 +201,8 @@ class Accumulator:
         if self._nan_inf:
             reasons.append(f"{self._nan_inf} NaN/Inf")
         if atol_needed > tol.atol:
-            reasons.append(f"max_abs {self._max_abs:.3g} exceeds atol {tol.atol + tol.range_rel * self._peak:.3g} "
-                           f"+ rtol {tol.rtol:g}*|ref|")
+            reasons.append(f"max_abs {self._max_abs:.3g} exceeds atol {tol.effective_atol(self._peak):.3g} + rtol "
+                           f"{tol.rtol:g}*|ref|")
         if tol.min_cosine is not None and cosine < tol.min_cosine:
             reasons.append(f"cosine {cosine:.6f} < {tol.min_cosine}")
         return CompareResult(self.name, self.shape, self._max_abs, self._max_rel, mean_abs, cosine, self._nan_inf,
