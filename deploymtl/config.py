@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from .errors import DeploymtlError
+from .errors import DeploymtlError, validation_message
 from .families import FAMILY_NAMES
 from .tasks import TaskSpec
 
@@ -199,7 +199,7 @@ class _SectionError(DeploymtlError):
 
     def __init__(self, section: str, exc: ValidationError) -> None:
         self.section, self.exc = section, exc
-        super().__init__(_format_validation_error(exc, "recipe", prefix=(section,)))
+        super().__init__(validation_message(exc, "recipe", prefix=(section,)))
 
 
 class _FieldError(DeploymtlError):
@@ -210,25 +210,17 @@ class _FieldError(DeploymtlError):
         super().__init__(f"recipe: {loc}: {message}")
 
 
-def _format_validation_error(exc: ValidationError, path: Path | str, prefix: tuple[str, ...] = ()) -> str:
-    err = exc.errors()[0]
-    loc = ".".join(str(p) for p in (*prefix, *err["loc"])) or "(top level)"
-    msg = err["msg"].removeprefix("Value error, ")
-    extra = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
-    return f"{path}: {loc}: {msg}{extra}"
-
-
 def parse_recipe(data: Any, path: Path | str = "<recipe>") -> Recipe:
     if not isinstance(data, dict):
         raise DeploymtlError(f"{path}: a recipe must be a mapping at the top level, got {type(data).__name__}")
     try:
         return Recipe.model_validate(data)
     except _SectionError as exc:
-        raise DeploymtlError(_format_validation_error(exc.exc, path, prefix=(exc.section,))) from None
+        raise DeploymtlError(validation_message(exc.exc, path, prefix=(exc.section,))) from None
     except _FieldError as exc:
         raise DeploymtlError(f"{path}: {exc.loc}: {exc.message}") from None
     except ValidationError as exc:
-        raise DeploymtlError(_format_validation_error(exc, path)) from None
+        raise DeploymtlError(validation_message(exc, path)) from None
 
 
 def _read_yaml(p: Path) -> Any:

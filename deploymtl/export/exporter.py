@@ -37,6 +37,8 @@ from ..backends.torch_runner import TorchRunner
 from ..config import DataConfig, ExportConfig
 from ..errors import DeploymtlError, InternalError, VerificationError
 from ..io import load_torch, write_json
+from ..onnxkit.index import GraphIndex
+from ..onnxkit.qdq import QdqFinding, scheme_for, violations
 from ..outdir import check_output_dir, link_or_copy, output_set
 from ..surgery.artifact import STATIC_FORMAT, StaticArtifact, load_static
 from ..verify.compare import CompareReport, compare_outputs, resolve_tolerances
@@ -181,15 +183,14 @@ def _meta(art: StaticArtifact, precision: str, batch: BatchSpec, removed: list[s
             "removed_prefixes": removed}
 
 
-def _lint(proto: onnx.ModelProto, log: Callable[[str], None]) -> list[dict]:
-    try:
-        from .trt.lint import lint_onnx
-    except ImportError:
-        return []
-    issues = lint_onnx(proto)
+def _lint(proto: onnx.ModelProto, log: Callable[[str], None]) -> tuple[list[dict], list[QdqFinding]]:
+    """The report's `lint` (every TensorRT lint issue, logged as warnings) and the Q/DQ rule findings among them."""
+    from .trt.lint import lint_with_qdq
+
+    issues, findings = lint_with_qdq(proto)
     for issue in issues:
         log(f"warning: TensorRT lint: {issue}")
-    return [i.to_dict() for i in issues]
+    return [i.to_dict() for i in issues], findings
 
 
 def _outputs_dict(report: CompareReport) -> dict:
@@ -331,27 +332,28 @@ def _export(model_path: str | Path, out: Path, staging: Path, *, target: str, pr
 
         proto = convert_fp16(proto)
     elif precision == "int8":
-        from .quantize import check_qdq, output_layers, quantize_int8, quantized_ops
+        from .quantize import output_layers, quantize_int8, quantized_ops
 
         calib = _take(sets["train"].images, n_calib)
         batches = [calib[k:k + CALIBRATION_BATCH] for k in range(0, len(calib), CALIBRATION_BATCH)]
         float_layers = output_layers(proto) if float_output_layers else []
         proto = quantize_int8(proto, batches, symmetric_activations=symmetric, exclude_nodes=float_layers)
-        issues = check_qdq(proto, symmetric=symmetric)
         scheme = "int8 symmetric (TensorRT-ready)" if symmetric else "uint8 asymmetric (ONNX Runtime CPU only)"
         qdq = {"calibration_samples": n_calib, "calibration_split": "train", "method": "minmax",
                "scheme": f"{scheme} activations per tensor, int8 symmetric weights per channel, float bias",
                "activations": "symmetric" if symmetric else "asymmetric",
-               "quantized_nodes": len(quantized_ops(proto)), "fp32_output_layers": float_layers, "issues": issues}
-        if issues:
-            failures.append(f"Q/DQ graph violates its quantisation scheme: {issues[0]}")
+               "quantized_nodes": len(quantized_ops(proto)), "fp32_output_layers": float_layers}
     lap("precision", t0)
+    lint, qdq_findings = _lint(proto, log)  # the Q/DQ rules run once, inside the lint (onnxkit.qdq)
+    if qdq is not None:  # the scheme's violations among them: one list, one wording
+        qdq["issues"] = violations(qdq_findings, scheme_for(symmetric), GraphIndex(proto.graph))
+        if qdq["issues"]:
+            failures.append(f"Q/DQ graph violates its quantisation scheme: {qdq['issues'][0]}")
 
     onnx_export.set_metadata(proto, _meta(art, precision, spec, removed))
     final_problems = onnx_export.check_structure(proto, outputs=names, **chw)
     if final_problems:
         failures.append(f"final graph: {final_problems[0]}")
-    lint = _lint(proto, log)
     onnx_path = staging / ONNX_NAME
     onnx.save(proto, str(onnx_path))
 

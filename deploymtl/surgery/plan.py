@@ -30,8 +30,8 @@ from pydantic import (
     field_validator,
 )
 
-from ..config import Family, _format_validation_error
-from ..errors import DeploymtlError
+from ..config import Family
+from ..errors import DeploymtlError, validation_message
 from ..families import family_spec
 from ..io import read_json, write_json
 
@@ -113,7 +113,7 @@ def _validated(data: dict[str, Any], where: str | Path) -> Plan:
     try:
         return Plan.model_validate(data)
     except ValidationError as exc:
-        raise DeploymtlError(_format_validation_error(exc, where)) from None
+        raise DeploymtlError(validation_message(exc, where)) from None
 
 
 def load_plan(path: str | Path) -> Plan:

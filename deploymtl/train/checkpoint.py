@@ -16,8 +16,8 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from ..config import Family, _format_validation_error, parse_recipe
-from ..errors import DeploymtlError
+from ..config import Family, parse_recipe
+from ..errors import DeploymtlError, validation_message
 from ..families import FAMILY_NAMES, build_supernet
 from ..io import load_torch
 from ..models.base import Supernet
@@ -59,7 +59,7 @@ def _envelope(cls: type[_Envelope], data: Any, path: Path, what: str, hint: str)
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
-        raise DeploymtlError(_format_validation_error(exc, path), hint=hint) from None
+        raise DeploymtlError(validation_message(exc, path), hint=hint) from None
 
 
 def load_weights(model: torch.nn.Module, state: dict[str, Any], path: Path, what: str) -> None:

@@ -26,6 +26,7 @@ import onnx
 
 from ...errors import DeploymtlError
 from ...io import atomic_write_bytes, atomic_write_text, ensure_dir, sha256_file
+from ...onnxkit.load import load_onnx
 from ..batch import BatchSpec, parse_batch
 from ..metadata import from_props
 from .lint import errors, lint_onnx
@@ -170,10 +171,7 @@ def export_trt(onnx_path: str | Path, out_dir: str | Path, *, precision: str, ba
     batch = parse_batch(batch)
     check_build_options(precision, workspace_mb, builder_optimization_level, hardware_compatibility)
     trt = require_tensorrt()
-    try:
-        model = onnx.load(str(onnx_path), load_external_data=False)
-    except FileNotFoundError:
-        raise DeploymtlError(f"ONNX model not found: {onnx_path}", hint="expected a .onnx file") from None
+    model = load_onnx(onnx_path, external_data=False)
     check_graph(model, onnx_path, precision)
     profiles = derive_profiles(model, batch)
     meta = from_props({p.key: p.value for p in model.metadata_props})
