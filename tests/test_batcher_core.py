@@ -151,7 +151,7 @@ def test_default_timeout_and_infer_timeout_on_a_stalled_batcher():
     with pytest.raises(RequestTimeoutError, match="within 0.05 s"):
         b.infer(img(1))  # nothing steps the batcher: the caller stops waiting after 50 ms
     assert b.step() == 0 and model.batches == []  # the abandoned request was withdrawn, not computed
-    assert b.queued_images == 0 and b.stats()["cancelled"] == 1
+    assert b.queued_images == 0 and b.stats()["timed_out"] == 1 and b.stats()["cancelled"] == 0
 
 
 def test_cancelled_future_is_skipped():

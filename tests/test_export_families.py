@@ -3,7 +3,6 @@ verified; nothing the surgeon removed appears in the graph."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -14,14 +13,12 @@ import torch
 from deploymtl import __version__
 from deploymtl.cli.main import main
 from deploymtl.config import load_recipe
+from deploymtl.families import FAMILY_NAMES, build_supernet
 from deploymtl.formats.supernet import SUPERNET_FORMAT
 from deploymtl.io import save_torch
-from deploymtl.models.registry import build_supernet
-from deploymtl.surgery.families import SURGEON_MODULES
 
 ROOT = Path(__file__).resolve().parents[1]
-FAMILIES = [f for f, mod in SURGEON_MODULES.items()
-            if importlib.util.find_spec(mod) is not None and (ROOT / "recipes" / f"{f}_tiny.yaml").is_file()]
+FAMILIES = list(FAMILY_NAMES)
 SMALL = {"model.blocks": [1, 1, 1, 1], "model.width": 4, "model.head_hidden": 8, "data.height": 32,
          "data.width": 48, "data.train_size": 2, "data.val_size": 4, "prune.verify_samples": 2}
 

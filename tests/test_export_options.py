@@ -6,10 +6,9 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from deploymtl.config import ExportConfig
+from deploymtl.config import BatchSpec, ExportConfig
 from deploymtl.errors import DeploymtlError
 from deploymtl.export.options import ExportOptions
-from deploymtl.formats.batch import BatchSpec
 
 RECIPE = ExportConfig(batch="1:2:4", opset=17, calibration_samples=8, max_metric_drop=0.1)
 

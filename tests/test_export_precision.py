@@ -15,7 +15,9 @@ from deploymtl.errors import VerificationError
 from deploymtl.export.exporter import export_model
 from deploymtl.export.fp16 import float16_fraction
 from deploymtl.export.options import ExportOptions
-from deploymtl.export.quantize import check_qdq, quantized_ops
+from deploymtl.export.quantize import quantized_ops
+from deploymtl.onnxkit import qdq
+from deploymtl.onnxkit.qdq import ORT_CPU_ASYMMETRIC, check_scheme
 from deploymtl.verify.metrics_gate import metric_gate
 
 NAMES = [t.name for t in TASKS]
@@ -89,7 +91,7 @@ def test_fp16_parity_figures_and_metrics(fp16):
 
 def test_int8_graph_is_symmetric_qdq_with_per_channel_weights(int8_strict):
     _, _, report, proto = int8_strict
-    assert check_qdq(proto) == []
+    assert check_scheme(proto) == []
     inits = {i.name: i for i in proto.graph.initializer}
     zps = [numpy_helper.to_array(inits[n.input[2]]) for n in proto.graph.node
            if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
@@ -133,8 +135,12 @@ def test_int8_metric_gate_fails_at_zero_threshold_and_passes_at_the_recipe_thres
     assert metric_gate(TASKS, fp32, int8, precision="int8", max_drop=0.05)
 
 
-def test_asymmetric_int8_for_onnxruntime_cpu_and_the_api_gate_error(model_path, tmp_path):
-    """`int8_activations="asymmetric"`: uint8 activations with real zero points (not TensorRT-ready, said so)."""
+def test_asymmetric_int8_for_onnxruntime_cpu_and_the_api_gate_error(model_path, tmp_path, monkeypatch):
+    """`int8_activations="asymmetric"`: uint8 activations with real zero points (not TensorRT-ready, said so).
+    The Q/DQ rules run once per export: the lint's findings give the scheme's `quantization.issues`."""
+    calls = []
+    check = qdq.check
+    monkeypatch.setattr(qdq, "check", lambda *a: calls.append(1) or check(*a))
     with pytest.raises(VerificationError, match="metric gate"):
         export_model(model_path, tmp_path / "o", ExportOptions.parse({
             "precision": "int8", "batch": "1:1:2", "max_metric_drop": 0.0, "calibration_samples": 8, "simplify": False,
@@ -144,10 +150,13 @@ def test_asymmetric_int8_for_onnxruntime_cpu_and_the_api_gate_error(model_path, 
     assert report["quantization"]["quantized_nodes"] == 13  # --int8-output-layers int8: every layer (+2 Mul)
     assert report["quantization"]["calibration_samples"] == 8 and report["passes"] == []
     assert report["quantization"]["activations"] == "asymmetric" and report["quantization"]["issues"] == []
+    assert len(calls) == 1
+    lint_errors = [i for i in report["lint"] if i["severity"] == "error"]  # what TensorRT would refuse, still said
+    assert lint_errors and all("uint8" in i["message"] or "UINT8" in i["message"] for i in lint_errors)
     assert all(o["passed"] for o in report["outputs"].values())
     proto = onnx.load(tmp_path / "o" / "model.onnx")
-    assert check_qdq(proto, symmetric=False) == []
-    assert any("zero point is not 0" in i or "uint8" in i for i in check_qdq(proto))  # not for TensorRT
+    assert check_scheme(proto, ORT_CPU_ASYMMETRIC) == []
+    assert any("zero point" in i and "uint8" in i for i in check_scheme(proto))  # not for TensorRT
 
 
 def test_asymmetric_int8_keeps_its_relus_before_fp32_output_layers(model_path, tmp_path):

@@ -16,9 +16,9 @@ from deploymtl.backends import load as backend_load  # noqa: E402
 from deploymtl.backends import trt_env  # noqa: E402
 from deploymtl.backends.ort_runner import OrtRunner  # noqa: E402
 from deploymtl.cli.main import main  # noqa: E402
+from deploymtl.config import BatchSpec  # noqa: E402
 from deploymtl.export import exporter  # noqa: E402
 from deploymtl.export.trt import build as trt_build  # noqa: E402
-from deploymtl.formats.batch import BatchSpec  # noqa: E402
 
 
 def test_trt_target_dispatch_order_and_report(tmp_path, monkeypatch):

@@ -151,8 +151,8 @@ def test_supernet_checkpoint_runs_in_deployed_mode(tmp_path):
     import torch
 
     from deploymtl.config import load_recipe
+    from deploymtl.families import build_supernet
     from deploymtl.formats.supernet import SUPERNET_FORMAT
-    from deploymtl.models.registry import build_supernet
     from deploymtl.profile.cost import artifact_cost
 
     rec = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "gated_tiny.yaml")

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from surgery_helpers import cut_of
 from test_gated_surgery import NAMES, make, plan_of
 
 from deploymtl.ir import StaticModel
-from deploymtl.surgery import gated as surgeon
 from deploymtl.surgery.builder import GraphBuilder
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -118,8 +118,9 @@ def test_gated_graph_same_values_fewer_steps(fold: str, merge: bool) -> None:
     """Merged, branches read `narrow` views of one conv's output: the plan must never write into a view."""
     model = make()
     plan = plan_of(model, seed=3)
-    surgeon.apply_plan(model, plan)
-    static = surgeon.build_graph(model, plan, NAMES, {"fold_blends": fold, "merge_convs": merge}).build()
+    cut = cut_of(model, plan, NAMES, {"fold_blends": fold, "merge_convs": merge})
+    cut.apply()
+    static = cut.build().build()
     x = torch.randn(2, 3, 32, 40, generator=torch.Generator().manual_seed(5))
     got = static.infer(x)
     want = _reference(static, x)

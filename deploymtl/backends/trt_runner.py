@@ -16,8 +16,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..config import _format_validation_error
-from ..errors import DeploymtlError
+from ..errors import DeploymtlError, validation_message
 from ..formats.trt_manifest import check_compatible, dtype_name, manifest_path, profiles_from_dict, read_manifest
 from .base import InputSpec, Runner
 
@@ -151,6 +150,6 @@ def _check_fields(manifest: dict[str, Any], path: Path) -> None:
     try:
         _RunnerFields.model_validate(manifest)
     except ValidationError as exc:
-        raise DeploymtlError(_format_validation_error(exc, f"engine manifest {path}"),
+        raise DeploymtlError(validation_message(exc, f"engine manifest {path}"),
                              hint="rebuild the engine with deploymtl export MODEL --target trt") from None
     profiles_from_dict(manifest["profile"], f"engine manifest {path}")

@@ -5,9 +5,10 @@ Then, on the loaded static artifact (`run_export`), with the options completed f
 1. fp32 (`fp32.py`): torch.onnx export, interface check, removed-parts check;
 2. simplify (`simplify.py`): onnxslim passes, each re-verified on ONNX Runtime;
 3. precision (`precision.py`): fp16, or int8 Q/DQ calibrated on the training split;
-4. the final graph gets its `deploymtl.*` metadata and is written;
-5. verification (`verification.py`): structure, TensorRT lint, parity at batch 1 and MAX against the PyTorch static
-   model on real validation samples (the parity set saved beside it), localisation on failure, metric gate;
+4. lint (`verification.lint_graph`): the TensorRT lint, whose Q/DQ rules check the int8 graph against its scheme;
+5. the final graph gets its `deploymtl.*` metadata and is written; verification (`verification.py`): structure,
+   parity at batch 1 and MAX against the PyTorch static model on real validation samples (the parity set saved
+   beside it), localisation on failure, metric gate;
 6. TensorRT (`trt/engine.py`): the engine built from that ONNX, parity through its runner.
 Each stage returns its section of the `ExportReport` (`report.py`), written as `export_report.json`.
 
@@ -45,7 +46,7 @@ from .report import ONNX_NAME, REPORT_NAME, ExportReport, SimplifySection, Sourc
 from .samples import ExportSamples
 from .simplify import simplify_stage
 from .trt.engine import build_engine
-from .verification import verify_onnx
+from .verification import lint_graph, verify_onnx
 
 # Everything an export may write: a name of these the new export does not write is dropped from the directory
 # (an ONNX export after a TensorRT one leaves no engine of another graph behind); other files are kept.
@@ -103,6 +104,7 @@ def run_export(art: StaticArtifact, staging: Path, out: Path, options: ExportOpt
     proto, fp32 = export_fp32(ctx)
     proto, simplified = simplify_stage(ctx, proto) if options.simplify else (proto, SimplifySection())
     proto, precision = convert_precision(ctx, proto)
+    lint = lint_graph(ctx, proto)
     set_metadata(proto, onnx_metadata(art, options))
     onnx_path = staging / ONNX_NAME
     onnx.save(proto, str(onnx_path))
@@ -110,7 +112,7 @@ def run_export(art: StaticArtifact, staging: Path, out: Path, options: ExportOpt
     engine = build_engine(ctx, onnx_path, out) if options.target == "trt" else None
 
     report = ExportReport(options, art.family, art.plan_hash, names, opset_of(proto), source, fp32, simplified,
-                          precision, verification, engine, timings)
+                          precision, lint, verification, engine, timings)
     timings["total"] = round(time.perf_counter() - started, 3)
     write_json(staging / "recipe.json", art.recipe)
     write_json(staging / REPORT_NAME, report.to_dict())

@@ -15,9 +15,8 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..config import ExportConfig, Precision, Target
+from ..config import BatchSpec, ExportConfig, Precision, Target, parse_batch
 from ..errors import DeploymtlError, InternalError
-from ..formats.batch import BatchSpec, parse_batch
 from .onnx import MIN_OPSET
 
 # Fields whose default is the model recipe's `export:` section (the same names there).

@@ -1,6 +1,6 @@
 """`ExportReport`: what one export did, one typed section per stage; `to_dict()` is `export_report.json`.
 
-The sections come from the stages in order (fp32 -> simplify -> precision -> verification -> engine) and each
+The sections come from the stages in order (fp32 -> simplify -> precision -> lint -> verification -> engine) and each
 carries the failures it found, so the report's `failures` keep that order. The JSON keys are a contract (the demo,
 the pipeline and users read them): `to_dict` writes exactly these, in this order.
 """
@@ -48,16 +48,25 @@ class SimplifySection:
 
 @dataclass
 class PrecisionSection:
-    quantization: dict[str, Any] | None = None  # int8 only: calibration, scheme, quantised nodes, Q/DQ issues
+    quantization: dict[str, Any] | None = None  # int8 only: calibration, scheme, quantised nodes
+    failures: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LintSection:
+    """The TensorRT lint of the final graph, and (int8) the violations of the export's Q/DQ scheme among its
+    findings: reported as the quantisation's `issues`."""
+
+    issues: list[dict[str, Any]]
+    qdq_issues: list[str] | None = None
     failures: list[str] = field(default_factory=list)
 
 
 @dataclass
 class VerificationSection:
-    """The final ONNX graph: interface, TensorRT lint, parity on ONNX Runtime, localisation, metric gate."""
+    """The final ONNX file: interface, parity on ONNX Runtime, localisation, metric gate."""
 
     structure: list[str]
-    lint: list[dict[str, Any]]
     parity: CompareReport
     batch_sizes: list[int]
     lowering: dict[str, int]  # what ONNX Runtime CPU runs (backends.ort_lowering)
@@ -89,13 +98,14 @@ class ExportReport:
     fp32: Fp32Section
     simplify: SimplifySection
     precision: PrecisionSection
+    lint: LintSection
     verification: VerificationSection
     engine: EngineSection | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def failures(self) -> list[str]:
-        stages = [self.fp32, self.precision, self.verification, *([self.engine] if self.engine else [])]
+        stages = [self.fp32, self.precision, self.lint, self.verification, *([self.engine] if self.engine else [])]
         return [f for s in stages for f in s.failures]
 
     @property
@@ -108,7 +118,7 @@ class ExportReport:
         return self.engine.engine if self.engine else ONNX_NAME
 
     def to_dict(self) -> dict[str, Any]:
-        o, v, e, f = self.options, self.verification, self.engine, self.fp32
+        o, v, e, f, q = self.options, self.verification, self.engine, self.fp32, self.precision.quantization
         return {
             "target": o.target, "precision": o.precision, "batch": o.batch.to_dict(), "artifact": self.artifact,
             "onnx": ONNX_NAME, "opset": self.opset, "requested_opset": o.opset,
@@ -118,7 +128,8 @@ class ExportReport:
             "batch_sizes_checked": e.batch_sizes if e else v.batch_sizes,
             "onnx_outputs": outputs_dict(v.parity) if e else None,
             "metrics": v.metrics, "passes": self.simplify.passes, "removed_parts_check": f.removed_parts_check,
-            "structure": v.structure, "lint": v.lint, "quantization": self.precision.quantization,
+            "structure": v.structure, "lint": self.lint.issues,
+            "quantization": None if q is None else {**q, "issues": self.lint.qdq_issues},
             "onnxruntime_cpu_lowering": v.lowering, "localization": v.localization,
             "trt": None if e is None else {"plan": e.engine, "manifest": e.manifest,
                                            "precision_not_honoured": e.precision_not_honoured},

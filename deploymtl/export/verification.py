@@ -1,6 +1,7 @@
-"""The verification stage, on the final ONNX file: interface and TensorRT lint, parity on ONNX Runtime at batch 1
-and MAX against the PyTorch static model (the parity set is saved beside the file), the first diverging layer
-named when parity fails (`verify.localize`), and the task-metric gate for fp16/int8 (`verify.metrics_gate`)."""
+"""The checks of the final graph: the TensorRT lint with the Q/DQ scheme (`lint_graph`), then on the written file
+(`verify_onnx`) the interface, parity on ONNX Runtime at batch 1 and MAX against the PyTorch static model (the
+parity set is saved beside the file), the first diverging layer named when parity fails (`verify.localize`), and
+the task-metric gate for fp16/int8 (`verify.metrics_gate`)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,14 @@ import onnx
 from ..backends.base import InputSpec, Runner
 from ..backends.torch_runner import TorchRunner
 from ..formats.parity import parity_path, save_parity
+from ..onnxkit.index import GraphIndex
+from ..onnxkit.qdq import scheme_for, violations
 from ..verify.localize import localize
 from ..verify.metrics_gate import evaluate, metric_gate
 from ..verify.parity import compare_runner
 from .context import ExportContext
 from .onnx import check_structure
-from .report import VerificationSection
+from .report import LintSection, VerificationSection
 
 
 def verify_onnx(ctx: ExportContext, proto: onnx.ModelProto, onnx_path: Path) -> VerificationSection:
@@ -27,7 +30,6 @@ def verify_onnx(ctx: ExportContext, proto: onnx.ModelProto, onnx_path: Path) -> 
     o, s = ctx.options, ctx.samples
     structure = check_structure(proto, outputs=ctx.names, **ctx.chw)
     failures = [f"final graph: {structure[0]}"] if structure else []
-    lint = _lint(ctx, proto)
     with ctx.timed("parity"):
         runner = open_runner(onnx_path, threads=o.threads)
         lowering = getattr(runner, "lowering", {})  # what ONNX Runtime CPU runs (backends.ort_lowering)
@@ -52,16 +54,23 @@ def verify_onnx(ctx: ExportContext, proto: onnx.ModelProto, onnx_path: Path) -> 
                 metrics = _metric_gate(ctx, runner, failures)
     finally:
         runner.close()
-    return VerificationSection(structure, lint, parity, sizes, lowering, localization, metrics, failures)
+    return VerificationSection(structure, parity, sizes, lowering, localization, metrics, failures)
 
 
-def _lint(ctx: ExportContext, proto: onnx.ModelProto) -> list[dict[str, Any]]:
-    from .trt.lint import lint_onnx
+def lint_graph(ctx: ExportContext, proto: onnx.ModelProto) -> LintSection:
+    """The TensorRT lint of the final graph (each issue logged as a warning); for int8, the violations of the export's
+    Q/DQ scheme among its findings: the rules run once, inside the lint (`onnxkit.qdq`), with one wording."""
+    from .trt.lint import lint_with_qdq
 
-    issues = lint_onnx(proto)
+    issues, findings = lint_with_qdq(proto)
     for issue in issues:
         ctx.log(f"warning: TensorRT lint: {issue}")
-    return [i.to_dict() for i in issues]
+    qdq_issues, failures = None, []
+    if ctx.options.precision == "int8":
+        qdq_issues = violations(findings, scheme_for(ctx.options.symmetric), GraphIndex(proto.graph))
+        if qdq_issues:
+            failures.append(f"Q/DQ graph violates its quantisation scheme: {qdq_issues[0]}")
+    return LintSection([i.to_dict() for i in issues], qdq_issues, failures)
 
 
 def _metric_gate(ctx: ExportContext, runner: Runner, failures: list[str]) -> dict[str, Any]:

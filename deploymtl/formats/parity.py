@@ -17,8 +17,7 @@ from typing import Any, Final, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ..config import _format_validation_error
-from ..errors import DeploymtlError
+from ..errors import DeploymtlError, validation_message
 from ..io import atomic_path
 
 PARITY_FORMAT: Final = "deploymtl.parity/1"
@@ -100,7 +99,7 @@ def load_parity(path: str | Path) -> ParityData:
             meta = ParityMeta.model_validate(header)
             arrays = {k: z[k] for k in ["image", *(_REF + o for o in meta.outputs)] if k in z.files}
     except ValidationError as exc:
-        raise DeploymtlError(f"{_format_validation_error(exc, p)} (in its header)", hint=hint) from None
+        raise DeploymtlError(f"{validation_message(exc, p)} (in its header)", hint=hint) from None
     except (OSError, KeyError, ValueError, EOFError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         if "pickle" in str(exc).lower():
             raise DeploymtlError(f"parity data {p} holds pickled Python objects; refusing to load them: deploymtl "

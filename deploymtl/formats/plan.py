@@ -5,8 +5,11 @@
      "decisions": {...family decisions, as Supernet.decisions() writes them...},
      "source": {"checkpoint": "runs/x/supernet.pt", "sha256": "..."}}
 
-The envelope is validated here (pydantic, one-line errors naming the field); `decisions` is opaque here: the
-family's surgeon checks it against the supernet (`deploymtl.surgery.plan.check_plan`).
+The envelope is validated here (pydantic, one-line errors naming the field), `options` through the family's
+options model (`Surgeon.options_model`: `round_channels` for every family, plus e.g. GatedMTL's `fold_blends`);
+`decisions` is opaque here: the family's surgeon checks it against the supernet when it prepares the plan
+(`deploymtl.surgery.plan.check_plan`). A plan file holds `round_channels` and the options that were set; the
+others take the family's defaults (so a plan of default options reads as it always did).
 """
 
 from __future__ import annotations
@@ -14,10 +17,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+)
 
-from ..config import Family, _format_validation_error
-from ..errors import DeploymtlError
+from ..config import Family
+from ..errors import DeploymtlError, validation_message
+from ..families import family_spec
 from ..io import read_json, write_json
 
 PLAN_FORMAT: Final = "deploymtl.plan/1"
@@ -28,7 +41,15 @@ class _Strict(BaseModel):
 
 
 class PlanOptions(_Strict):
+    """The surgeon options every family has; a family's options model extends it (`Surgeon.options_model`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
     round_channels: int = Field(default=1, ge=1, description="round kept channel counts up to a multiple")
+
+    def to_plan(self) -> dict[str, Any]:
+        """What a plan file records: round_channels and every option that was set."""
+        return {"round_channels": self.round_channels} | self.model_dump(mode="json", exclude_unset=True)
 
 
 class PlanSource(_Strict):
@@ -43,9 +64,22 @@ class Plan(_Strict):
     family: Family
     tasks: list[str] = Field(min_length=1, description="deployed tasks, in output order")
     rule: str = Field(min_length=1, description="the rule that turned the search's soft decisions into these")
-    options: PlanOptions = PlanOptions()
+    options: SerializeAsAny[PlanOptions] = Field(default_factory=PlanOptions, validate_default=True)
     decisions: dict[str, Any]
     source: PlanSource | None = None
+
+    @field_validator("options", mode="wrap")
+    @classmethod
+    def _family_options(cls, value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo
+                        ) -> PlanOptions:
+        """Validate through the family's options model (`family` is validated first; unset options stay unset)."""
+        family = info.data.get("family")
+        if family is None:  # the family failed its own validation, which is the error reported
+            return handler(value)
+        model = family_spec(family).surgeon.options_model
+        if isinstance(value, model):
+            return value
+        return model.model_validate(value.model_dump(exclude_unset=True) if isinstance(value, BaseModel) else value)
 
     @field_validator("tasks")
     @classmethod
@@ -56,7 +90,7 @@ class Plan(_Strict):
         return tasks
 
     def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude_none=True)
+        return self.model_dump(mode="json", exclude_none=True) | {"options": self.options.to_plan()}
 
 
 def parse_plan(data: Any, where: str | Path = "<plan>") -> Plan:
@@ -70,7 +104,7 @@ def parse_plan(data: Any, where: str | Path = "<plan>") -> Plan:
     try:
         return Plan.model_validate(data)
     except ValidationError as exc:
-        raise DeploymtlError(_format_validation_error(exc, where)) from None
+        raise DeploymtlError(validation_message(exc, where)) from None
 
 
 def load_plan(path: str | Path) -> Plan:

@@ -15,8 +15,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .. import __version__
-from ..config import _format_validation_error
-from ..errors import DeploymtlError
+from ..errors import DeploymtlError, validation_message
 from ..io import load_torch, save_torch, sha256_json
 from ..ir import StaticModel, build_static
 from ..tasks import TaskSpec
@@ -54,7 +53,7 @@ class StaticArtifact:
         try:
             return cls.model_validate(self.recipe.get(key, {}))
         except ValidationError as exc:
-            raise DeploymtlError(_format_validation_error(exc, f"{where}: embedded recipe", prefix=(key,))) from None
+            raise DeploymtlError(validation_message(exc, f"{where}: embedded recipe", prefix=(key,))) from None
 
 
 def save_static(path: str | Path, art: StaticArtifact) -> Path:
@@ -124,7 +123,7 @@ def load_static(path: str | Path) -> StaticArtifact:
     try:
         env = StaticFile.model_validate(data)
     except ValidationError as exc:
-        raise DeploymtlError(_format_validation_error(exc, path), hint="expected a pruned.pt written by deploymtl "
+        raise DeploymtlError(validation_message(exc, path), hint="expected a pruned.pt written by deploymtl "
                              "prune") from None
     i = env.input
     try:

@@ -12,17 +12,16 @@ the family's (`deploymtl.models.checkpoint.load_supernet`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Final, Literal, get_args
+from typing import Any, Final, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .. import __version__
-from ..config import Family, Recipe, _format_validation_error, parse_recipe
-from ..errors import DeploymtlError
+from ..config import Family, Recipe, parse_recipe
+from ..errors import DeploymtlError, validation_message
+from ..families import FAMILY_NAMES
 from ..io import load_torch, save_torch
-
-FAMILIES: tuple[str, ...] = get_args(Family)
 
 SUPERNET_FORMAT: Final = "deploymtl.supernet/1"
 STATE_FORMAT: Final = "deploymtl.train_state/1"
@@ -54,16 +53,16 @@ def _envelope(cls: type[_Envelope], data: Any, path: Path, what: str, hint: str)
     allowed = cls.model_fields["format"].annotation.__args__  # type: ignore[union-attr]
     if fmt not in allowed:
         raise DeploymtlError(f"{path} is not a deploymtl {what}", hint=hint)
-    if data.get("family") not in FAMILIES:
+    if data.get("family") not in FAMILY_NAMES:
         raise DeploymtlError(f"{path}: unknown family '{data.get('family')}'",
-                             hint=f"expected one of {', '.join(FAMILIES)}")
+                             hint=f"expected one of {', '.join(FAMILY_NAMES)}")
     missing = [k for k, f in cls.model_fields.items() if f.is_required() and k not in data]
     if missing:
         raise DeploymtlError(f"{path}: missing {', '.join(missing)}", hint=hint)
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
-        raise DeploymtlError(_format_validation_error(exc, path), hint=hint) from None
+        raise DeploymtlError(validation_message(exc, path), hint=hint) from None
 
 
 def load_weights(model: torch.nn.Module, state: dict[str, Any], path: Path, what: str) -> None:

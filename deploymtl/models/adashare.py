@@ -38,7 +38,6 @@ from ..tasks import TaskSpec
 from .backbone import BackboneConfig, BlockBody, BlockSlot, block_slots, make_ds
 from .base import Supernet
 from .layers import Stem, make_head
-from .registry import FamilySpec
 
 Stage = Literal["warmup", "search"]
 
@@ -102,6 +101,8 @@ class AdaShareSupernet(Supernet):
     """
 
     family = "adashare"
+    model_config_cls = AdaShareModelConfig
+    search_config_cls = AdaShareSearchConfig
 
     def __init__(self, tasks: list[TaskSpec], model_cfg: AdaShareModelConfig, search_cfg: AdaShareSearchConfig
                  ) -> None:
@@ -356,6 +357,3 @@ def check_decisions(decisions: Any, task_names: list[str], block_names: list[str
             if not isinstance(v, int) or v not in (0, 1):
                 raise DeploymtlError(f"AdaShare plan: policy of task '{task}' block {block_names[i]} is {v!r}",
                                      hint="expected 1 (execute) or 0 (skip)")
-
-
-SPEC = FamilySpec("adashare", AdaShareSupernet, AdaShareModelConfig, AdaShareSearchConfig)

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DeploymtlError
+from ..families import build_supernet
 from ..formats.supernet import load_weights, read_supernet
 from .base import Supernet
-from .registry import build_supernet
 
 
 def load_supernet(path: str | Path) -> tuple[Supernet, dict[str, Any]]:

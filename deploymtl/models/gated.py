@@ -38,7 +38,6 @@ from ..tasks import TaskSpec
 from .backbone import BackboneConfig, BlockBody, BlockSlot, SingleTaskNet, block_slots, make_ds
 from .base import Supernet
 from .layers import Stem, make_head
-from .registry import FamilySpec
 
 DECISION_RULE = "alpha>0"
 
@@ -109,6 +108,8 @@ class GatedSupernet(Supernet):
     """Shared stem, then per layer a shared branch and one branch per task blended by per-channel gates."""
 
     family = "gated"
+    model_config_cls = GatedModelConfig
+    search_config_cls = GatedSearchConfig
 
     def __init__(self, tasks: list[TaskSpec], model_cfg: GatedModelConfig, search_cfg: GatedSearchConfig) -> None:
         super().__init__(tasks)
@@ -307,6 +308,3 @@ def check_gates(model: GatedSupernet, decisions: Any) -> None:
             if bad:
                 raise DeploymtlError(f"GatedMTL plan gates.{t}[{layer}] has value {bad[0]!r}",
                                      hint="expected 0 (shared) or 1 (task-specific)")
-
-
-SPEC = FamilySpec("gated", GatedSupernet, GatedModelConfig, GatedSearchConfig)

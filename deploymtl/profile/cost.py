@@ -160,7 +160,9 @@ def _onnx_cost(path: Path) -> dict[str, Any]:
     import onnx
     from onnx import numpy_helper
 
-    model = onnx.load(str(path))
+    from ..onnxkit.load import load_onnx
+
+    model = load_onnx(path)
     for value in model.graph.input:
         dims = value.type.tensor_type.shape.dim
         if dims:

@@ -11,14 +11,26 @@ with the edge simulator): full at the largest preferred size or `max_batch`, oth
 request waited `max_delay_ms`. One worker thread runs the batches, since one model instance runs one
 batch at a time.
 
+- **Every accepted request ends exactly once**: served (a result), failed (an exception), cancelled or
+  timed out; `stats()` counts each outcome, and `requests == served + failed + cancelled + timed_out + queued
+  + in_flight` holds at every moment. Whoever ends a request (the worker, `cancel()`, a caller that stops
+  waiting, `close`) first claims it under the lock; only the claimant counts it and sets its future.
 - **Backpressure**: at most `max_queue` images wait; `submit` beyond that raises `QueueFullError` at once
   (a service answers 503 instead of letting latency grow without bound).
 - **Bad requests** (shape, dtype, too many images) raise `DeploymtlError` from `submit`; they never reach a
   batch. If a batch of several requests fails in the backend, each request is re-run alone so only the
-  request that breaks it gets the exception; the batcher keeps serving.
-- **Timeouts**: a request still queued at its deadline (`timeout` seconds after submit) fails with
-  `RequestTimeoutError` and is never computed; `infer(x, timeout)` also stops waiting for a request that is
-  already running after `timeout`.
+  request that breaks it gets the exception. A backend answer without one row per image fails the batch too.
+- **Cancel and timeouts**: `future.cancel()` on a queued request takes it out of the queue at once (its images
+  no longer count against `max_queue`); a running one cannot be cancelled. A request still queued at its
+  deadline (`timeout` seconds after submit) fails with `RequestTimeoutError` and is never computed.
+  `infer(x, timeout)` / `infer_async` also stop waiting for a running request after `timeout`: it counts as
+  timed out and its result is dropped; `infer_async` cancelled from outside (`asyncio.wait_for`, task cancel)
+  cancels its request the same way.
+- **The worker survives**: an exception from the backend belongs to its requests, one from a done-callback is
+  logged (concurrent.futures logs plain exceptions itself), one from the batcher's own bookkeeping (say, an
+  injected clock) is logged and the loop goes on. Only a `BaseException` that is not an `Exception` escaping
+  the bookkeeping stops the worker; then the batcher closes and every queued request fails with
+  `BatcherClosedError`, so nothing waits forever.
 - **Shutdown**: `close(drain=True)` (also on leaving `with`) stops accepting requests, sends everything queued
   without waiting for the delay, and returns when it has run; `close(drain=False)` cancels the queued requests
   (their futures report `cancelled()`; `infer` raises `BatcherClosedError`) and lets the running batch finish.
@@ -37,7 +49,6 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -45,20 +56,31 @@ import numpy as np
 from ..backends.base import InputSpec
 from ..errors import DeploymtlError
 from .policy import BatchPolicy
+from .request import (
+    OUTCOMES,
+    BatcherClosedError,
+    Outputs,
+    QueueFullError,
+    Request,
+    RequestFuture,
+    RequestTimeoutError,
+    abandoned_error,
+    cancel_owned,
+    complete,
+    log,
+    split_outputs,
+)
 
-Outputs = dict[str, np.ndarray]
+__all__ = ["Batcher", "BatcherClosedError", "ManualClock", "QueueFullError", "RequestTimeoutError"]
+
+_RETRY_S = 0.01  # the worker's pause after its own bookkeeping failed, so a persistent fault cannot spin a core
 
 
-class QueueFullError(DeploymtlError):
-    """The batcher's queue holds `max_queue` images; retry later (HTTP 503)."""
-
-
-class RequestTimeoutError(DeploymtlError, TimeoutError):
-    """The request did not complete within its timeout."""
-
-
-class BatcherClosedError(DeploymtlError):
-    """The batcher was closed before the request ran."""
+def _dropped(waiter: asyncio.Future) -> None:
+    """An abandoned request's asyncio future: its outcome is dropped on purpose (asyncio would log it as never
+    retrieved, since the shield stops listening once the wait is over)."""
+    if not waiter.cancelled():
+        waiter.exception()
 
 
 class ManualClock:
@@ -73,19 +95,6 @@ class ManualClock:
     def advance(self, dt: float) -> float:
         self.now += dt
         return self.now
-
-
-@dataclass
-class _Request:
-    x: np.ndarray  # n x C x H x W, owned by the batcher
-    squeeze: bool  # the caller sent one C x H x W image
-    arrival: float
-    deadline: float | None
-    future: concurrent.futures.Future
-
-    @property
-    def n(self) -> int:
-        return int(self.x.shape[0])
 
 
 class Batcher:
@@ -120,15 +129,20 @@ class Batcher:
             raise DeploymtlError(f"batcher timeout is {timeout_s!r} s", hint="expected > 0 or None")
         self.timeout_s = timeout_s
         self._clock = clock
-        self._cond = threading.Condition()
-        self._queue: deque[_Request] = deque()
+        self._cond = threading.Condition()  # an RLock inside: a cancel() from a callback may re-enter
+        self._queue: deque[Request] = deque()
         self._queued_images = 0
+        self._in_flight = 0  # requests a batch took and that have not ended
+        self._inline = False  # an idle-fast-path request is running in its caller's thread
+        # the fast path counts one number per request; stats() derives requests/served/batches/images from it
+        self._inline_sizes: Counter[int] = Counter()
+        self._inline_failed = 0
         self._closed = False
         self._draining = False
         self._busy = False  # a batch is running (worker or inline)
+        self._stopped: str | None = None  # why the worker stopped, if it did not stop on close
         self._stats: Counter[str] = Counter()
         self._batch_sizes: Counter[int] = Counter()
-        self._inline_sizes: Counter[int] = Counter()  # batches run by `infer`'s idle fast path
         self._thread: threading.Thread | None = None
         if start:
             self.start()
@@ -137,7 +151,7 @@ class Batcher:
     def submit(self, x: np.ndarray, timeout: float | None = None) -> concurrent.futures.Future:
         """Queue one image (C x H x W) or a few (n x C x H x W); the future yields {task: array}."""
         req_x, squeeze = self._validate(x)
-        return self._enqueue(req_x, squeeze, self._timeout(timeout))
+        return self._enqueue(req_x, squeeze, self._timeout(timeout)).future
 
     def _timeout(self, timeout: float | None) -> float | None:
         timeout = self.timeout_s if timeout is None else timeout
@@ -145,22 +159,25 @@ class Batcher:
             raise DeploymtlError(f"request timeout is {timeout!r} s", hint="expected > 0 or None")
         return timeout
 
-    def _enqueue(self, req_x: np.ndarray, squeeze: bool, timeout: float | None) -> concurrent.futures.Future:
-        fut: concurrent.futures.Future = concurrent.futures.Future()
+    def _enqueue(self, req_x: np.ndarray, squeeze: bool, timeout: float | None) -> Request:
+        req_x = np.array(req_x, copy=True, order="C")  # queued: the caller may reuse its buffer meanwhile
+        fut = RequestFuture(self._withdraw)
         with self._cond:
             if self._closed:
-                raise BatcherClosedError("the batcher is closed and accepts no more requests")
+                why = f" ({self._stopped})" if self._stopped else ""
+                raise BatcherClosedError(f"the batcher is closed and accepts no more requests{why}")
             if self._queued_images + req_x.shape[0] > self.max_queue:
                 self._stats["rejected"] += 1
                 raise QueueFullError(f"batcher queue is full ({self._queued_images} of {self.max_queue} images "
                                      "waiting)", hint="retry later or raise max_queue")
             now = self._clock()
-            req_x = np.array(req_x, copy=True, order="C")  # queued: the caller may reuse its buffer meanwhile
-            self._queue.append(_Request(req_x, squeeze, now, None if timeout is None else now + timeout, fut))
-            self._queued_images += req_x.shape[0]
+            req = Request(req_x, squeeze, now, None if timeout is None else now + timeout, fut)
+            fut._request = req
+            self._queue.append(req)
+            self._queued_images += req.n
             self._stats["requests"] += 1
             self._cond.notify()
-        return fut
+        return req
 
     def infer(self, x: np.ndarray, timeout: float | None = None) -> Outputs:
         """Submit and wait: {task: array}. Raises RequestTimeoutError after `timeout` seconds.
@@ -173,33 +190,47 @@ class Batcher:
         timeout = self._timeout(timeout)
         if self._claim_idle(req_x.shape[0]):
             return self._run_claimed(req_x, squeeze)
-        fut = self._enqueue(req_x, squeeze, timeout)
+        req = self._enqueue(req_x, squeeze, timeout)
+        try:
+            return self._outcome(req.future, timeout)
+        except (concurrent.futures.TimeoutError, TimeoutError):  # the wait ran out, or the request's own timeout
+            if self._abandon(req, "timed_out"):
+                raise RequestTimeoutError(f"request did not complete within {timeout} s",
+                                          hint="raise the timeout or lower the load") from None
+        return self._outcome(req.future, None)  # it ended just before the wait ran out: its own outcome
+
+    @staticmethod
+    def _outcome(fut: concurrent.futures.Future, timeout: float | None) -> Outputs:
         try:
             return fut.result(timeout=timeout)
-        except RequestTimeoutError:  # expired in the queue (a TimeoutError too: keep its message)
-            raise
         except concurrent.futures.CancelledError:
             raise BatcherClosedError("the request was cancelled: the batcher was closed before it ran") from None
-        except concurrent.futures.TimeoutError:
-            fut.cancel()  # dequeued unless it already runs
-            raise RequestTimeoutError(f"request did not complete within {timeout} s",
-                                      hint="raise the timeout or lower the load") from None
 
     async def infer_async(self, x: np.ndarray, timeout: float | None = None) -> Outputs:
-        """`infer` for asyncio: awaits the batch without blocking the event loop."""
+        """`infer` for asyncio: awaits the batch without blocking the event loop.
+
+        A task cancelled while it waits (an outer `asyncio.wait_for`, `task.cancel()`) cancels its request:
+        taken out of the queue at once, or its result dropped if it is already running.
+        """
+        req_x, squeeze = self._validate(x)
         timeout = self._timeout(timeout)
-        fut = self.submit(x, timeout)
-        try:
-            return await asyncio.wait_for(asyncio.wrap_future(fut), timeout)
-        except RequestTimeoutError:
-            raise
+        req = self._enqueue(req_x, squeeze, timeout)
+        waiter = asyncio.wrap_future(req.future)
+        try:  # shielded: only the batcher cancels the request's future; this task's end goes through _abandon
+            try:
+                return await asyncio.wait_for(asyncio.shield(waiter), timeout)
+            except (asyncio.TimeoutError, TimeoutError):  # the wait ran out, or the request's own timeout
+                if self._abandon(req, "timed_out"):
+                    waiter.add_done_callback(_dropped)
+                    raise RequestTimeoutError(f"request did not complete within {timeout} s",
+                                              hint="raise the timeout or lower the load") from None
+            return await asyncio.shield(waiter)  # it had ended as the wait ran out: its own outcome, at once
         except asyncio.CancelledError:
-            if fut.cancelled() and self._closed:
+            if waiter.cancelled():  # the batcher cancelled it: closed without drain before it ran
                 raise BatcherClosedError("the request was cancelled: the batcher was closed before it ran") from None
+            self._abandon(req, "cancelled")  # False: it ended meanwhile; either way this task drops the outcome
+            waiter.add_done_callback(_dropped)
             raise
-        except asyncio.TimeoutError:
-            raise RequestTimeoutError(f"request did not complete within {timeout} s",
-                                      hint="raise the timeout or lower the load") from None
 
     def _claim_idle(self, n: int) -> bool:
         """Reserve the model for a request the caller runs itself (see `infer`); only with a worker thread."""
@@ -210,22 +241,22 @@ class Batcher:
                 return False
             if not (self.policy.max_delay_s == 0 or n >= self.policy.target):
                 return False
-            self._busy = True
-            self._inline_sizes[n] += 1  # one counter on the hot path; stats() derives the rest
+            self._busy = self._inline = True
             return True
 
     def _run_claimed(self, x: np.ndarray, squeeze: bool) -> Outputs:
+        failed = True
         try:
-            out = self._fn(x)
-        except Exception:
-            self._count("failed")
-            raise
+            out = split_outputs(self._fn(x), [(x.shape[0], squeeze)])[0]
+            failed = False
         finally:
             with self._cond:
-                self._busy = False
-                if self._queue:  # requests arrived meanwhile; waking an idle worker for nothing costs a switch
-                    self._cond.notify()
-        return {k: v[0] for k, v in out.items()} if squeeze else out
+                self._busy = self._inline = False
+                self._inline_sizes[x.shape[0]] += 1
+                self._inline_failed += failed
+                if self._queue or self._closed:  # waking an idle worker for nothing would cost a switch
+                    self._cond.notify_all()
+        return out
 
     def _validate(self, x: np.ndarray) -> tuple[np.ndarray, bool]:
         """(n x C x H x W view of x, whether x was one C x H x W image); one-line errors for bad requests."""
@@ -247,21 +278,76 @@ class Batcher:
                                  f"{self.policy.max_batch}", hint="split the request")
         return batch, squeeze
 
+    # ------------------------------------------------------------------------------ ending a request
+    def _claim_locked(self, r: Request, outcome: str) -> bool:
+        """Claim r's end as `outcome` (lock held); False if someone else ended it first. Only the claimant
+        counts it and sets its future."""
+        if r.outcome is not None:
+            return False
+        r.outcome = outcome
+        self._stats[outcome] += 1
+        if r.taken:
+            self._in_flight -= 1
+        r.future._request = None
+        return True
+
+    def _unqueue_locked(self, r: Request) -> bool:
+        """Take r out of the queue (lock held); False if it is not there (a batch took it, or it ended)."""
+        if not r.queued:
+            return False
+        self._queue.remove(r)  # identity comparison (Request has eq=False); the queue is short
+        self._queued_images -= r.n
+        r.queued = False
+        return True
+
+    def _withdraw(self, r: Request) -> None:
+        """r's future was cancelled: if still queued, it leaves the queue now (a batch that took it ends it)."""
+        with self._cond:
+            if not self._unqueue_locked(r):
+                return
+            self._claim_locked(r, "cancelled")
+        try:
+            r.future.set_running_or_notify_cancel()  # wakes concurrent.futures.wait() callers
+        except BaseException:  # noqa: BLE001
+            log.exception("notifying a cancelled batcher request failed")
+
+    def _abandon(self, r: Request, outcome: str) -> bool:
+        """The caller stops waiting for r. True: r ends as `outcome` (a queued r now, a running one's result is
+        dropped); False: r had already ended and its future holds (or is about to hold) the outcome."""
+        with self._cond:
+            if not self._claim_locked(r, outcome):
+                return False
+            owned = self._unqueue_locked(r)
+        if owned:  # no batch will see it: this thread ends its future
+            if outcome == "cancelled":
+                cancel_owned(r.future)
+            else:
+                complete(r.future, abandoned_error(r.outcome), failed=True)
+        return True
+
     # ------------------------------------------------------------------------------------ scheduling
-    def _take(self, flush: bool) -> tuple[list[_Request], list[_Request]]:
-        """(next batch or [], expired requests); call with the lock held."""
-        now = self._clock()
-        expired = [r for r in self._queue if r.future.cancelled() or (r.deadline is not None and now >= r.deadline)]
+    def _take_locked(self, now: float, select: bool) -> tuple[list[Request], list[Request]]:
+        """(requests expired at `now`, the next batch or []), both out of the queue; call with the lock held.
+
+        Everything that can raise runs before the queue changes, so a failure leaves it as it was.
+        """
+        expired = [r for r in self._queue if r.deadline is not None and now >= r.deadline]
+        keep = [r for r in self._queue if r.deadline is None or now < r.deadline] if expired else self._queue
+        k = 0
+        if select and keep:
+            k = self.policy.select([r.n for r in keep], keep[0].arrival, now, flush=self._draining)
         if expired:
+            self._queue = deque(keep)
             for r in expired:
-                self._queue.remove(r)
+                r.queued = False
                 self._queued_images -= r.n
-        if not self._queue:
-            return [], expired
-        k = self.policy.select([r.n for r in self._queue], self._queue[0].arrival, now, flush=flush)
+                self._claim_locked(r, "timed_out")
         batch = [self._queue.popleft() for _ in range(k)]
-        self._queued_images -= sum(r.n for r in batch)
-        return batch, expired
+        for r in batch:
+            r.queued, r.taken = False, True
+            self._queued_images -= r.n
+        self._in_flight += len(batch)
+        return expired, batch
 
     def next_event(self) -> float | None:
         """Clock time at which the oldest request falls due or a queued request expires (None: queue empty)."""
@@ -272,81 +358,148 @@ class Batcher:
             times += [r.deadline for r in self._queue if r.deadline is not None]
             return min(times)
 
-    def _wait_s(self) -> float | None:
-        event = self.next_event()
-        return None if event is None else max(0.0, event - self._clock())
-
-    def _fail_expired(self, expired: list[_Request]) -> None:
-        now = self._clock()
-        for r in expired:
-            if r.future.cancelled():
-                self._count("cancelled")
-            elif r.future.set_running_or_notify_cancel():
-                self._count("timed_out")
-                r.future.set_exception(RequestTimeoutError(
-                    f"request timed out after {now - r.arrival:.3g} s in the batcher queue",
-                    hint="raise the timeout or lower the load"))
-
-    def _count(self, key: str, n: int = 1) -> None:
-        with self._cond:
-            self._stats[key] += n
-
-    def _worker(self) -> None:
-        while True:
-            with self._cond:
-                while True:
-                    if not self._busy:  # one batch at a time: an inline `infer` may hold the model
-                        batch, expired = self._take(flush=self._draining)
-                        if batch or expired:
-                            self._busy = bool(batch)
-                            break
-                        if self._closed and not self._queue:
-                            return
-                    self._cond.wait(None if self._busy else self._wait_s())
-            self._fail_expired(expired)
-            if batch:
-                try:
-                    self._run(batch)
-                finally:
-                    with self._cond:
-                        self._busy = False
-
-    def _run(self, batch: list[_Request]) -> None:
-        live = [r for r in batch if r.future.set_running_or_notify_cancel()]
-        if len(live) < len(batch):
-            self._count("cancelled", len(batch) - len(live))
-        if not live:
-            return
-        x = live[0].x if len(live) == 1 else np.concatenate([r.x for r in live])
-        with self._cond:
-            self._stats["batches"] += 1
-            self._stats["images"] += x.shape[0]
-            self._batch_sizes[x.shape[0]] += 1
-        try:
-            out = self._fn(x)
-        except Exception as exc:  # noqa: BLE001 - a backend failure belongs to the requests, not the worker
-            if len(live) == 1:
-                self._count("failed")
-                live[0].future.set_exception(exc)
-                return
-            for r in live:  # isolate the request that breaks the batch; the others still get results
-                try:
-                    self._deliver(r, self._fn(r.x), 0)
-                except Exception as one:  # noqa: BLE001
-                    self._count("failed")
-                    r.future.set_exception(one)
-            return
-        start = 0
-        for r in live:
-            self._deliver(r, out, start)
-            start += r.n
+    def _wait_s(self, now: float) -> float | None:
+        """How long the worker may sleep (lock held). While busy only deadlines wake it: the running batch
+        notifies when it ends."""
+        times = [r.deadline for r in self._queue if r.deadline is not None]
+        if self._queue and not self._busy:
+            times.append(self.policy.due(self._queue[0].arrival))
+        return max(0.0, min(times) - now) if times else None
 
     @staticmethod
-    def _deliver(r: _Request, out: Outputs, start: int) -> None:
-        if r.squeeze:
-            r.future.set_result({k: v[start] for k, v in out.items()})
-        else:
-            r.future.set_result({k: v[start:start + r.n] for k, v in out.items()})
+    def _end_expired(expired: list[Request]) -> None:
+        for r in expired:  # claimed as timed out by _take_locked; a racing cancel() ends it as cancelled
+            if r.future.set_running_or_notify_cancel():
+                complete(r.future, RequestTimeoutError(
+                    f"request timed out after {r.deadline - r.arrival:.3g} s in the batcher queue",
+                    hint="raise the timeout or lower the load"), failed=True)
+
+    def _count_batch(self, n: int) -> None:  # lock held
+        self._stats["batches"] += 1
+        self._stats["images"] += n
+        self._batch_sizes[n] += 1
+
+    # ----------------------------------------------------------------------------------------- running
+    def _worker(self) -> None:
+        try:
+            while self._serve_once():
+                pass
+        except BaseException as exc:  # noqa: BLE001 - not an Exception (those never leave _serve_once)
+            log.exception("batcher worker stopped")
+            self._worker_stopped(exc)
+
+    def _serve_once(self) -> bool:
+        """One turn of the worker: wait for work, end expired requests, run a batch. False: closed, drained."""
+        try:
+            work = self._next_work()
+        except Exception:  # noqa: BLE001 - e.g. an injected clock failed: the queue is unchanged, try again
+            log.exception("batcher worker: scheduling failed; retrying in %.0f ms", _RETRY_S * 1e3)
+            time.sleep(_RETRY_S)
+            return True
+        if work is None:
+            return False
+        expired, batch = work
+        try:
+            self._end_expired(expired)
+            if batch:
+                self._run_batch(batch)
+        except Exception:  # noqa: BLE001 - _run_batch ended its requests before re-raising
+            log.exception("batcher worker: a batch failed outside the model")
+        finally:
+            if batch:
+                with self._cond:
+                    self._busy = False
+                    if self._closed:
+                        self._cond.notify_all()
+        return True
+
+    def _next_work(self) -> tuple[list[Request], list[Request]] | None:
+        """Block until requests expired or a batch is due: (expired, batch); None once closed and drained."""
+        with self._cond:
+            while True:
+                now = self._clock()
+                expired, batch = self._take_locked(now, select=not self._busy)
+                if batch:
+                    self._busy = True
+                if expired or batch:
+                    return expired, batch
+                if self._closed and not self._queue:
+                    return None
+                self._cond.wait(self._wait_s(now))
+
+    def _run_batch(self, batch: list[Request]) -> None:
+        """Run one batch taken from the queue. Every request of it ends here, whatever raises."""
+        try:
+            live = self._start(batch)
+            if live:
+                self._finish(live, self._compute(live))
+        except BaseException as exc:
+            for r in batch:
+                if not r.future.done():
+                    with self._cond:
+                        self._claim_locked(r, "failed")
+                    complete(r.future, exc, failed=True)
+            raise
+
+    def _start(self, batch: list[Request]) -> list[Request]:
+        """Mark the batch running; returns the requests to compute. Cancelled ones end as cancelled, those
+        whose caller stopped waiting meanwhile end with the caller's outcome."""
+        started = [r.future.set_running_or_notify_cancel() for r in batch]
+        live, dropped = [], []
+        with self._cond:
+            for r, running in zip(batch, started, strict=True):
+                if not running:
+                    self._claim_locked(r, "cancelled")
+                elif r.outcome is None:
+                    live.append(r)
+                else:
+                    dropped.append(r)
+            if live:
+                self._count_batch(sum(r.n for r in live))
+        for r in dropped:
+            complete(r.future, abandoned_error(r.outcome), failed=True)
+        return live
+
+    def _compute(self, live: list[Request]) -> list[tuple[Any, bool]]:
+        """(outputs or exception, failed) per request; a failing batch is re-run request by request."""
+        x = live[0].x if len(live) == 1 else np.concatenate([r.x for r in live])
+        try:
+            return [(out, False) for out in split_outputs(self._fn(x), [(r.n, r.squeeze) for r in live])]
+        except Exception as exc:  # noqa: BLE001 - a backend failure belongs to the requests, not the worker
+            if len(live) == 1:
+                return [(exc, True)]
+        results: list[tuple[Any, bool]] = []
+        for r in live:  # isolate the request that breaks the batch; the others still get results
+            with self._cond:
+                self._count_batch(r.n)
+            try:
+                results.append((split_outputs(self._fn(r.x), [(r.n, r.squeeze)])[0], False))
+            except Exception as one:  # noqa: BLE001
+                results.append((one, True))
+        return results
+
+    def _finish(self, live: list[Request], results: list[tuple[Any, bool]]) -> None:
+        with self._cond:
+            mine = [self._claim_locked(r, "failed" if failed else "served")
+                    for r, (_, failed) in zip(live, results, strict=True)]
+        for r, (value, failed), claimed in zip(live, results, mine, strict=True):
+            if claimed:
+                complete(r.future, value, failed)
+            else:  # its caller stopped waiting while it ran: the result is dropped
+                complete(r.future, abandoned_error(r.outcome), failed=True)
+
+    def _worker_stopped(self, exc: BaseException) -> None:
+        """The worker stopped before close: the batcher closes, and nothing queued may wait forever."""
+        with self._cond:
+            self._closed = True
+            self._stopped = f"the batcher's worker stopped on {type(exc).__name__}: {exc}"
+            orphans = list(self._queue)
+            for r in orphans:
+                self._unqueue_locked(r)
+                self._claim_locked(r, "failed")
+            self._cond.notify_all()
+        for r in orphans:
+            complete(r.future, BatcherClosedError(f"the request was not run: {self._stopped}"), failed=True)
 
     # ------------------------------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -364,30 +517,42 @@ class Batcher:
         ran = 0
         while True:
             with self._cond:
-                batch, expired = self._take(flush=self._draining)
-            self._fail_expired(expired)
+                expired, batch = self._take_locked(self._clock(), select=True)
+            self._end_expired(expired)
             if not batch:
                 return ran
-            self._run(batch)
+            self._run_batch(batch)
             ran += 1
 
     def close(self, drain: bool = True, timeout: float | None = None) -> None:
-        """Stop accepting requests; run (drain) or cancel what is queued; wait for the worker."""
+        """Stop accepting requests; run (drain) or cancel what is queued; wait for the worker and for an
+        inline `infer` still running (at most `timeout` seconds in all)."""
+        end = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             self._closed = True
+            dropped: list[Request] = []
             if drain:
                 self._draining = True
             else:
-                while self._queue:
-                    r = self._queue.popleft()
-                    if r.future.cancel():
-                        self._stats["cancelled"] += 1
-                self._queued_images = 0
+                dropped = list(self._queue)
+                for r in dropped:
+                    self._unqueue_locked(r)
+                    self._claim_locked(r, "cancelled")
             self._cond.notify_all()
+        for r in dropped:
+            cancel_owned(r.future)
         if self._thread is None:
             self.step()
-        elif self._thread is not threading.current_thread():
-            self._thread.join(timeout)
+            return
+        if self._thread is threading.current_thread():  # close() from a done-callback: cannot wait for itself
+            return
+        self._thread.join(timeout)
+        with self._cond:
+            while self._busy:  # an inline `infer` holds the model; it notifies when it ends
+                left = None if end is None else end - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                self._cond.wait(left)
 
     def __enter__(self) -> Batcher:
         return self
@@ -405,10 +570,21 @@ class Batcher:
             return self._queued_images
 
     def stats(self) -> dict[str, Any]:
-        """Counters: requests, images, batches, rejected, timed_out, cancelled, failed, batch_sizes {n: count}."""
+        """Counters, one consistent snapshot.
+
+        requests: accepted; served / failed / cancelled / timed_out: ended so (`requests` = their sum +
+        `queued` + `in_flight`); rejected: refused with QueueFullError; batches / images / batch_sizes {n: count}:
+        what the model was called with (a failing batch re-run request by request counts each call).
+        """
         with self._cond:
-            stats, sizes = self._stats.copy(), self._batch_sizes + self._inline_sizes
+            keys = ("requests", *OUTCOMES, "rejected", "batches", "images")
+            out = {k: self._stats[k] for k in keys}
             inline = sum(self._inline_sizes.values())
-            stats.update(requests=inline, batches=inline, images=sum(k * v for k, v in self._inline_sizes.items()))
-            keys = ("requests", "images", "batches", "rejected", "timed_out", "cancelled", "failed")
-            return {k: stats[k] for k in keys} | {"batch_sizes": dict(sorted(sizes.items()))}
+            out["requests"] += inline + self._inline
+            out["served"] += inline - self._inline_failed
+            out["failed"] += self._inline_failed
+            out["batches"] += inline
+            out["images"] += sum(n * c for n, c in self._inline_sizes.items())
+            sizes = self._batch_sizes + self._inline_sizes
+            return out | {"queued": len(self._queue), "in_flight": self._in_flight + self._inline,
+                          "batch_sizes": dict(sorted(sizes.items()))}

@@ -1,39 +1,44 @@
-"""The plan of a supernet: made from its own decisions (`make_plan`) or read from an edited plan.json
-(`deploymtl.formats.plan`), then checked against the checkpoint (`check_plan`): same family, known tasks, then the
-family surgeon's own checks of the decisions. `deploymtl prune CKPT --plan edited.json` rebuilds the static model
-from an edited plan; the surgeon rejects a plan that does not fit the checkpoint.
+"""The plan of a supernet: made from its decisions (`make_plan`) or read from an edited plan.json
+(`deploymtl.formats.plan`), then checked against the checkpoint (`check_plan`): the family surgeon prepares it
+(same family, known tasks, its own checks of the decisions, once) and returns the `Cut`. `deploymtl prune CKPT
+--plan edited.json` rebuilds the static model from an edited plan; the surgeon rejects a plan that does not fit the
+checkpoint.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import DeploymtlError
-from ..formats.plan import Plan, PlanOptions, PlanSource
-from .families import default_tasks, surgeon
+from ..families import family_spec
+from ..formats.plan import PLAN_FORMAT, Plan, PlanSource, parse_plan
+
+if TYPE_CHECKING:
+    from .base import Cut
 
 
 def make_plan(model: Any, family: str, *, tasks: list[str] | None = None, round_channels: int = 1,
+              options: Mapping[str, Any] | None = None, decisions: dict[str, Any] | None = None,
               source: PlanSource | None = None) -> Plan:
-    """The plan of a loaded supernet's own decisions (`model.decisions()`); `tasks` defaults to the family's
-    default deployment (every task, or Aux-NAS's primary tasks)."""
-    decisions = model.decisions()
-    return Plan(family=family, tasks=list(tasks) if tasks else default_tasks(model, decisions),
-                rule=str(decisions.get("rule", "unknown")), options=PlanOptions(round_channels=round_channels),
-                decisions=decisions, source=source)
+    """The plan of a loaded supernet's decisions (`decisions`, default `model.decisions()`); `tasks` defaults to
+    the family's default deployment (every task, or Aux-NAS's primary tasks); `options` are the family's options
+    besides `round_channels` (validated by the family: a bad one is a one-line error naming it)."""
+    decisions = model.decisions() if decisions is None else decisions
+    chosen = list(tasks) if tasks is not None else family_spec(family).surgeon.default_tasks(model)
+    return parse_plan({"format": PLAN_FORMAT, "family": family, "tasks": chosen,
+                       "rule": str(decisions.get("rule", "unknown")),
+                       "options": {"round_channels": round_channels, **(options or {})}, "decisions": decisions,
+                       "source": source}, "plan")
 
 
-def check_plan(plan: Plan, model: Any, family: str, where: str | Path = "plan") -> None:
-    """Check that `plan` fits the loaded supernet: same family, known tasks, then the family's own checks."""
-    if plan.family != family:
-        raise DeploymtlError(f"{where}: family: plan is for '{plan.family}' but the checkpoint is '{family}'",
-                             hint="make the plan from this checkpoint with deploymtl inspect")
-    names = list(model.task_names)
-    for task in plan.tasks:
-        if task not in names:
-            raise DeploymtlError(f"{where}: tasks: unknown task '{task}'", hint=f"expected some of {', '.join(names)}")
+def check_plan(plan: Plan, model: Any, family: str, where: str | Path = "plan") -> Cut:
+    """Check that `plan` fits the loaded supernet of `family` (same family, known tasks, the family's checks of
+    the decisions) and return the prepared Cut; errors name `where` and the plan field."""
     try:
-        surgeon(family).validate_plan(model, plan.decisions, list(plan.tasks))
+        return family_spec(family).surgeon.prepare(model, plan)
     except DeploymtlError as exc:
-        raise DeploymtlError(f"{where}: decisions: {exc}", hint=exc.hint) from None
+        if exc.exit_code != DeploymtlError.exit_code:  # our bugs keep their own exit code and message
+            raise
+        raise DeploymtlError(f"{where}: {exc}", hint=exc.hint) from None

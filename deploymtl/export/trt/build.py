@@ -25,8 +25,8 @@ from typing import Any
 import onnx
 
 from ...backends.trt_env import make_logger, require_tensorrt, runtime_info
+from ...config import BatchSpec, parse_batch
 from ...errors import DeploymtlError
-from ...formats.batch import BatchSpec, parse_batch
 from ...formats.onnx_metadata import from_props
 from ...formats.trt_manifest import (
     HARDWARE_LEVELS,
@@ -38,6 +38,7 @@ from ...formats.trt_manifest import (
     write_manifest,
 )
 from ...io import atomic_write_bytes, atomic_write_text, ensure_dir, sha256_file
+from ...onnxkit.load import load_onnx
 from .lint import errors, lint_onnx
 from .precision import graph_precision, parse_engine_layers, precision_report, require_honoured
 from .profile import derive_profiles
@@ -131,10 +132,7 @@ def export_trt(onnx_path: str | Path, out_dir: str | Path, *, precision: str, ba
     batch = parse_batch(batch)
     check_build_options(precision, workspace_mb, builder_optimization_level, hardware_compatibility)
     trt = require_tensorrt()
-    try:
-        model = onnx.load(str(onnx_path), load_external_data=False)
-    except FileNotFoundError:
-        raise DeploymtlError(f"ONNX model not found: {onnx_path}", hint="expected a .onnx file") from None
+    model = load_onnx(onnx_path, external_data=False)
     check_graph(model, onnx_path, precision)
     profiles = derive_profiles(model, batch)
     meta = from_props({p.key: p.value for p in model.metadata_props})

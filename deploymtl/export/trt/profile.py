@@ -11,21 +11,15 @@ from pathlib import Path
 
 import onnx
 
+from ...config import BatchSpec
 from ...errors import DeploymtlError
-from ...formats.batch import BatchSpec
 from ...formats.trt_manifest import InputProfile
+from ...onnxkit.load import load_onnx
 
 
 def _load_graph(model: onnx.ModelProto | str | Path) -> tuple[onnx.GraphProto, str]:
-    if isinstance(model, onnx.ModelProto):
-        return model.graph, "the ONNX model"
-    path = Path(model)
-    if not path.is_file():
-        raise DeploymtlError(f"ONNX model not found: {path}", hint="expected a .onnx file written by deploymtl export")
-    try:
-        return onnx.load(str(path), load_external_data=False).graph, str(path)
-    except Exception as exc:  # DecodeError / ValueError depending on the damage
-        raise DeploymtlError(f"{path} is not a readable ONNX model: {str(exc).splitlines()[0][:160]}") from None
+    where = "the ONNX model" if isinstance(model, onnx.ModelProto) else str(model)
+    return load_onnx(model, external_data=False).graph, where
 
 
 def derive_profiles(model: onnx.ModelProto | str | Path, batch: BatchSpec) -> dict[str, InputProfile]:
