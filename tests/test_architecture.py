@@ -200,6 +200,22 @@ def test_pending_edges_still_exist(found: list[Import]) -> None:
     assert sorted(PENDING - set(unit_graph(found))) == []
 
 
+# Allowed by the layering (a higher layer may import a lower one) but ruled out by design: an artifact's readers
+# read its format (formats/), never what built it, and the exporter is handed a static model, never prunes one.
+NEVER: dict[str, frozenset[str]] = {
+    "backends": frozenset({"export", "surgery"}), "verify": frozenset({"export", "surgery"}),
+    "runtime": frozenset({"export"}), "profile": frozenset({"export"}), "export": frozenset({"surgery", "train"}),
+}
+
+
+def test_readers_never_import_what_built_the_artifact(found: list[Import]) -> None:
+    edges = unit_graph(found)
+    bad = [f"{a} imports {b}: {edges[(a, b)][0].source} line {edges[(a, b)][0].line}"
+           for a, forbidden in NEVER.items() for b in sorted(forbidden) if (a, b) in edges]
+    assert bad == []
+    assert ("cli", "surgery") in edges and ("cli", "export") in edges  # the CLI composes prune + export
+
+
 def test_the_checker_catches_each_kind_of_breach(tmp_path: Path) -> None:
     """A fake deploymtl with an upward import inside a function, a cycle and a private name taken across units."""
     pkg = tmp_path / PACKAGE
