@@ -1,7 +1,7 @@
 """Task specifications: what a task predicts, how it is trained and how it is scored.
 
 Everything downstream (heads, ONNX outputs, reports) is keyed by the task's name. A task's kind fixes its
-output layout, loss and metrics (shared/METHODS.md, NYUv2 conventions):
+output layout, loss and metrics (docs/methods.md, evaluation conventions):
 
 - segmentation:   logits (N, C, H, W); target (N, H, W) int64 with -1 = ignore; CE loss; mIoU, pixel acc.
 - depth:          (N, 1, H, W);        target (N, 1, H, W) with 0 = invalid;     L1 loss;  abs/rel error.

@@ -249,8 +249,6 @@ def test_the_checker_catches_each_kind_of_breach(tmp_path: Path) -> None:
         p for p in problems if "deploymtl.verify.compare" not in p and "cycle" not in p]
 
 
-@pytest.mark.xfail(strict=True, reason="the code still cites the developers' notes (shared/...); the orchestrator's "
-                                        "sweep at the end of issue 14 replaces them with docs/ and flips this test")
 def test_no_file_cites_the_developers_notes() -> None:
     """deploymtl/, docs/ and README.md are read by whoever clones the repository: what they rely on is in docs/."""
     files = [*sorted((ROOT / PACKAGE).rglob("*.py")), *sorted((ROOT / "docs").rglob("*.md")), ROOT / "README.md"]

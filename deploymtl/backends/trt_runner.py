@@ -3,7 +3,8 @@
 Loading reads the sidecar `model.plan.json` first and checks it against this machine (TensorRT version, GPU compute
 capability) so a mismatch is a clear "rebuild with ..." message instead of `deserialize_cuda_engine` returning None.
 Inference uses torch CUDA tensors as device buffers and the name-based IO API of TensorRT 10+
-(`set_input_shape`, `set_tensor_address`, `execute_async_v3`) on a non-default CUDA stream (shared/TENSORRT.md, "Run").
+(`set_input_shape`, `set_tensor_address`, `execute_async_v3`) on a non-default CUDA stream
+(docs/tensorrt.md, section 7, "Run").
 The batch may vary within the engine's optimisation profile; the base class rejects a batch outside it.
 """
 

@@ -24,6 +24,7 @@ import onnx
 
 from ..backends.base import InputSpec, Runner
 from ..formats.onnx_metadata import node_scope
+from ..onnxkit.session import QUIET, open_session
 from ..verify.compare import CompareReport, compare_outputs, resolve_tolerances
 from .context import ExportContext
 from .onnx import check_structure
@@ -139,13 +140,7 @@ class _SessionRunner(Runner):
     backend = "onnxruntime"
 
     def __init__(self, proto: onnx.ModelProto, spec: InputSpec, outputs: list[str], threads: int | None) -> None:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        if threads:
-            opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-        self.session = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        self.session = open_session(proto, threads=threads, log_severity=QUIET, label="<in-memory graph>")
         super().__init__(spec, outputs, "<in-memory graph>")
 
     def _infer(self, image: np.ndarray) -> dict[str, np.ndarray]:

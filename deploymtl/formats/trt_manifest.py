@@ -2,8 +2,8 @@
 
 A serialized TensorRT engine runs only on the TensorRT version and GPU compute capability that built it, unless it was
 built with a hardware compatibility level (Ampere+, or same compute capability) and/or version compatibility
-(shared/TENSORRT.md, "Portability"). TensorRT itself answers a mismatch with `None` and a log line; deploymtl reads the
-manifest first and says what to rebuild. Pure Python: fully testable without TensorRT.
+(docs/tensorrt.md, section 7, "Portability"). TensorRT itself answers a mismatch with `None` and a log line;
+deploymtl reads the manifest first and says what to rebuild. Pure Python: fully testable without TensorRT.
 
     {"format": "deploymtl.trt_plan/1", "plan": "model.plan", "plan_sha256",
      "onnx": {"path", "sha256"}, "tensorrt_version", "cuda_version", "gpu": {"name", "compute_capability": [8, 6]},
@@ -220,7 +220,8 @@ def check_compatible(manifest: dict[str, Any], runtime: RuntimeInfo) -> None:
                     "timed on the other GPU; rebuild here for best latency", engine, gpu, runtime.gpu_name)
 
 
-# TensorRT DataType enum names -> numpy dtype names (shared/TENSORRT.md, "Run"); by name, as 11.x renumbered enums.
+# TensorRT DataType enum names -> numpy dtype names (docs/tensorrt.md, section 7, "Run"); by name, as 11.x
+# renumbered enums.
 TRT_DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT8": "int8", "INT32": "int32",
               "INT64": "int64", "BOOL": "bool", "UINT8": "uint8"}
 

@@ -1,7 +1,7 @@
 """Aux-NAS: auxiliary branches that vanish at inference (Gao et al., "Aux-NAS: Exploiting Auxiliary Labels with
 Negligibly Extra Inference Cost", ICLR 2024; public code ethanygao/Aux-NAS). CNN variant on Deeplab-ResNet.
 
-Architecture (paper Sec. 3; shared/METHODS.md):
+Architecture (paper Sec. 3; docs/methods.md, Aux-NAS):
 - a *primary* column P carrying the primary task heads and auxiliary column(s) A_j carrying the auxiliary heads,
   all Deeplab-ResNet columns of the same shape (`models/backbone.py`: stem, 4 stages of BasicBlocks);
 - after every stage s (s = 1..4) a fusion op on each column, in both directions (NDDR / MTL-NAS):

@@ -1,4 +1,4 @@
-"""GatedMTL: per-channel gates between shared and task-specific features (shared/METHODS.md, GatedMTL section).
+"""GatedMTL: per-channel gates between shared and task-specific features (docs/methods.md, GatedMTL).
 
 GatedMTL (ICLR 2024 submission; later arXiv 2402.16848 "InterroGate"; no public code). Every residual block
 slot l of the Deeplab-ResNet (`models/backbone.py`) is a gated layer holding a shared branch Psi^l and one

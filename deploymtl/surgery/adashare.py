@@ -1,4 +1,4 @@
-"""The AdaShare surgeon: a fixed per-task policy becomes one static tree-shaped graph (shared/METHODS.md).
+"""The AdaShare surgeon: a fixed per-task policy becomes one static tree-shaped graph (docs/methods.md, AdaShare).
 
 The public code runs the backbone once per task and computes both branches of every block. Here:
 - a skipped block disappears; a skipped first-of-segment block keeps only its `ds` shortcut (x' = ds(x));

@@ -1,4 +1,4 @@
-"""Aux-NAS surgeon: the auxiliary columns, every removed link and the alphas disappear (shared/METHODS.md, Aux-NAS).
+"""Aux-NAS surgeon: the auxiliary columns, every removed link and the alphas disappear (docs/methods.md, Aux-NAS).
 
 With every aux->primary link removed, the deployed primary outputs depend on the primary column alone; each primary
 fusion ReLU(BN(W [x ; 0 * y])) becomes ReLU(conv1x1(x)) with W restricted to x's input columns and BN folded in.

@@ -1,6 +1,6 @@
 """The GatedMTL surgeon: fixed gates -> a static graph that computes only the channels something reads.
 
-Pruning rule (shared/METHODS.md, *derived*), over the deployed tasks D (a `--tasks` subset or all):
+Pruning rule (docs/methods.md, GatedMTL, *derived*), over the deployed tasks D (a `--tasks` subset or all):
 
 - the head of a deployed task reads every channel of phi'_t of the last layer;
 - phi'_t^l[c] reads phi_t^l[c] when G_t^l[c] = 1, else psi^l[c];

@@ -1,6 +1,6 @@
 """Build a TensorRT engine from a verified ONNX graph: `model.plan` (raw serialized engine) + `model.plan.json`.
 
-The calls follow the TensorRT 10.x/11.x Python API as documented (shared/TENSORRT.md, "Build from ONNX"):
+The calls follow the TensorRT 10.x/11.x Python API as documented (docs/tensorrt.md, section 7, "Build"):
 Builder -> strongly typed network -> OnnxParser.parse -> builder config (workspace pool limit, optimisation level,
 DETAILED profiling verbosity, timing cache, optional hardware/version compatibility) -> one optimisation profile
 from the batch specification -> build_serialized_network. Precision comes from the graph (the fp16 ONNX or the Q/DQ
