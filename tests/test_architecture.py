@@ -30,6 +30,7 @@ LAYERS: list[tuple[str, frozenset[str]]] = [
     ("verification", frozenset({"verify"})),
     ("surgery", frozenset({"surgery"})),
     ("training", frozenset({"train"})),
+    ("importers", frozenset({"importers"})),
     ("export", frozenset({"export"})),
     ("runtime and profiling", frozenset({"runtime", "profile"})),
     ("entry points", frozenset({"pipeline", "demo", "cli"})),

@@ -9,6 +9,7 @@ import typer
 
 from .common import OutDir, SurgeonOption, check_finite, default_out, parse_key_values
 
+PRUNE_HELP = "Physically remove what the search did not keep; verify the static model; write pruned.pt and its report."
 
 def _table(title: str, header: list[str], rows: list[list[str]]) -> Any:
     from rich.table import Table
@@ -57,9 +58,8 @@ def prune(
     rtol: float | None = typer.Option(None, "--rtol", help="Relative parity tolerance (default: recipe prune.rtol)."),
     option: list[str] = SurgeonOption,
 ) -> None:
-    """Physically remove what the search did not keep; verify the static model; write pruned.pt and its report.
-    \f
-    One parameter per command-line option (typer makes each a flag), hence more than eight."""
+    """`deploymtl prune` (help: `PRUNE_HELP`). One parameter per command-line option (typer makes each a flag),
+    hence more than eight."""
     from rich.console import Console
 
     from ..errors import VerificationError
@@ -123,5 +123,5 @@ def inspect(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("prune")(prune)
+    app.command("prune", help=PRUNE_HELP)(prune)
     app.command("inspect")(inspect)
