@@ -30,13 +30,13 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
 
 from ..errors import DeploymtlError
 from ..tasks import TaskSpec
-from .backbone import BackboneConfig, BlockBody, BlockSlot, block_slots, make_ds
-from .base import Supernet
+from .backbone import BackboneConfig, BlockSlot, ResidualBlock, block_slots
+from .base import SearchConfig, Supernet
 from .layers import Stem, make_head
 
 Stage = Literal["warmup", "search"]
@@ -46,10 +46,8 @@ class AdaShareModelConfig(BackboneConfig):
     """The recipe's `model:` section: the shared Deeplab-ResNet and the heads (see BackboneConfig)."""
 
 
-class AdaShareSearchConfig(BaseModel):
+class AdaShareSearchConfig(SearchConfig):
     """The recipe's `search:` section: the three stages and the policy losses."""
-
-    model_config = ConfigDict(extra="forbid")
 
     warmup_epochs: int = Field(default=2, ge=0, description="all blocks executed, weights only")
     policy_epochs: int = Field(default=4, ge=0, description="alternating weight / policy epochs")
@@ -68,20 +66,9 @@ class AdaShareSearchConfig(BaseModel):
         default=(0.5, 0.5), description="initial (execute, skip) logits of every block (public code: 'equal')")
 
 
-class AdaShareBlock(nn.Module):
-    """One selectable residual block: `body` (conv-bn-relu-conv-bn) and the optional shortcut `ds`."""
-
-    def __init__(self, slot: BlockSlot) -> None:
-        super().__init__()
-        self.slot = slot
-        self.body = BlockBody(slot)
-        self.ds = make_ds(slot)
-
-    def residual(self, x: torch.Tensor) -> torch.Tensor:
-        return self.ds(x) if self.ds is not None else x
-
-    def execute(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return F.relu(residual + self.body(x))
+class AdaShareBlock(ResidualBlock):
+    """One selectable residual block: `body` (conv-bn-relu-conv-bn) and the optional shortcut `ds`; the policy
+    chooses between `execute(x, residual(x))` and `residual(x)`."""
 
 
 def block_name(slot: BlockSlot, slots: list[BlockSlot]) -> str:

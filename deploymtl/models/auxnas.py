@@ -32,13 +32,13 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 from torch import nn
 
 from ..errors import DeploymtlError
 from ..tasks import TaskSpec
-from .backbone import BackboneConfig, BlockBody, BlockSlot, block_slots, make_ds
-from .base import Supernet
+from .backbone import BackboneConfig, ResidualBlock, block_slots
+from .base import SearchConfig, Supernet
 from .layers import Stem, make_head
 
 STAGES = 4
@@ -55,10 +55,8 @@ class AuxNasModelConfig(BackboneConfig):
                                       "column per auxiliary task; or explicit groups of auxiliary task names")
 
 
-class AuxNasSearchConfig(BaseModel):
+class AuxNasSearchConfig(SearchConfig):
     """`search:` section: the schedule of `train/auxnas.py` and the decision rule."""
-
-    model_config = ConfigDict(extra="forbid")
 
     epochs: int = Field(default=4, ge=1, description="epochs of alternating weight/architecture steps")
     finetune_epochs: int = Field(default=0, ge=0, description="deployed-mode fine-tuning epochs after the search")
@@ -86,16 +84,9 @@ class AuxNasSearchConfig(BaseModel):
 
 
 # -- blocks ------------------------------------------------------------------------------------------------------
-class ResBlock(nn.Module):
-    """Deeplab-ResNet BasicBlock: relu(ds(x) + body(x)), ds the identity unless the slot needs a shortcut."""
-
-    def __init__(self, slot: BlockSlot) -> None:
-        super().__init__()
-        self.body = BlockBody(slot)
-        self.ds = make_ds(slot)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu((self.ds(x) if self.ds is not None else x) + self.body(x))
+class ResBlock(ResidualBlock):
+    """A column's Deeplab-ResNet BasicBlock: relu(ds(x) + body(x)), ds the identity unless the slot needs a
+    shortcut."""
 
 
 class Column(nn.Module):

@@ -89,6 +89,28 @@ def make_ds(slot: BlockSlot) -> nn.Module | None:
     return ConvBN(slot.cin, slot.cout, k=1, stride=slot.stride, relu=False) if slot.has_ds else None
 
 
+class ResidualBlock(nn.Module):
+    """The BasicBlock at `slot`: relu(r + body(x)) with r = ds(x), or x where the slot has no shortcut.
+
+    Each family subclasses it (AdaShare's selectable block, the GatedMTL branch, Aux-NAS's column block) so that
+    the surgery registry holds one entry per family's block; this base has none of its own."""
+
+    def __init__(self, slot: BlockSlot) -> None:
+        super().__init__()
+        self.slot = slot
+        self.body = BlockBody(slot)
+        self.ds = make_ds(slot)
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ds(x) if self.ds is not None else x
+
+    def execute(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return F.relu(residual + self.body(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.execute(x, self.residual(x))
+
+
 class SingleTaskNet(nn.Module):
     """Plain Deeplab-ResNet + one head: the single-task reference for Delta_MTL."""
 

@@ -11,16 +11,22 @@ from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from ..tasks import TaskSpec
 
 
+class SearchConfig(BaseModel):
+    """Base of a family's `search:` recipe section: an unknown key is an error, never silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
 class Supernet(nn.Module, ABC):
     family: ClassVar[str]  # its name in `deploymtl.families.FAMILIES`
     model_config_cls: ClassVar[type[BaseModel]]  # the recipe's `model:` section, the constructor's model_cfg
-    search_config_cls: ClassVar[type[BaseModel]]  # the recipe's `search:` section, the constructor's search_cfg
+    search_config_cls: ClassVar[type[SearchConfig]]  # the recipe's `search:` section, the constructor's search_cfg
 
     def __init__(self, tasks: list[TaskSpec]) -> None:
         super().__init__()

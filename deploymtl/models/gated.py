@@ -29,14 +29,14 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
 
 from ..errors import DeploymtlError
 from ..io import load_torch
 from ..tasks import TaskSpec
-from .backbone import BackboneConfig, BlockBody, BlockSlot, SingleTaskNet, block_slots, make_ds
-from .base import Supernet
+from .backbone import BackboneConfig, ResidualBlock, SingleTaskNet, block_slots
+from .base import SearchConfig, Supernet
 from .layers import Stem, make_head
 
 DECISION_RULE = "alpha>0"
@@ -46,10 +46,8 @@ class GatedModelConfig(BackboneConfig):
     """`model:` section: the Deeplab-ResNet shape; every residual block slot becomes one gated layer."""
 
 
-class GatedSearchConfig(BaseModel):
+class GatedSearchConfig(SearchConfig):
     """`search:` section of a GatedMTL recipe."""
-
-    model_config = ConfigDict(extra="forbid")
 
     search_epochs: int = Field(default=4, ge=0, description="joint training of weights, gates and betas")
     finetune_epochs: int = Field(default=2, ge=0, description="weights only, gates fixed (deployed mode)")
@@ -89,19 +87,9 @@ def binary_gate(alpha: torch.Tensor) -> torch.Tensor:
     return hard + (soft - soft.detach())
 
 
-class GatedBlock(nn.Module):
+class GatedBlock(ResidualBlock):
     """One branch of a gated layer: the residual block `relu(ds(x) + body(x))`, (N, cin, H, W) ->
     (N, cout, H/stride, W/stride)."""
-
-    def __init__(self, slot: BlockSlot) -> None:
-        super().__init__()
-        self.slot = slot
-        self.body = BlockBody(slot)
-        self.ds = make_ds(slot)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        residual = self.ds(x) if self.ds is not None else x
-        return F.relu(residual + self.body(x))
 
 
 class GatedSupernet(Supernet):

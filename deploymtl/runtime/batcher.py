@@ -110,6 +110,10 @@ class Batcher:
                  preferred_batch_sizes: tuple[int, ...] | list[int] = (), max_queue: int | None = None,
                  timeout_s: float | None = None, input_spec: InputSpec | None = None,
                  clock: Callable[[], float] = time.monotonic, start: bool = True) -> None:
+        """Arguments as in the class docstring. Nine parameters on purpose: all but `model` are keyword-only
+        settings with defaults (most callers name two or three) whose names are those of the edge scenario and
+        `deploymtl profile` (max_batch, max_delay_ms, max_queue); a separate settings object would make every
+        caller build one for the same fields."""
         self._fn: Callable[[np.ndarray], Outputs] = getattr(model, "infer", model)
         if not callable(self._fn):
             raise DeploymtlError(f"batcher model {type(model).__name__} is not callable",
@@ -299,6 +303,15 @@ class Batcher:
         self._queued_images -= r.n
         r.queued = False
         return True
+
+    def _end_queued_locked(self, outcome: str) -> list[Request]:
+        """Empty the queue (lock held), claiming every queued request as `outcome`; the caller completes their
+        futures once the lock is released."""
+        ended = list(self._queue)
+        for r in ended:
+            self._unqueue_locked(r)
+            self._claim_locked(r, outcome)
+        return ended
 
     def _withdraw(self, r: Request) -> None:
         """r's future was cancelled: if still queued, it leaves the queue now (a batch that took it ends it)."""
@@ -493,10 +506,7 @@ class Batcher:
         with self._cond:
             self._closed = True
             self._stopped = f"the batcher's worker stopped on {type(exc).__name__}: {exc}"
-            orphans = list(self._queue)
-            for r in orphans:
-                self._unqueue_locked(r)
-                self._claim_locked(r, "failed")
+            orphans = self._end_queued_locked("failed")
             self._cond.notify_all()
         for r in orphans:
             complete(r.future, BatcherClosedError(f"the request was not run: {self._stopped}"), failed=True)
@@ -534,10 +544,7 @@ class Batcher:
             if drain:
                 self._draining = True
             else:
-                dropped = list(self._queue)
-                for r in dropped:
-                    self._unqueue_locked(r)
-                    self._claim_locked(r, "cancelled")
+                dropped = self._end_queued_locked("cancelled")
             self._cond.notify_all()
         for r in dropped:
             cancel_owned(r.future)

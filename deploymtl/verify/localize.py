@@ -136,35 +136,23 @@ class _Prober:
         return {t: self.cache[t] for t in tensors}
 
 
-def localize(proto: onnx.ModelProto, model: StaticModel, inputs: np.ndarray, output: str,
-             tolerance: Tolerance | Mapping[str, Tolerance]) -> Localization:
-    """First static node whose ONNX counterpart diverges, among the ancestors of task output `output`.
-
-    `inputs` (N, C, H, W) float32: a few real samples (2-4 suffice). `tolerance`: the output's tolerance (or a
-    mapping from which `output`'s is taken), applied to every intermediate tensor.
-    """
-    tol = tolerance[output] if isinstance(tolerance, Mapping) else tolerance
-    if output not in model.outputs:
-        raise DeploymtlError(f"cannot localise unknown output '{output}'", hint=f"expected one of {model.task_names}")
-    spec_inputs = {n["name"]: list(n["inputs"]) for n in model.spec["nodes"]}
-    layer_of = dict(static_nodes(model))
-    order = [name for name, _ in static_nodes(model)]
-    # ancestors of the failing output, in execution order
-    need, stack = set(), [model.outputs[output]]
+def _ancestors(spec_inputs: dict[str, list[str]], node: str) -> set[str]:
+    """The static nodes `node` depends on, itself included."""
+    need, stack = set(), [node]
     while stack:
         n = stack.pop()
         if n == INPUT or n in need:
             continue
         need.add(n)
         stack.extend(spec_inputs[n])
-    tensors = module_tensors(proto)
-    cands = [n for n in order if n in need and _LAYERS + n in tensors]
-    loc = Localization(False, output, candidates=len(cands))
-    if not cands:
-        loc.message = "no ONNX node carries a static-model module name (was the graph renamed?)"
-        return loc
+    return need
+
+
+def _last_uses(order: list[str], spec_inputs: dict[str, list[str]], need: set[str], cands: list[str]
+               ) -> dict[int, int]:
+    """{candidate index i: index of the last candidate reading cands[i]} (i itself when none does), looking
+    through the nodes between them that the ONNX graph no longer names (fused away)."""
     index = {n: i for i, n in enumerate(cands)}
-    # mapped consumers of each candidate, looking through nodes the ONNX graph no longer names (fused away)
     direct: dict[str, set[str]] = {n: set() for n in order}
     for n in order:
         for i in spec_inputs[n]:
@@ -184,49 +172,97 @@ def localize(proto: onnx.ModelProto, model: StaticModel, inputs: np.ndarray, out
                 todo.extend(direct[c])
         return out
 
-    last_use = {i: max(mapped_consumers(n), default=i) for i, n in enumerate(cands)}
-    reference = torch_intermediates(model, inputs)
-    prober = _Prober(proto, inputs)
-    verdicts: dict[str, CompareResult] = {}
+    return {i: max(mapped_consumers(n), default=i) for i, n in enumerate(cands)}
 
-    def diverges(k: int) -> bool:
-        frontier = [j for j in range(k + 1) if j == k or last_use[j] > k]
-        names = [cands[j] for j in frontier]
-        values = prober.run([tensors[_LAYERS + n][0] for n in names])
+
+@dataclass(eq=False)
+class _FrontierSearch:
+    """The bisection over the candidates (see the module docstring): each probe compares the frontier F(k) with
+    PyTorch, and every verdict is kept, so a tensor is compared once however many frontiers hold it."""
+
+    cands: list[str]
+    tensors: dict[str, tuple[str, onnx.NodeProto]]  # module_tensors of the graph
+    last_use: dict[int, int]
+    reference: dict[str, np.ndarray]  # torch_intermediates of the model
+    prober: _Prober
+    tol: Tolerance
+    trail: list[dict]  # the Localization's: one entry per probe
+    verdicts: dict[str, CompareResult] = field(default_factory=dict)
+
+    def diverges(self, k: int) -> bool:
+        """Does some tensor of F(k) depart from PyTorch?"""
+        frontier = [j for j in range(k + 1) if j == k or self.last_use[j] > k]
+        names = [self.cands[j] for j in frontier]
+        values = self.prober.run([self.tensors[_LAYERS + n][0] for n in names])
         bad = False
         for n in names:
-            if n not in verdicts:
-                t = tensors[_LAYERS + n][0]
-                verdicts[n] = compare_arrays(n, values[t], reference[_LAYERS + n], tol)
-            bad = bad or not verdicts[n]
-        loc.trail.append({"k": k, "layer": _LAYERS + cands[k], "frontier": [_LAYERS + n for n in names],
-                          "diverges": bad})
+            if n not in self.verdicts:
+                t = self.tensors[_LAYERS + n][0]
+                self.verdicts[n] = compare_arrays(n, values[t], self.reference[_LAYERS + n], self.tol)
+            bad = bad or not self.verdicts[n]
+        self.trail.append({"k": k, "layer": _LAYERS + self.cands[k], "frontier": [_LAYERS + n for n in names],
+                           "diverges": bad})
         return bad
 
-    lo, hi = 0, len(cands) - 1
-    if not diverges(hi):
-        loc.probes = prober.runs
-        loc.message = (f"the module feeding '{output}' ({_LAYERS + cands[hi]}) matches PyTorch on these inputs; the "
-                       "mismatch is outside the named modules (graph IO, batch handling)")
-        return loc
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if diverges(mid):
-            hi = mid
-        else:
-            lo = mid + 1
-    culprit = cands[lo]
-    tensor, node = tensors[_LAYERS + culprit]
-    module = model.layers[layer_of[culprit]]
-    result = verdicts.get(culprit) or compare_arrays(culprit, prober.run([tensor])[tensor],
-                                                     reference[_LAYERS + culprit], tol)
-    feeds = [i for i in spec_inputs[culprit] if i != INPUT and i in verdicts]
+    def first_diverging(self) -> int:
+        """The smallest k whose frontier diverges, given that the last one does."""
+        lo, hi = 0, len(self.cands) - 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self.diverges(mid):
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+
+    def verdict(self, node: str) -> CompareResult:
+        tensor = self.tensors[_LAYERS + node][0]
+        return self.verdicts.get(node) or compare_arrays(node, self.prober.run([tensor])[tensor],
+                                                         self.reference[_LAYERS + node], self.tol)
+
+
+def _blame(loc: Localization, model: StaticModel, spec_inputs: dict[str, list[str]], search: _FrontierSearch,
+           culprit: str) -> None:
+    """Fill `loc` with the first diverging layer `culprit`, named on both sides."""
+    tensor, node = search.tensors[_LAYERS + culprit]
+    layer = dict(static_nodes(model))[culprit]
+    result = search.verdict(culprit)
+    feeds = [i for i in spec_inputs[culprit] if i != INPUT and i in search.verdicts]
     loc.found = True
     loc.onnx_node, loc.onnx_op, loc.onnx_tensor = node.name, node.op_type, tensor
-    loc.module_path, loc.module_type = _LAYERS + layer_of[culprit], type(module).__name__
+    loc.module_path, loc.module_type = _LAYERS + layer, type(model.layers[layer]).__name__
     loc.static_node = culprit
     loc.static_op = next((nd["op"] for nd in model.spec["nodes"] if nd["name"] == culprit), None)
     loc.compare = result.to_dict()
-    loc.inputs_match = all(bool(verdicts[i]) for i in feeds)
-    loc.probes = prober.runs
+    loc.inputs_match = all(bool(search.verdicts[i]) for i in feeds)
+    loc.probes = search.prober.runs
+
+
+def localize(proto: onnx.ModelProto, model: StaticModel, inputs: np.ndarray, output: str,
+             tolerance: Tolerance | Mapping[str, Tolerance]) -> Localization:
+    """First static node whose ONNX counterpart diverges, among the ancestors of task output `output`.
+
+    `inputs` (N, C, H, W) float32: a few real samples (2-4 suffice). `tolerance`: the output's tolerance (or a
+    mapping from which `output`'s is taken), applied to every intermediate tensor.
+    """
+    tol = tolerance[output] if isinstance(tolerance, Mapping) else tolerance
+    if output not in model.outputs:
+        raise DeploymtlError(f"cannot localise unknown output '{output}'", hint=f"expected one of {model.task_names}")
+    spec_inputs = {n["name"]: list(n["inputs"]) for n in model.spec["nodes"]}
+    order = [name for name, _ in static_nodes(model)]
+    need = _ancestors(spec_inputs, model.outputs[output])
+    tensors = module_tensors(proto)
+    cands = [n for n in order if n in need and _LAYERS + n in tensors]  # in execution order
+    loc = Localization(False, output, candidates=len(cands))
+    if not cands:
+        loc.message = "no ONNX node carries a static-model module name (was the graph renamed?)"
+        return loc
+    search = _FrontierSearch(cands, tensors, _last_uses(order, spec_inputs, need, cands),
+                             torch_intermediates(model, inputs), _Prober(proto, inputs), tol, loc.trail)
+    if not search.diverges(len(cands) - 1):
+        loc.probes = search.prober.runs
+        loc.message = (f"the module feeding '{output}' ({_LAYERS + cands[-1]}) matches PyTorch on these inputs; the "
+                       "mismatch is outside the named modules (graph IO, batch handling)")
+        return loc
+    _blame(loc, model, spec_inputs, search, cands[search.first_diverging()])
     return loc
