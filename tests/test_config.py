@@ -88,6 +88,13 @@ def test_bad_recipe_names_file_and_field(tmp_path: Path, change: dict, field: st
     assert line.startswith(f"{path}: {field}: {expected}"), line
 
 
+@pytest.mark.parametrize("family", ["adashare", "gated", "auxnas"])
+def test_every_family_search_section_rejects_unknown_keys(tmp_path: Path, family: str) -> None:
+    path = _write(tmp_path, {**BASE, "family": family, "search": {"epochz": 3}})
+    line = _error(path)
+    assert line.startswith(f"{path}: search.epochz: Extra inputs are not permitted"), line
+
+
 def test_missing_top_level_field(tmp_path: Path) -> None:
     data = dict(BASE)
     del data["family"]
