@@ -11,8 +11,10 @@ from .common import OutDir, Quiet, default_out
 
 
 def export(
-    model: Path = typer.Argument(..., help="pruned.pt (static model) or supernet.pt (pruned on the way)."),
-    target: str = typer.Option("onnx", "--target", help="onnx or trt (TensorRT engine, needs a GPU)."),
+    model: Path = typer.Argument(..., help="pruned.pt (static model) or supernet.pt (pruned on the way); for "
+                                 "--target triton also an exported model.onnx / model.plan."),
+    target: str = typer.Option("onnx", "--target", help="onnx, trt (TensorRT engine, needs a GPU) or triton (a "
+                               "Triton model repository)."),
     precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 or int8 (static Q/DQ)."),
     batch: str | None = typer.Option(None, "--batch", help="MIN:OPT:MAX dynamic batch (default: recipe)."),
     out: Path | None = OutDir,
@@ -35,8 +37,26 @@ def export(
                                            help="fp32 (default: each task head's last layer stays fp32, the "
                                                 "accuracy-sensitive one) or int8 (every layer quantised)."),
     quiet: bool = Quiet,
+    # --target triton only (deploymtl.serve.repository)
+    name: str | None = typer.Option(None, "--name", help="triton: model name (default: the recipe's)."),
+    instance_kind: str | None = typer.Option(None, "--instance-kind", help="triton: cpu or gpu instances."),
+    instances: int = typer.Option(1, "--instances", min=1, help="triton: instance count."),
+    ort_trt: str | None = typer.Option(None, "--ort-trt", help="triton: ONNX Runtime TensorRT accelerator, fp16 "
+                                       "or fp32 (GPU instances)."),
+    profile: Path | None = typer.Option(None, "--profile", help="triton: profile.json with the batcher setting."),
 ) -> None:
-    """Export MODEL to ONNX or TensorRT, simplify, verify against PyTorch, write export_report.json."""
+    """Export MODEL to ONNX or TensorRT, simplify, verify against PyTorch, write export_report.json; or package an
+    export as a Triton model repository (--target triton -o REPO)."""
+    if target == "triton":
+        from ..serve.repository import RepositoryOptions, write_repository
+
+        repo = out or default_out("triton", "repository")
+        options = RepositoryOptions(name=name, instance_kind=instance_kind, instances=instances,
+                                    trt_accelerator=ort_trt, threads=threads, profile=profile, precision=precision,
+                                    batch=batch)
+        written = write_repository(model, repo, options, log=(lambda _: None) if quiet else typer.echo)
+        typer.echo(f"wrote {written.directory / 'config.pbtxt'}, {written.model_file} and {repo / 'README.md'}")
+        return
     from ..export.exporter import export_model
     from ..verify.compare import parse_output_tolerance
 

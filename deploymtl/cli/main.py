@@ -40,7 +40,7 @@ def _register() -> None:
     from . import train as train_cmd
 
     train_cmd.register(app)
-    for name in ("prune", "export", "profile", "pipeline", "lint"):
+    for name in ("prune", "export", "profile", "serve", "pipeline", "lint"):
         try:
             module = __import__(f"deploymtl.cli.{name}", fromlist=["register"])
         except ModuleNotFoundError as exc:
