@@ -124,15 +124,15 @@ def _verified_report(src: Path) -> dict[str, Any]:
 def _package(src: Path, out: Path, options: RepositoryOptions, name: str,
              log: Callable[[str], None]) -> RepositoryModel:
     platform = platform_of(src)
-    report = _verified_report(src)
-    interface = read_interface(src)
-    if interface.max_batch is None:
-        raise DeploymtlError(f"{src} records no batch maximum", hint="expected a model written by deploymtl export")
     kind = INSTANCE_KINDS[options.instance_kind or ("gpu" if platform == PLAN_PLATFORM else "cpu")]
     if platform == PLAN_PLATFORM and kind != "KIND_GPU":
         raise DeploymtlError("--instance-kind cpu: a TensorRT plan runs only on a GPU", hint="use --instance-kind gpu")
     if options.trt_accelerator is not None and (platform != ONNX_PLATFORM or kind != "KIND_GPU"):
         raise DeploymtlError("--ort-trt needs an ONNX model on GPU instances", hint="add --instance-kind gpu")
+    report = _verified_report(src)
+    interface = read_interface(src)
+    if interface.max_batch is None:
+        raise DeploymtlError(f"{src} records no batch maximum", hint="expected a model written by deploymtl export")
     batching = resolve_batching(src, interface.max_batch, preferred=options.preferred,
                                 max_delay_ms=options.max_delay_ms, profile=options.profile)
     parity = src.with_name(f"{src.stem}.parity.npz")
