@@ -76,6 +76,20 @@ def test_check_passes_and_verify_runs_on_the_packaged_model(repo, capsys):
     assert main(["verify", str(repo / "tiny" / "1" / "model.onnx"), "--threads", "1"]) == 0
 
 
+def test_the_bundled_tritonserver_accepts_the_config_and_names_its_own_objections(repo, tmp_path):
+    pytest.importorskip("pytriton", reason="needs the [serve] extra (its bundled tritonserver)")
+    from deploymtl.errors import DeploymtlError
+    from deploymtl.serve.tritoncheck import triton_accepts
+
+    assert triton_accepts(repo / "tiny") == "onnxruntime"  # parsed, polled; only the backend is missing here
+    bad = tmp_path / "repo"
+    shutil.copytree(repo, bad)
+    cfg = bad / "tiny" / "config.pbtxt"
+    cfg.write_text(cfg.read_text().replace("preferred_batch_size: [4]", "preferred_batch_size: [4, 9]"))
+    with pytest.raises(DeploymtlError, match="dynamic batching preferred size must be <= max batch size for tiny"):
+        triton_accepts(bad / "tiny")
+
+
 def test_a_pruned_model_is_exported_on_the_way_and_other_models_are_kept(repo, onnx_model, tmp_path, capsys):
     out = tmp_path / "repo"
     shutil.copytree(repo, out)

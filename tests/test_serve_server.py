@@ -12,10 +12,11 @@ import urllib.request
 
 import numpy as np
 import pytest
-from serve_fixtures import exported_tiny, free_ports
+from serve_fixtures import exported_tiny
 
 from deploymtl.cli.main import main
 from deploymtl.runtime.toy import toy_onnx
+from deploymtl.serve.ports import free_ports
 
 pytest.importorskip("pytriton", reason="needs the [serve] extra (nvidia-pytriton)")
 import tritonclient.grpc as grpcclient  # noqa: E402

@@ -76,3 +76,16 @@ def check_ports(ports: Ports) -> Ports:
             raise DeploymtlError(f"port {port} ({name}) on {ports.host} is already in use",
                                  hint=f"stop what listens there or pick another with --{name}-port")
     return ports
+
+
+def free_ports(host: str = LOOPBACK) -> Ports:
+    """Three distinct ports the kernel reports free on `host` right now (for tests and benchmarks)."""
+    socks = [socket.socket() for _ in range(3)]
+    try:
+        for s in socks:
+            s.bind((host, 0))
+        http, grpc, metrics = (s.getsockname()[1] for s in socks)
+    finally:
+        for s in socks:
+            s.close()
+    return Ports(host, http, grpc, metrics)
