@@ -131,7 +131,8 @@ class ServerProcess:
         seen = []
         for line in self.proc.stdout:
             seen.append(line)
-            if line.startswith("ready:"):
+            if line.startswith("ready:"):  # keep draining the pipe, or a chatty server would block on it
+                threading.Thread(target=lambda: seen.extend(self.proc.stdout), daemon=True).start()
                 return self
         raise RuntimeError(f"deploymtl serve exited ({self.proc.wait()}): {''.join(seen)}")
 

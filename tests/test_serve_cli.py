@@ -4,11 +4,11 @@ a bound leaving no tritonserver behind; a taken port is one line and exit 2 befo
 from __future__ import annotations
 
 import os
-import select
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -48,18 +48,25 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _read_until(proc: subprocess.Popen, words: str, timeout: float) -> str:
-    seen = ""
-    end = time.monotonic() + timeout
-    while words not in seen:
-        left = end - time.monotonic()
-        if left <= 0 or proc.poll() is not None:
-            raise AssertionError(f"no '{words}' from deploymtl serve (rc {proc.poll()}): {seen}")
-        ready, _, _ = select.select([proc.stdout], [], [], left)
-        if ready:
-            line = proc.stdout.readline()
-            seen += line
-    return seen
+class _Output:
+    """Every line the process prints, collected by a thread (select() on a buffered pipe can miss lines)."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+        self.thread = threading.Thread(target=lambda: self.lines.extend(proc.stdout), daemon=True)
+        self.thread.start()
+
+    def wait_for(self, words: str, timeout: float) -> str:
+        end = time.monotonic() + timeout
+        while not any(words in line for line in list(self.lines)):
+            if time.monotonic() > end or self.proc.poll() is not None:
+                raise AssertionError(f"no '{words}' from deploymtl serve (rc {self.proc.poll()}): {self.text()}")
+            time.sleep(0.05)
+        return self.text()
+
+    def text(self) -> str:
+        return "".join(list(self.lines))
 
 
 def test_serve_process_stops_cleanly_on_sigterm(toy, tmp_path):
@@ -71,7 +78,8 @@ def test_serve_process_stops_cleanly_on_sigterm(toy, tmp_path):
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:
-        out = _read_until(proc, "ready: http", READY_S)
+        output = _Output(proc)
+        out = output.wait_for("ready: http", READY_S)
         assert f"serving toy ({toy}, tasks seg, depth, count): max batch 4" in out
         with urllib.request.urlopen(f"http://127.0.0.1:{ports.http}/v2/health/ready", timeout=30) as r:
             assert r.status == 200
@@ -82,12 +90,12 @@ def test_serve_process_stops_cleanly_on_sigterm(toy, tmp_path):
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(timeout=STOP_S)
         elapsed = time.monotonic() - t0
-        rest = proc.stdout.read()
+        output.thread.join(timeout=10)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    assert rc == 0 and elapsed < STOP_S and rest.rstrip().endswith("stopped")
+    assert rc == 0 and elapsed < STOP_S and output.text().rstrip().endswith("stopped")
     deadline = time.monotonic() + 10
     while any(Path(f"/proc/{c}").exists() for c in children) and time.monotonic() < deadline:
         time.sleep(0.1)  # reparented leftovers would still show here
