@@ -9,7 +9,6 @@ import shutil
 
 import numpy as np
 import pytest
-from serve_fixtures import exported_tiny
 
 from deploymtl.cli.main import main
 from deploymtl.verify.parity import load_parity
@@ -30,8 +29,8 @@ def _parse(path):
 
 
 @pytest.fixture(scope="module")
-def onnx_model(tmp_path_factory):
-    return exported_tiny(tmp_path_factory.mktemp("triton_src"))
+def onnx_model(tiny_onnx):
+    return tiny_onnx
 
 
 @pytest.fixture(scope="module")

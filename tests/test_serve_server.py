@@ -12,7 +12,6 @@ import urllib.request
 
 import numpy as np
 import pytest
-from serve_fixtures import exported_tiny
 
 from deploymtl.cli.main import main
 from deploymtl.runtime.toy import toy_onnx
@@ -31,10 +30,10 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def served(tmp_path_factory, tiny_onnx):
     root = tmp_path_factory.mktemp("served")
     repo = root / "repo"
-    write_repository(exported_tiny(root), repo, RepositoryOptions(name="tiny"))
+    write_repository(tiny_onnx, repo, RepositoryOptions(name="tiny"))
     toy = toy_onnx(root / "toy" / "model.onnx", max_batch=8)
     models = load_served(toy, ServeOptions(name="toy", threads=1, preferred=[4, 8], max_delay_ms=20.0))
     models += load_served(repo, ServeOptions(threads=1))
