@@ -47,15 +47,11 @@ def export(
 ) -> None:
     """Export MODEL to ONNX or TensorRT, simplify, verify against PyTorch, write export_report.json; or package an
     export as a Triton model repository (--target triton -o REPO)."""
-    if target == "triton":
-        from ..serve.repository import RepositoryOptions, write_repository
+    if target == "triton":  # a Triton model repository: cli/serve.py composes export and packaging
+        from .serve import export_repository
 
-        repo = out or default_out("triton", "repository")
-        options = RepositoryOptions(name=name, instance_kind=instance_kind, instances=instances,
-                                    trt_accelerator=ort_trt, threads=threads, profile=profile, precision=precision,
-                                    batch=batch)
-        written = write_repository(model, repo, options, log=(lambda _: None) if quiet else typer.echo)
-        typer.echo(f"wrote {written.directory / 'config.pbtxt'}, {written.model_file} and {repo / 'README.md'}")
+        export_repository(model, out, name=name, instance_kind=instance_kind, instances=instances, ort_trt=ort_trt,
+                          profile=profile, threads=threads, precision=precision, batch=batch, quiet=quiet)
         return
     from ..export.exporter import export_model
     from ..verify.compare import parse_output_tolerance

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from ..errors import DeploymtlError
-from .common import check_finite
+from .common import check_finite, default_out
 
 
 def _sizes(text: str | None) -> list[int] | None:
@@ -89,6 +89,36 @@ def _check(path: Path, name: str | None) -> None:
             backend = triton_accepts(d)
             typer.echo(f"{d}: PyTriton's tritonserver parsed and accepted the config; it stopped where it needs the "
                        f"{backend} backend, which it does not bundle (dims and dtypes: checked against the model file)")
+
+
+def export_repository(model: Path, out: Path | None, *, name: str | None, instance_kind: str | None, instances: int,
+                      ort_trt: str | None, profile: Path | None, threads: int | None, precision: str,
+                      batch: str | None, quiet: bool) -> None:
+    """`deploymtl export MODEL --target triton` (its flags, passed on by cli/export.py): an exported model.onnx /
+    model.plan is packaged as it is; a pruned.pt is exported to ONNX into a temporary folder first."""
+    import tempfile
+
+    from ..outdir import check_output_dir
+    from ..serve.repository import RepositoryOptions, write_repository
+
+    repo = out or default_out("triton", "repository")
+    check_output_dir(repo)  # before minutes of exporting
+    options = RepositoryOptions(name=name, instance_kind=instance_kind, instances=instances, trt_accelerator=ort_trt,
+                                threads=threads, profile=profile)
+    log = (lambda _: None) if quiet else typer.echo
+    with tempfile.TemporaryDirectory(prefix="deploymtl-triton-") as tmp:
+        source = model
+        if model.suffix.lower() == ".pt":
+            from ..export.exporter import export_model
+
+            export_model(model, Path(tmp) / "export", target="onnx", precision=precision, batch=batch,
+                         threads=threads, log=log)
+            source = Path(tmp) / "export" / "model.onnx"
+        elif batch is not None or precision != "fp32":
+            raise DeploymtlError(f"--batch and --precision apply when exporting a pruned.pt; {model.name} is already "
+                                 "exported", hint="package it as it is, or pass its pruned.pt")
+        written = write_repository(source, repo, options, log=log)
+    typer.echo(f"wrote {written.directory / 'config.pbtxt'}, {written.model_file} and {repo / 'README.md'}")
 
 
 def register(app: typer.Typer) -> None:

@@ -8,20 +8,20 @@
     REPO/NAME/1/export_report.json   (Triton ignores files it does not load)
     REPO/NAME/warmup/image         one parity sample, raw row-major bytes: Triton's warm-up input
 
-The source is a verified export (`model.onnx` / `model.plan` with its `export_report.json` beside it; a failed
-one is refused) or a `pruned.pt` / `supernet.pt`, exported to ONNX first by `export_model` into a temporary
-folder. Every value comes from the one batch specification and the model file: `max_batch_size` is the batch
-MAX, dims are the model's without the batch axis, one output per task. The dynamic batcher setting is resolved
-by `batching.py`. The repository is one output set (`outdir.output_set`): other models in REPO are carried
-over, the new model directory and README replace the old ones in one swap, and the new model directory is
-validated (`validate.check_model_dir`) before the swap, so a Triton polling REPO never sees a half-written model.
+The source is a verified export: `model.onnx` / `model.plan` with its `export_report.json` beside it (a failed
+one is refused). `deploymtl export pruned.pt --target triton` exports to ONNX first, into a temporary folder, and
+then packages that (cli/serve.py composes the two, so serving never imports the exporter). Every value comes from
+the one batch specification and the model file: `max_batch_size` is the batch MAX, dims are the model's without
+the batch axis, one output per task. The dynamic batcher setting is resolved by `batching.py`. The repository is
+one output set (`outdir.output_set`): other models in REPO are carried over, the new model directory and README
+replace the old ones in one swap, and the new model directory is validated (`validate.check_model_dir`) before
+the swap, so a Triton polling REPO never sees a half-written model.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,8 +57,6 @@ class RepositoryOptions:
     preferred: list[int] | None = None
     max_delay_ms: float | None = None
     profile: Path | None = None
-    precision: str = "fp32"  # for a pruned.pt
-    batch: str | None = None  # for a pruned.pt
 
 
 def model_name(artifact: Path, name: str | None = None) -> str:
@@ -80,19 +78,11 @@ def write_repository(source: str | Path, repo: str | Path, options: RepositoryOp
     src, out = Path(source), Path(repo)
     check_output_dir(out)
     if not src.is_file():
-        raise DeploymtlError(f"model not found: {src}", hint="expected model.onnx, model.plan or pruned.pt")
+        raise DeploymtlError(f"model not found: {src}", hint="expected model.onnx or model.plan")
     _check_options(options)
-    if src.suffix.lower() == ".pt":
-        with tempfile.TemporaryDirectory(prefix="deploymtl-triton-") as tmp:
-            from ..export.exporter import export_model
-
-            export_model(src, Path(tmp) / "export", target="onnx", precision=options.precision, batch=options.batch,
-                         threads=options.threads, log=log)
-            return _package(Path(tmp) / "export" / MODEL_FILES[ONNX_PLATFORM], out, options,
-                            model_name(Path(tmp) / "export" / "model.onnx", options.name), log)
-    if options.batch is not None or options.precision != "fp32":
-        raise DeploymtlError(f"--batch and --precision apply when exporting a pruned.pt; {src.name} is already "
-                             "exported", hint="package it as it is, or export the pruned.pt with --target triton")
+    if src.suffix.lower() == ".pt":  # exporting is the exporter's job; `deploymtl export` composes the two
+        raise DeploymtlError(f"{src} is not exported yet", hint=f"run deploymtl export {src} --target triton, which "
+                             "exports it to ONNX first")
     return _package(src, out, options, model_name(src, options.name), log)
 
 
