@@ -51,20 +51,20 @@ def build_tiny_demo_models(out: Path) -> list[Path]:
     import torch
 
     from deploymtl.config import load_recipe
-    from deploymtl.export.onnx import export_onnx, set_metadata
-    from deploymtl.models.registry import build_supernet
-    from deploymtl.surgery.families import default_tasks, surgeon
+    from deploymtl.export.onnx import export_onnx
+    from deploymtl.families import build_supernet, family_spec
+    from deploymtl.formats.onnx_metadata import set_metadata
+    from deploymtl.surgery.plan import make_plan
 
     paths = []
     for family in FAMILIES:
         rec = load_recipe(ROOT / "recipes" / f"{family}_tiny.yaml")
         torch.manual_seed(0)
         model = build_supernet(family, rec.tasks, rec.model, rec.search).eval()
-        decisions = model.decisions()
-        tasks = default_tasks(model, decisions)
-        fam = surgeon(family)
-        fam.apply_plan(model, decisions)
-        static = fam.build_graph(model.set_deployed(True), decisions, tasks, {"round_channels": 1}).build()
+        cut = family_spec(family).surgeon.prepare(model, make_plan(model, family))  # the family's default tasks
+        tasks = cut.tasks
+        cut.apply()
+        static = cut.build().build()
         proto = export_onnx(static, channels=3, height=rec.data.height, width=rec.data.width, outputs=tasks)
         set_metadata(proto, {"tasks": tasks, "family": family, "precision": "fp32",
                              "batch": {"min": 1, "opt": 4, "max": 8}})

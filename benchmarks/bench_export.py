@@ -47,11 +47,13 @@ from deploymtl.config import DataConfig
 from deploymtl.data import build_datasets
 from deploymtl.errors import VerificationError
 from deploymtl.export.exporter import export_model
+from deploymtl.export.options import ExportOptions
+from deploymtl.formats.static import StaticArtifact, save_static
 from deploymtl.io import write_json
+from deploymtl.ir import StaticModel
 from deploymtl.models.backbone import BackboneConfig, BlockBody, block_slots, make_ds
 from deploymtl.models.layers import Stem, make_head
-from deploymtl.surgery.artifact import StaticArtifact, save_static
-from deploymtl.surgery.graph import GraphBuilder, StaticModel
+from deploymtl.surgery.builder import GraphBuilder
 from deploymtl.surgery.registry import emit
 from deploymtl.tasks import TaskSpec, task_loss
 
@@ -150,13 +152,13 @@ def ort_session(model: bytes, threads: int):
 BLOCK = 5  # timed runs per model per round
 
 
-def latency_table(onnx_models: dict, torch_models: dict[str, nn.Module], shape: tuple[int, int, int], threads: int,
+def latency_table(onnx_models: dict, torch_models: dict[str, StaticModel], shape: tuple[int, int, int], threads: int,
                   repeats: int) -> dict[str, dict[str, float]]:
     """Median ms per model at batch 1 and 8. Models take turns in blocks for ceil(repeats / BLOCK) rounds, so that
     drifting background load on a shared machine hits them alike; within a block a model runs alone, as served:
     its ORT session is created for the block (2 untimed runs, then `BLOCK` timed ones) and deleted after it, since
     an idle session's spinning thread pool would steal the cores from the next. `onnx_models`: name -> (path or
-    proto, lower); `torch_models`: name -> module (eager, inference mode)."""
+    proto, lower); `torch_models`: name -> static model (its `infer`: the compiled eager schedule)."""
     torch.set_num_threads(threads)
     graphs = {name: model_bytes(src, lower) for name, (src, lower) in onnx_models.items()}  # load/lower once
     rows = {}
@@ -181,7 +183,7 @@ def latency_table(onnx_models: dict, torch_models: dict[str, nn.Module], shape: 
                     del sess
                     gc.collect()
                 for name, m in torch_models.items():
-                    block(name, lambda m=m, xt=xt: m(xt))
+                    block(name, lambda m=m, xt=xt: m.infer(xt))
         rows[f"batch_{batch}"] = {f"{k}_ms": round(statistics.median(v) * 1e3, 3) for k, v in times.items()}
     return rows
 
@@ -202,8 +204,9 @@ def bench_pruned(args: argparse.Namespace, work: Path) -> dict:
     variants = {"fp32": ("fp32", "symmetric"), "int8": ("int8", "symmetric"), "int8_asym": ("int8", "asymmetric")}
     for name, (precision, activations) in variants.items():
         try:
-            reports[name] = export_model(work / "pruned.pt", work / name, precision=precision, max_metric_drop=0.01,
-                                         threads=args.threads, int8_activations=activations)
+            options = ExportOptions.parse({"precision": precision, "max_metric_drop": 0.01, "threads": args.threads,
+                                           "int8_activations": activations})
+            reports[name] = export_model(work / "pruned.pt", work / name, options).to_dict()
         except VerificationError:  # the report is written either way; the figures go in the JSON honestly
             reports[name] = json.loads((work / name / "export_report.json").read_text())
     stack = conv_stack(flops, h, w)
@@ -279,7 +282,8 @@ def bench_resnet34(args: argparse.Namespace, work: Path) -> dict:
     save_static(work / "resnet34.pt", art)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    report = export_model(work / "resnet34.pt", work / "resnet34", precision="fp32", threads=args.threads)
+    options = ExportOptions.parse({"precision": "fp32", "threads": args.threads})
+    report = export_model(work / "resnet34.pt", work / "resnet34", options).to_dict()
     wall = time.perf_counter() - t0
     return {"model": {"layout": "Deeplab-ResNet-34 [3,4,6,3], width 64, OS8, ASPP heads hidden 256",
                       "input": [3, h, w], "params": sum(p.numel() for p in model.parameters()),

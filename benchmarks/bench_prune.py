@@ -48,10 +48,10 @@ from typing import Any
 import torch
 
 from deploymtl.config import load_recipe
+from deploymtl.families import build_supernet, family_spec
 from deploymtl.flops import measure
 from deploymtl.io import write_json
-from deploymtl.models.registry import build_supernet
-from deploymtl.surgery.families import surgeon
+from deploymtl.surgery.plan import make_plan
 from deploymtl.tasks import TaskSpec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,30 +122,27 @@ def time_ms(fns: dict[str, Callable[[], Any]], warmup: int, repeats: int) -> dic
 
 def bench(cfg: dict[str, Any], batches: list[int], warmup: int, repeats: int, seed: int, ort_threads: int = 0
           ) -> dict[str, Any]:
-    family, tasks = cfg["family"], [t.name for t in cfg["tasks"]]
+    family = cfg["family"]
     torch.manual_seed(seed)
     model = build_supernet(family, cfg["tasks"], cfg["model"], cfg["search"]).eval()
     randomise_bn(model, seed)
     random_decisions(family, model, seed)
-    sur = surgeon(family)
-    decisions = model.decisions()
-    deployed = decisions.get("primary", tasks) if family == "auxnas" else tasks
-    sur.validate_plan(model, decisions, deployed)
-    sur.apply_plan(model, decisions)
-    model.set_deployed(True)
-    options = {"round_channels": 1}
-    static = sur.build_graph(model, decisions, deployed, options).build()
+    sur = family_spec(family).surgeon
+    cut = sur.prepare(model, make_plan(model, family))  # the family's default tasks: Aux-NAS's primary ones
+    deployed = cut.tasks
+    cut.apply()
+    static = cut.build().build()
     h, w = cfg["shape"]
     x1 = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(seed))
     with torch.inference_mode():
-        ref, ours = model(x1), static(x1)
+        ref, ours = model(x1), static.infer(x1)
     max_abs = max(float((ours[t] - ref[t]).abs().max()) for t in deployed)
     masked_cost = measure(model.forward, model, x1, deployed)
     static_cost = measure(static.forward, static, x1, deployed)
     flops_ratio = static_cost.flops["total"] / masked_cost.flops["total"]
     result: dict[str, Any] = {
         "name": cfg["name"], "family": family, "tasks": deployed, "input": [3, h, w], "parity_max_abs": max_abs,
-        "summary": sur.summary(model, decisions, deployed),
+        "summary": cut.summary(),
         "flops": {"masked": masked_cost.flops, "static": static_cost.flops},
         "params": {"masked": masked_cost.params["total"], "static": static_cost.params["total"]},
         "flops_ratio": round(flops_ratio, 4), "latency_ms": {}, "latency_min_ms": {}, "latency_ratio": {},
@@ -153,15 +150,15 @@ def bench(cfg: dict[str, Any], batches: list[int], warmup: int, repeats: int, se
     }
     per_task = None
     if family == "adashare":
-        per_task = {t: sur.build_graph(model, decisions, [t], options).build() for t in deployed}
+        per_task = {t: sur.prepare(model, make_plan(model, family, tasks=[t])).build().build() for t in deployed}
         single = sum(measure(m.forward, m, x1, [t]).flops["total"] for t, m in per_task.items())
         result["tree"] = {"flops_tree": static_cost.flops["total"], "flops_per_task_passes": single,
                           "latency_ms": {}}
     for batch in batches:
         x = torch.randn(batch, 3, h, w, generator=torch.Generator().manual_seed(seed + batch))
-        fns: dict[str, Callable[[], Any]] = {"masked": lambda x=x: model(x), "static": lambda x=x: static(x)}
+        fns: dict[str, Callable[[], Any]] = {"masked": lambda x=x: model(x), "static": lambda x=x: static.infer(x)}
         if per_task is not None:
-            fns["per_task"] = lambda x=x: [m(x) for m in per_task.values()]
+            fns["per_task"] = lambda x=x: [m.infer(x) for m in per_task.values()]
         t = time_ms(fns, warmup, repeats)
         ms = {k: v["median"] for k, v in t.items()}
         ratio = ms["static"] / ms["masked"]
@@ -248,7 +245,7 @@ def bench_ort(model: torch.nn.Module, static: torch.nn.Module, deployed: list[st
                 for name, proto in (("masked", masked_proto), ("static", lowered), ("static_as_is", static_proto))}
     x1 = np.random.default_rng(seed).standard_normal((1, 3, h, w), dtype=np.float32)
     with torch.inference_mode():
-        ref = static(torch.from_numpy(x1))
+        ref = static.infer(torch.from_numpy(x1))
     got = {name: dict(zip(deployed, s.run(deployed, {"image": x1}), strict=True)) for name, s in sessions.items()}
     out["parity_max_abs_vs_static_torch"] = {
         name: max(float(np.abs(g[t] - ref[t].numpy()).max()) for t in deployed) for name, g in got.items()}

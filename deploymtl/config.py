@@ -2,12 +2,13 @@
 every artifact.
 
 A recipe names a family, its tasks and data, the family's `model` and `search` settings (validated by the
-family's own config classes, see `deploymtl.models.registry`), and optional sections per pipeline stage.
+family's own config classes, see `deploymtl.families`), and optional sections per pipeline stage.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,10 +24,11 @@ from pydantic import (
     model_validator,
 )
 
-from .errors import DeploymtlError
+from .errors import DeploymtlError, validation_message
+from .families import FAMILY_NAMES
 from .tasks import TaskSpec
 
-Family = Literal["adashare", "gated", "auxnas"]
+Family = Literal[FAMILY_NAMES]  # type: ignore[valid-type]  # the registry's names, in its order
 Precision = Literal["fp32", "fp16", "int8"]
 Target = Literal["onnx", "trt"]
 
@@ -41,6 +43,45 @@ def check_device(device: str) -> str:
     if not isinstance(device, str) or not _DEVICE.fullmatch(device):
         raise ValueError(f"{device!r} is not a device; expected auto, cpu, cuda or cuda:N")
     return device
+
+
+@dataclass(frozen=True)
+class BatchSpec:
+    """The batch specification `MIN:OPT:MAX`: the single source of truth for the ONNX dynamic batch axis, TensorRT
+    optimisation profiles and serving configs (the recipe's `export.batch`; read by every later stage)."""
+
+    min: int
+    opt: int
+    max: int
+
+    def __str__(self) -> str:
+        return f"{self.min}:{self.opt}:{self.max}"
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    def contains(self, n: int) -> bool:
+        return self.min <= n <= self.max
+
+
+def parse_batch(text: str | BatchSpec, where: str = "--batch") -> BatchSpec:
+    """Parse `MIN:OPT:MAX` (or a single `N` meaning N:N:N); requires 1 <= MIN <= OPT <= MAX."""
+    if isinstance(text, BatchSpec):
+        return text
+    parts = str(text).strip().split(":")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise DeploymtlError(f"{where}: '{text}' is not a batch specification",
+                             hint="expected MIN:OPT:MAX, e.g. 1:4:8") from None
+    if len(values) == 1:
+        values = values * 3
+    if len(values) != 3:
+        raise DeploymtlError(f"{where}: '{text}' has {len(values)} fields", hint="expected MIN:OPT:MAX, e.g. 1:4:8")
+    lo, opt, hi = values
+    if lo < 1 or not lo <= opt <= hi:
+        raise DeploymtlError(f"{where}: '{text}' needs 1 <= MIN <= OPT <= MAX", hint="e.g. 1:4:8")
+    return BatchSpec(lo, opt, hi)
 
 
 class _Strict(BaseModel):
@@ -77,6 +118,8 @@ class TrainConfig(_Strict):
 class PruneConfig(_Strict):
     tasks: list[str] | None = None
     round_channels: int = Field(default=1, ge=1, description="round kept channel counts up to a multiple")
+    options: dict[str, Any] = Field(default={}, description="the family's surgeon options besides round_channels "
+                                                            "(validated by the family's options model)")
     accept_approximation: bool = False
     atol: float = Field(default=1e-4, gt=0)
     rtol: float = Field(default=1e-3, ge=0)
@@ -94,8 +137,6 @@ class ExportConfig(_Strict):
     @field_validator("batch")
     @classmethod
     def _batch(cls, text: str) -> str:
-        from .export.batch import parse_batch  # the one parser of MIN:OPT:MAX
-
         try:
             parse_batch(text, where="batch")
         except DeploymtlError as exc:
@@ -145,7 +186,7 @@ class Recipe(_Strict):
 
     @model_validator(mode="after")
     def _family_sections(self) -> Recipe:
-        from .models.registry import family_spec  # the family validates its own sections
+        from .families import family_spec  # the family validates its own sections
 
         spec = family_spec(self.family)
         for section, cls in (("model", spec.model_config_cls), ("search", spec.search_config_cls)):
@@ -157,6 +198,12 @@ class Recipe(_Strict):
             spec.model_config_cls.model_validate(self.model).block_counts()
         except ValueError as exc:
             raise _FieldError("model.blocks", str(exc)) from None
+        if "round_channels" in self.prune.options:
+            raise _FieldError("prune.options.round_channels", "set prune.round_channels instead")
+        try:
+            spec.surgeon.options_model.model_validate(self.prune.options)
+        except ValidationError as exc:
+            raise _SectionError("prune.options", exc) from None
         return self
 
     @model_validator(mode="after")
@@ -168,12 +215,12 @@ class Recipe(_Strict):
         return self
 
     def model_cfg(self) -> Any:
-        from .models.registry import family_spec
+        from .families import family_spec
 
         return family_spec(self.family).model_config_cls.model_validate(self.model)
 
     def search_cfg(self) -> Any:
-        from .models.registry import family_spec
+        from .families import family_spec
 
         return family_spec(self.family).search_config_cls.model_validate(self.search)
 
@@ -190,7 +237,7 @@ class _SectionError(DeploymtlError):
 
     def __init__(self, section: str, exc: ValidationError) -> None:
         self.section, self.exc = section, exc
-        super().__init__(_format_validation_error(exc, "recipe", prefix=(section,)))
+        super().__init__(validation_message(exc, "recipe", prefix=(section,)))
 
 
 class _FieldError(DeploymtlError):
@@ -201,25 +248,17 @@ class _FieldError(DeploymtlError):
         super().__init__(f"recipe: {loc}: {message}")
 
 
-def _format_validation_error(exc: ValidationError, path: Path | str, prefix: tuple[str, ...] = ()) -> str:
-    err = exc.errors()[0]
-    loc = ".".join(str(p) for p in (*prefix, *err["loc"])) or "(top level)"
-    msg = err["msg"].removeprefix("Value error, ")
-    extra = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
-    return f"{path}: {loc}: {msg}{extra}"
-
-
 def parse_recipe(data: Any, path: Path | str = "<recipe>") -> Recipe:
     if not isinstance(data, dict):
         raise DeploymtlError(f"{path}: a recipe must be a mapping at the top level, got {type(data).__name__}")
     try:
         return Recipe.model_validate(data)
     except _SectionError as exc:
-        raise DeploymtlError(_format_validation_error(exc.exc, path, prefix=(exc.section,))) from None
+        raise DeploymtlError(validation_message(exc.exc, path, prefix=(exc.section,))) from None
     except _FieldError as exc:
         raise DeploymtlError(f"{path}: {exc.loc}: {exc.message}") from None
     except ValidationError as exc:
-        raise DeploymtlError(_format_validation_error(exc, path)) from None
+        raise DeploymtlError(validation_message(exc, path)) from None
 
 
 def _read_yaml(p: Path) -> Any:

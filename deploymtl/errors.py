@@ -6,6 +6,11 @@ detect, or any other exception). The CLI maps these to one-line messages in one 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 EXIT_OK = 0
 EXIT_VERIFICATION = 1
 EXIT_USAGE = 2
@@ -42,3 +47,13 @@ class InternalError(DeploymtlError):
 def where(path: object, field: str | None = None) -> str:
     """Format a location for error messages: `file.yaml: train.epochs`."""
     return f"{path}: {field}" if field else str(path)
+
+
+def validation_message(exc: ValidationError, where: object, prefix: tuple[str, ...] = ()) -> str:
+    """pydantic's report as one line: `where: field.path: what was wrong (+N more)`, naming the first error's
+    field (under `prefix`, e.g. the recipe section a nested model was read from)."""
+    errs = exc.errors()
+    loc = ".".join(str(p) for p in (*prefix, *errs[0]["loc"])) or "(top level)"
+    msg = errs[0]["msg"].removeprefix("Value error, ")
+    extra = f" (+{len(errs) - 1} more)" if len(errs) > 1 else ""
+    return f"{where}: {loc}: {msg}{extra}"

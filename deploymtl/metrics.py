@@ -1,4 +1,4 @@
-"""Task metrics (NYUv2 conventions, shared/METHODS.md) and Delta_MTL (Maninis et al. 2019).
+"""Task metrics (NYUv2 conventions, docs/methods.md) and Delta_MTL (Maninis et al. 2019).
 
 Metrics accumulate over a whole set (a confusion matrix for segmentation, sums over valid pixels for depth,
 all valid angles for normals) and are computed once at the end, as the NYUv2 papers do.

@@ -97,95 +97,119 @@ def run_pipeline(recipe: Recipe, out_dir: str | Path, *, max_steps: int | None =
                  log: Callable[[str], None] = print) -> PipelineResult:
     """Run the recipe's pipeline into `out_dir` (train/, prune/, export/<precision>/, profile/)."""
     out = ensure_dir(check_output_dir(out_dir))  # a folder of stage folders, itself never swapped
-    results: list[StageResult] = []
-    rec = recipe.resolved()
-    forced = force
-
-    # -- train ------------------------------------------------------------------------------------
-    train_dir = out / "train"
-
-    def do_train() -> tuple[dict[str, Path], dict]:
-        from .train.trainer import Trainer
-
-        report = Trainer(recipe, train_dir, max_steps=max_steps, progress=progress).run()
-        return ({"supernet": train_dir / "supernet.pt", "report": train_dir / "train_report.json"},
-                {"metrics": report["metrics"]["final"], "decisions": report["decisions_summary"],
-                 "delta_mtl": report.get("delta_mtl")})
-
-    fp = _fingerprint(stage="train", recipe={k: rec[k] for k in ("family", "seed", "tasks", "data", "model", "search",
-                                                                  "train")}, max_steps=max_steps)
-    res = _run_stage("train", out, train_dir, fp, do_train, forced, log)
-    results.append(res)
-    forced = forced or not res.skipped
-    supernet = res.outputs["supernet"]
+    run = _Run(recipe, out, recipe.resolved(), force, log)
+    supernet = run.stage(_train(run, max_steps, progress))["supernet"]
     if "prune" not in stages:
-        return PipelineResult(recipe, out, results)
-
-    # -- prune ------------------------------------------------------------------------------------
-    prune_dir = out / "prune"
-
-    def do_prune() -> tuple[dict[str, Path], dict]:
-        from .surgery.prune import prune_checkpoint
-
-        p = recipe.prune
-        _, report = prune_checkpoint(supernet, prune_dir, tasks=p.tasks, round_channels=p.round_channels,
-                                     accept_approximation=p.accept_approximation, atol=p.atol, rtol=p.rtol,
-                                     verify_samples=p.verify_samples)
-        return ({"pruned": prune_dir / "pruned.pt", "plan": prune_dir / "plan.json",
-                 "report": prune_dir / "prune_report.json"}, {"passed": report.get("passed")})
-
-    fp = _fingerprint(stage="prune", supernet=sha256_file(supernet), prune=rec["prune"])
-    res = _run_stage("prune", out, prune_dir, fp, do_prune, forced, log)
-    results.append(res)
-    forced = forced or not res.skipped
-    pruned = res.outputs["pruned"]
+        return run.result()
+    pruned = run.stage(_prune(run, supernet))["pruned"]
     if "export" not in stages:
-        return PipelineResult(recipe, out, results)
-
-    # -- export + verify (one folder per target and precision) -------------------------------------
-    from .export.exporter import export_model
-
+        return run.result()
     # The masked supernet (deployed mode, removed parts still computed) is the profile's reference, so latency
     # ratios sit beside FLOPs ratios: a pruned model that is not faster shows at once.
     artifacts: list[Path] = [supernet, pruned]
     for target in recipe.export.targets:
         for precision in recipe.export.precisions:
-            exp_dir = out / "export" / (precision if target == "onnx" else f"{target}-{precision}")
-
-            def do_export(target: str = target, precision: str = precision, exp_dir: Path = exp_dir
-                          ) -> tuple[dict[str, Path], dict]:
-                report = export_model(pruned, exp_dir, target=target, precision=precision,
-                                      batch=recipe.export.batch, opset=recipe.export.opset,
-                                      calibration_samples=recipe.export.calibration_samples,
-                                      max_metric_drop=recipe.export.max_metric_drop)
-                artifact = exp_dir / report["artifact"]
-                return ({"artifact": artifact, "report": exp_dir / "export_report.json"},
-                        {"passed": report.get("passed")})
-
-            fp = _fingerprint(stage="export", pruned=sha256_file(pruned), export=rec["export"], target=target,
-                              precision=precision)
-            res = _run_stage(f"export:{target}:{precision}", out, exp_dir, fp, do_export, forced, log)
-            results.append(res)
-            artifacts.append(res.outputs["artifact"])
+            artifacts.append(run.stage(_export(run, pruned, target, precision), chained=False)["artifact"])
     if "profile" not in stages:
-        return PipelineResult(recipe, out, results)
+        return run.result()
+    run.stage(_profile(run, artifacts))
+    return run.result()
 
-    # -- profile ----------------------------------------------------------------------------------
-    prof_dir = out / "profile"
 
-    def do_profile() -> tuple[dict[str, Path], dict]:
+# A stage to run: (name, folder, fingerprint of its inputs, the function producing its named outputs and summary).
+_Stage = tuple[str, Path, str, Callable[[], tuple[dict[str, Path], dict]]]
+
+
+@dataclass
+class _Run:
+    """A pipeline run: stages in order; once one ran, every later one runs too (its input changed)."""
+
+    recipe: Recipe
+    out: Path
+    resolved: dict[str, Any]
+    forced: bool
+    log: Callable[[str], None]
+    results: list[StageResult] = field(default_factory=list)
+
+    def stage(self, spec: _Stage, chained: bool = True) -> dict[str, Path]:
+        """Run (or skip) one stage; its named outputs. `chained=False`: a re-run does not force the next stages
+        (the exports are siblings; the profile's fingerprint holds their hashes)."""
+        name, folder, fingerprint, fn = spec
+        res = _run_stage(name, self.out, folder, fingerprint, fn, self.forced, self.log)
+        self.results.append(res)
+        if chained:
+            self.forced = self.forced or not res.skipped
+        return res.outputs
+
+    def result(self) -> PipelineResult:
+        return PipelineResult(self.recipe, self.out, self.results)
+
+
+def _train(run: _Run, max_steps: int | None, progress: bool) -> _Stage:
+    folder = run.out / "train"
+
+    def do() -> tuple[dict[str, Path], dict]:
+        from .train.trainer import Trainer
+
+        report = Trainer(run.recipe, folder, max_steps=max_steps, progress=progress).run()
+        return ({"supernet": folder / "supernet.pt", "report": folder / "train_report.json"},
+                {"metrics": report["metrics"]["final"], "decisions": report["decisions_summary"],
+                 "delta_mtl": report.get("delta_mtl")})
+
+    keys = ("family", "seed", "tasks", "data", "model", "search", "train")
+    return "train", folder, _fingerprint(stage="train", recipe={k: run.resolved[k] for k in keys},
+                                         max_steps=max_steps), do
+
+
+def _prune(run: _Run, supernet: Path) -> _Stage:
+    folder = run.out / "prune"
+
+    def do() -> tuple[dict[str, Path], dict]:
+        from .surgery.prune import prune_checkpoint
+
+        p = run.recipe.prune
+        _, report = prune_checkpoint(supernet, folder, tasks=p.tasks, round_channels=p.round_channels,
+                                     accept_approximation=p.accept_approximation, atol=p.atol, rtol=p.rtol,
+                                     verify_samples=p.verify_samples)
+        return ({"pruned": folder / "pruned.pt", "plan": folder / "plan.json",
+                 "report": folder / "prune_report.json"}, {"passed": report.get("passed")})
+
+    return "prune", folder, _fingerprint(stage="prune", supernet=sha256_file(supernet), prune=run.resolved["prune"]), do
+
+
+def _export(run: _Run, pruned: Path, target: str, precision: str) -> _Stage:
+    """One export folder per target and precision; the options are the recipe's `export:` section."""
+    folder = run.out / "export" / (precision if target == "onnx" else f"{target}-{precision}")
+
+    def do() -> tuple[dict[str, Path], dict]:
+        from .export.exporter import export_model
+        from .export.options import ExportOptions
+
+        options = ExportOptions.from_recipe(run.recipe.export, target=target, precision=precision)
+        report = export_model(pruned, folder, options)
+        return ({"artifact": folder / report.artifact, "report": folder / "export_report.json"},
+                {"passed": report.passed})
+
+    fingerprint = _fingerprint(stage="export", pruned=sha256_file(pruned), export=run.resolved["export"],
+                               target=target, precision=precision)
+    return f"export:{target}:{precision}", folder, fingerprint, do
+
+
+def _profile(run: _Run, artifacts: list[Path]) -> _Stage:
+    folder = run.out / "profile"
+
+    def do() -> tuple[dict[str, Path], dict]:
         from .profile.profiler import ProfileOptions, profile_artifacts
         from .profile.report import write_report
 
-        options = ProfileOptions.parse(recipe.profile.model_dump())
-        profile = profile_artifacts(artifacts, options, log=log)
-        write_report(prof_dir, profile)
-        return {"report": prof_dir / "profile.json"}, {"artifacts": [str(a) for a in artifacts],
-                                                       "warnings": profile.get("warnings", [])}
+        options = ProfileOptions.parse(run.recipe.profile.model_dump())
+        profile = profile_artifacts(artifacts, options, log=run.log)
+        write_report(folder, profile)
+        return {"report": folder / "profile.json"}, {"artifacts": [str(a) for a in artifacts],
+                                                     "warnings": profile.get("warnings", [])}
 
-    fp = _fingerprint(stage="profile", artifacts=[sha256_file(a) for a in artifacts], profile=rec["profile"])
-    results.append(_run_stage("profile", out, prof_dir, fp, do_profile, forced or force, log))
-    return PipelineResult(recipe, out, results)
+    return "profile", folder, _fingerprint(stage="profile", artifacts=[sha256_file(a) for a in artifacts],
+                                           profile=run.resolved["profile"]), do
 
 
 def check_passed(result: PipelineResult) -> None:

@@ -1,7 +1,7 @@
 """Task specifications: what a task predicts, how it is trained and how it is scored.
 
 Everything downstream (heads, ONNX outputs, reports) is keyed by the task's name. A task's kind fixes its
-output layout, loss and metrics (shared/METHODS.md, NYUv2 conventions):
+output layout, loss and metrics (docs/methods.md, evaluation conventions):
 
 - segmentation:   logits (N, C, H, W); target (N, H, W) int64 with -1 = ignore; CE loss; mIoU, pixel acc.
 - depth:          (N, 1, H, W);        target (N, 1, H, W) with 0 = invalid;     L1 loss;  abs/rel error.
@@ -11,7 +11,6 @@ output layout, loss and metrics (shared/METHODS.md, NYUv2 conventions):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -100,26 +99,3 @@ def task_loss(task: TaskSpec, out: torch.Tensor, target: torch.Tensor) -> torch.
         cos = (pred * target).sum(dim=1)
         return (1.0 - cos)[valid].mean()
     raise ValueError(f"unknown task kind {task.kind}")
-
-
-@dataclass(frozen=True)
-class TaskSet:
-    """An ordered set of tasks with lookup by name."""
-
-    tasks: tuple[TaskSpec, ...]
-
-    def __iter__(self):
-        return iter(self.tasks)
-
-    def __len__(self) -> int:
-        return len(self.tasks)
-
-    @property
-    def names(self) -> list[str]:
-        return [t.name for t in self.tasks]
-
-    def __getitem__(self, name: str) -> TaskSpec:
-        for t in self.tasks:
-            if t.name == name:
-                return t
-        raise KeyError(name)

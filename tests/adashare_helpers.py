@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from deploymtl.families import build_supernet
 from deploymtl.models.adashare import AdaShareSupernet
-from deploymtl.models.registry import build_supernet
 from deploymtl.tasks import TaskSpec
 
 TASKS = [TaskSpec(name="seg", kind="segmentation", channels=5), TaskSpec(name="depth", kind="depth"),

@@ -16,8 +16,9 @@ from torch import nn
 
 from deploymtl.config import DataConfig
 from deploymtl.data import build_datasets
-from deploymtl.surgery.artifact import StaticArtifact, save_static
-from deploymtl.surgery.graph import GraphBuilder, StaticModel
+from deploymtl.formats.static import StaticArtifact, save_static
+from deploymtl.ir import StaticModel
+from deploymtl.surgery.builder import GraphBuilder
 from deploymtl.tasks import TaskSpec, task_loss
 
 TASKS = [TaskSpec(name="seg", kind="segmentation", channels=5), TaskSpec(name="depth", kind="depth"),

@@ -26,13 +26,14 @@ from export_fixtures import tiny_artifact
 from test_data_nyuv2 import make_nyuv2
 from test_prune_cli import make_checkpoint
 
-from deploymtl.export.trt.manifest import RuntimeInfo, make_manifest, manifest_path
+from deploymtl.formats.parity import save_parity
+from deploymtl.formats.plan import save_plan
+from deploymtl.formats.static import load_static
+from deploymtl.formats.trt_manifest import RuntimeInfo, make_manifest, manifest_path
 from deploymtl.io import load_torch, save_torch, sha256_file
+from deploymtl.models.checkpoint import load_supernet
 from deploymtl.runtime.toy import toy_onnx, toy_static
-from deploymtl.surgery.artifact import load_static
-from deploymtl.surgery.plan import make_plan, save_plan
-from deploymtl.train.checkpoint import load_supernet
-from deploymtl.verify.parity import save_parity
+from deploymtl.surgery.plan import make_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = {"name": "rel", "family": "adashare", "tasks": [{"name": "seg", "kind": "segmentation", "channels": 5},
@@ -168,7 +169,7 @@ class Inputs:
                 batch={"min": 1, "opt": 2, "max": 4}, tasks=[],
                 profile={"image": {"min": [1, 3, 48, 64], "opt": [2, 3, 48, 64], "max": [4, 3, 48, 64]}},
                 io=[{"name": "image", "mode": "input", "dtype": "float32", "shape": [-1, 3, 48, 64]}],
-                onnx_path="model.onnx", onnx_sha256="ab" * 32, plan_name=p.name, plan_sha256=sha256_file(p))
+                onnx_path="model.onnx", onnx_sha256="ab" * 32, engine_name=p.name, engine_sha256=sha256_file(p))
             mutate(manifest)
             manifest_path(p).write_text(json.dumps(manifest))
         return self._once(f"{name}.plan", write)

@@ -9,10 +9,10 @@ import matplotlib
 import pytest
 import torch
 from adashare_helpers import randomize_bn, tiny_adashare
+from surgery_helpers import cut_of
 
 from deploymtl.errors import DeploymtlError
-from deploymtl.surgery import adashare as surgeon
-from deploymtl.surgery.graph import build_static
+from deploymtl.ir import build_static
 
 matplotlib.use("Agg")
 ALL = ["seg", "depth", "normal"]
@@ -52,10 +52,9 @@ def _nodes(static, op: str) -> list[str]:
 @pytest.mark.parametrize("case", list(CASES))
 def test_static_tree_matches_supernet(model, case: str) -> None:
     policy, tasks, body_runs, ds_runs = CASES[case]
-    plan = _plan(model, policy)
-    surgeon.validate_plan(model, plan, tasks)
-    surgeon.apply_plan(model, plan)
-    static = surgeon.build_graph(model, plan, tasks, {}).build()
+    cut = cut_of(model, _plan(model, policy), tasks)
+    cut.apply()
+    static = cut.build().build()
 
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -66,7 +65,7 @@ def test_static_tree_matches_supernet(model, case: str) -> None:
         assert out[t].shape == ref[t].shape
         assert float((out[t] - ref[t]).abs().max()) < 1e-4, t
 
-    assert sum(p.numel() for p in static.parameters()) == surgeon.expected_params(model, plan, tasks, {})
+    assert sum(p.numel() for p in static.parameters()) == cut.expected_params()
     # tree: stem conv + 2 convs per body execution + 1 per ds run + 2 per light head
     assert len(_nodes(static, "conv")) == 1 + 2 * body_runs + ds_runs + 2 * len(tasks)
     assert len(_nodes(static, "add")) == body_runs
@@ -79,7 +78,7 @@ def test_static_tree_matches_supernet(model, case: str) -> None:
 
 def test_all_shared_plan_is_one_chain(model) -> None:
     policy, tasks, _, _ = CASES["all_shared"]
-    static = surgeon.build_graph(model, _plan(model, policy), tasks, {}).build()
+    static = cut_of(model, _plan(model, policy), tasks, {}).build().build()
     convs = _nodes(static, "conv")
     # blocks 1 and 4 are skipped by everyone: no body nodes; block 4 keeps its shortcut
     assert not any(n.startswith(("b1_", "b4_t0_conv")) for n in convs)
@@ -92,20 +91,19 @@ def test_all_shared_plan_is_one_chain(model) -> None:
 def test_no_prefix_sharing_option(model) -> None:
     policy, tasks, _, _ = CASES["all_shared"]
     plan = _plan(model, policy)
-    static = surgeon.build_graph(model, plan, tasks, {"share_prefix": False}).build()
+    chains = cut_of(model, plan, tasks, {"share_prefix": False})
+    static = chains.build().build()
     assert len(_nodes(static, "conv")) == 1 + 3 * (2 * 4 + 3) + 2 * 3  # one chain per task
-    assert sum(p.numel() for p in static.parameters()) == surgeon.expected_params(
-        model, plan, tasks, {"share_prefix": False})
+    assert sum(p.numel() for p in static.parameters()) == chains.expected_params()
     # one chain per task recomputes the blocks but stores each block's weights once, as the tree does
-    assert surgeon.expected_params(model, plan, tasks, {"share_prefix": False}) == surgeon.expected_params(
-        model, plan, tasks, {})
-    tree = surgeon.build_graph(model, plan, tasks, {}).build()
+    assert chains.expected_params() == cut_of(model, plan, tasks, {}).expected_params()
+    tree = cut_of(model, plan, tasks, {}).build().build()
     assert len(_nodes(static, "conv")) > len(_nodes(tree, "conv"))
 
 
 def test_summary_counts(model) -> None:
     policy, tasks, body_runs, _ = CASES["disjoint"]
-    s = surgeon.summary(model, _plan(model, policy), tasks)
+    s = cut_of(model, _plan(model, policy), tasks).summary()
     assert s["block_runs"] == body_runs
     assert s["block_runs_per_task_chains"] == 3 + 3 + 4
     assert s["block_runs_public"] == 18
@@ -113,7 +111,7 @@ def test_summary_counts(model) -> None:
     assert s["tasks"]["seg"]["shared_prefix"] == {"depth": 0, "normal": 1}
     assert s["tasks"]["normal"]["skipped"] == ["s1b0", "s1b1"]
     assert s["never_executed"] == []
-    s2 = surgeon.summary(model, _plan(model, CASES["all_shared"][0]), ALL)
+    s2 = cut_of(model, _plan(model, CASES["all_shared"][0]), ALL).summary()
     assert s2["never_executed"] == ["s0b1", "s2b0"] and s2["shared_prefix_all"] == 6
 
 
@@ -124,20 +122,19 @@ def test_summary_counts(model) -> None:
     (lambda p: p["policy"]["seg"].append(1), ALL, "has 7 entries"),
     (lambda p: p["policy"]["seg"].__setitem__(3, -1), ALL, "block s1b1 is -1"),
     (lambda p: p.__setitem__("blocks", p["blocks"][:-1]), ALL, "does not match the model's blocks"),
-    (lambda p: None, [], "no tasks selected"),
+    (lambda p: None, [], "tasks: List should have at least 1 item"),
 ])
 def test_validate_plan_one_line_errors(model, edit, tasks, message) -> None:
     plan = _plan(model, {t: [1] * 6 for t in ALL})
     edit(plan)
     with pytest.raises(DeploymtlError, match=message) as info:
-        surgeon.validate_plan(model, plan, tasks)
+        cut_of(model, plan, tasks)
     assert "\n" not in info.value.one_line()
 
 
 def test_validate_plan_allows_missing_unselected_task(model) -> None:
     plan = _plan(model, {"seg": [1] * 6, "depth": [0] * 6})
-    surgeon.validate_plan(model, plan, ["depth"])
-    assert set(surgeon.build_graph(model, plan, ["depth"], {}).outputs) == {"depth"}
+    assert set(cut_of(model, plan, ["depth"]).build().outputs) == {"depth"}
 
 
 def test_draw_grid(model, tmp_path) -> None:
@@ -145,7 +142,7 @@ def test_draw_grid(model, tmp_path) -> None:
 
     policy = CASES["disjoint"][0]
     fig, ax = plt.subplots(figsize=(6, 2))
-    surgeon.draw(model, _plan(model, policy), ALL, ax)
+    cut_of(model, _plan(model, policy), ALL).draw(ax)
     marks = [t.get_text() for t in ax.texts]
     assert len(marks) == 18 and marks.count("\u2715") == 18 - 10
     assert [t.get_text() for t in ax.get_xticklabels()][2] == "s1b0*"

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from deploymtl.errors import DeploymtlError
+from deploymtl.families import build_supernet
 from deploymtl.models.auxnas import AuxNasSearchConfig, NddrFusion
-from deploymtl.models.registry import build_supernet
 from deploymtl.tasks import TaskSpec
 
 SEG = TaskSpec(name="seg", kind="segmentation", channels=5)

@@ -7,12 +7,12 @@ import math
 import matplotlib
 import pytest
 import torch
+from surgery_helpers import cut_of
 from test_auxnas import _randomise_bn
 
 from deploymtl.errors import DeploymtlError
+from deploymtl.families import build_supernet
 from deploymtl.models.auxnas import NddrFusion
-from deploymtl.models.registry import build_supernet
-from deploymtl.surgery import auxnas as surgeon
 from deploymtl.tasks import TaskSpec
 
 matplotlib.use("Agg")
@@ -55,9 +55,9 @@ def _model(tasks, model_cfg=None, seed=0):
 
 
 def _prune(model, decisions, tasks):
-    surgeon.validate_plan(model, decisions, tasks)
-    surgeon.apply_plan(model, decisions)
-    builder = surgeon.build_graph(model, decisions, tasks, {})
+    cut = cut_of(model, decisions, tasks)
+    cut.apply()
+    builder = cut.build()
     return builder, builder.build()
 
 
@@ -79,7 +79,7 @@ def test_all_links_removed_is_the_primary_column_alone():
     assert not any(v["kept"] for k, v in plan["links"].items() if k.endswith("->primary"))
     builder, static = _prune(model, plan, ["seg"])
     assert _max_err(model, static, ["seg"]) < 1e-4
-    assert _params(static) == PRIMARY_ONLY == surgeon.expected_params(model, plan, ["seg"], {})
+    assert _params(static) == PRIMARY_ONLY == cut_of(model, plan, ["seg"]).expected_params()
     names = [n["name"] for n in builder.nodes]
     assert not any(n.startswith("a0_") for n in names)  # no auxiliary node, weight or input left
     assert not any(k.startswith("layers.a0_") for k in builder.state)
@@ -87,8 +87,8 @@ def test_all_links_removed_is_the_primary_column_alone():
     fusions = [n for n in builder.nodes if n["name"].startswith("p_fuse") and n["op"] == "conv"]
     assert [(n["attrs"]["cin"], n["attrs"]["cout"]) for n in fusions] == [(8, 8), (16, 16), (32, 32), (64, 64)]
     assert [n["op"] for n in builder.nodes if n["name"].startswith("p_fuse")] == ["conv", "relu"] * 4
-    assert surgeon.approximation_links(model, plan) == {}  # weights are exactly 0: no approximation
-    s = surgeon.summary(model, plan, ["seg"])
+    assert cut_of(model, plan, ["seg"]).approximation_links() == {}  # weights are exactly 0: no approximation
+    s = cut_of(model, plan, ["seg"]).summary()
     assert s["aux_networks_removed"] == 1 and s["links_kept"] == [] and s["heads_removed"] == ["depth", "normal"]
     assert s["params"]["static"] == PRIMARY_ONLY and s["alphas_removed"] == 8
 
@@ -104,11 +104,11 @@ def test_plan_keeping_a_link_keeps_the_auxiliary_prefix():
     assert _max_err(model, static, ["seg"]) < 1e-4
     # + aux stem, aux stages 1-2, aux fusion 1 (self columns only), 16x16 extra columns in primary fusion 2
     aux_prefix = STEM + (8 * 8 * 9 + 8) * 2 + (8 * 16 * 9 + 16) + (16 * 16 * 9 + 16) + (8 * 16 + 16) + (8 * 8 + 8)
-    assert _params(static) == PRIMARY_ONLY + aux_prefix + 16 * 16 == surgeon.expected_params(model, plan, ["seg"], {})
+    assert _params(static) == PRIMARY_ONLY + aux_prefix + 16 * 16 == cut_of(model, plan, ["seg"]).expected_params()
     names = {n["name"] for n in builder.nodes}
     assert {"a0_s1_b0_relu", "a0_s2_b0_relu", "a0_fuse1_relu", "p_fuse2_cat"} <= names
     assert not any(n.startswith(("a0_s3", "a0_fuse2", "head_depth", "head_normal")) for n in names)
-    assert surgeon.approximation_links(model, plan) == {"stage1/primary->aux0": pytest.approx(0.005)}
+    assert cut_of(model, plan, ["seg"]).approximation_links() == {"stage1/primary->aux0": pytest.approx(0.005)}
     # keeping the p2a link too: aux fusion 1 reads the primary stage-1 features
     plan["links"]["stage1/primary->aux0"]["kept"] = True
     _, static = _prune(model, plan, ["seg"])
@@ -121,8 +121,7 @@ def test_task_subset_of_several_primary_tasks():
     plan = model.decisions()
     _, static = _prune(model, plan, ["depth"])
     assert _max_err(model, static, ["depth"]) < 1e-4
-    assert _params(static) == PRIMARY_ONLY - SEG_HEAD + DEPTH_HEAD == surgeon.expected_params(model, plan,
-                                                                                                ["depth"], {})
+    assert _params(static) == PRIMARY_ONLY - SEG_HEAD + DEPTH_HEAD == cut_of(model, plan, ["depth"]).expected_params()
     _, both = _prune(model, plan, ["seg", "depth"])
     assert _params(both) == PRIMARY_ONLY + DEPTH_HEAD and _max_err(model, both, ["seg", "depth"]) < 1e-4
 
@@ -133,7 +132,8 @@ def test_small_removed_link_is_reported_as_approximation():
         model.alpha_p[2, 0] = _logit(0.003)
     plan = model.decisions()
     assert not plan["links"]["stage3/aux0->primary"]["kept"]
-    assert surgeon.approximation_links(model, plan) == {"stage3/aux0->primary": pytest.approx(0.003, rel=1e-4)}
+    links = cut_of(model, plan, ["seg"]).approximation_links()
+    assert links == {"stage3/aux0->primary": pytest.approx(0.003, rel=1e-4)}
     _, static = _prune(model, plan, ["seg"])
     assert _max_err(model, static, ["seg"]) < 1e-4  # exact w.r.t. the deployed supernet ...
     x = torch.randn(2, 3, 48, 64)
@@ -153,14 +153,14 @@ def test_small_removed_link_is_reported_as_approximation():
     (lambda d: d.update(primary=["depth"]), ["seg"], "'primary' is"),
     (lambda d: None, ["depth"], "task 'depth' is auxiliary"),
     (lambda d: None, ["sky"], "unknown task 'sky'"),
-    (lambda d: None, [], "tasks must be a non-empty list"),
+    (lambda d: None, [], "tasks: List should have at least 1 item"),
 ])
 def test_bad_plans_are_one_line_errors(edit, tasks, message):
     model = _model([SEG, DEPTH, NORMAL])
     plan = model.decisions()
     edit(plan)
     with pytest.raises(DeploymtlError, match=message) as exc:
-        surgeon.validate_plan(model, plan, tasks)
+        cut_of(model, plan, tasks)
     assert "\n" not in exc.value.one_line()
 
 
@@ -171,7 +171,7 @@ def test_draw_marks_removed_links():
     with torch.no_grad():
         model.alpha_p[1, 0] = _logit(0.3)
     fig, ax = plt.subplots()
-    surgeon.draw(model, model.decisions(), ["seg"], ax)
+    cut_of(model, model.decisions(), ["seg"]).draw(ax)
     assert len(ax.patches) == 8  # 4 stages x 2 directions
     assert sum(bool(p.get_hatch()) for p in ax.patches) == 3  # aux->primary at stages 1, 3, 4
     assert ax.get_yscale() == "log"

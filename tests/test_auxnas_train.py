@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from deploymtl.config import load_recipe, parse_recipe
-from deploymtl.train.checkpoint import load_supernet
+from deploymtl.models.checkpoint import load_supernet
 from deploymtl.train.trainer import Trainer
 
 

@@ -182,3 +182,35 @@ def test_env_flag_default_applies_only_when_unset(monkeypatch: pytest.MonkeyPatc
     assert env_flag("DEPLOYMTL_X_TEST", default=True) is True
     monkeypatch.setenv("DEPLOYMTL_X_TEST", "0")
     assert env_flag("DEPLOYMTL_X_TEST", default=True) is False
+
+
+def test_one_pydantic_error_formatter() -> None:
+    """`errors.validation_message`: the one line every validated input's error is written as."""
+    from pydantic import BaseModel, Field, ValidationError, field_validator
+
+    from deploymtl.errors import validation_message
+
+    class Inner(BaseModel):
+        k: int = Field(ge=1)
+        name: str
+
+        @field_validator("name")
+        @classmethod
+        def _plain(cls, v: str) -> str:
+            if "/" in v:
+                raise ValueError("must not contain '/'")
+            return v
+
+    class Outer(BaseModel):
+        inner: Inner
+
+    with pytest.raises(ValidationError) as two:
+        Outer.model_validate({"inner": {"k": 0, "name": "a/b"}})
+    assert validation_message(two.value, "f.yaml", prefix=("model",)) == (
+        "f.yaml: model.inner.k: Input should be greater than or equal to 1 (+1 more)")
+    with pytest.raises(ValidationError) as one:
+        Inner.model_validate({"k": 1, "name": "a/b"})
+    assert validation_message(one.value, "plan.json") == "plan.json: name: must not contain '/'"  # no "Value error"
+    with pytest.raises(ValidationError) as top:
+        Inner.model_validate([1])
+    assert validation_message(top.value, "x").startswith("x: (top level): ")

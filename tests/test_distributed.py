@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from deploymtl.train.checkpoint import load_supernet
+from deploymtl.models.checkpoint import load_supernet
 from deploymtl.train.distributed import DistContext, sync_gradients
 
 RECIPE = Path(__file__).parent / "data" / "minimal_adashare.yaml"

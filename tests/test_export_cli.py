@@ -8,8 +8,9 @@ from export_fixtures import recipe, tiny_artifact
 from torch import nn
 
 from deploymtl.cli.main import main
-from deploymtl.surgery import graph, graph_check
-from deploymtl.surgery.artifact import StaticArtifact, save_static
+from deploymtl.formats.static import StaticArtifact, save_static
+from deploymtl.ir import ops
+from deploymtl.surgery.builder import GraphBuilder
 from deploymtl.tasks import TaskSpec
 
 
@@ -90,10 +91,9 @@ def test_trt_target_without_tensorrt_fails_first(model, tmp_path, capsys):
 
 
 def test_unsupported_operator_names_op_and_module_path(tmp_path, capsys, monkeypatch):
-    monkeypatch.setitem(graph.OPS, "weird", lambda a: Weird())
-    rule = graph_check.OpRule(graph_check.NoAttrs, (1, 1), lambda a, xs: xs[0])  # shape-preserving, no weights
-    monkeypatch.setitem(graph_check.ATTRS, "weird", rule)
-    b = graph.GraphBuilder()
+    rule = ops.OpRule(ops.NoAttrs, (1, 1), lambda a, xs: xs[0], lambda a: Weird())  # shape-preserving, no weights
+    monkeypatch.setitem(ops.OPS, "weird", rule)  # one registry entry is the whole op
+    b = GraphBuilder()
     conv = nn.Conv2d(3, 5, 3, 1, 1)
     x = b.conv("stem_conv", "image", conv.weight, conv.bias, padding=1)
     b.output("seg", b.resize_to_input("seg_up", b._add("odd", "weird", [x])))

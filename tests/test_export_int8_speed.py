@@ -16,7 +16,9 @@ from torch import nn
 from deploymtl.export import quantize
 from deploymtl.export.onnx import export_onnx
 from deploymtl.export.trt.lint import errors, lint_onnx
-from deploymtl.surgery.graph import GraphBuilder, StaticModel
+from deploymtl.ir import StaticModel
+from deploymtl.onnxkit.qdq import check_scheme
+from deploymtl.surgery.builder import GraphBuilder
 
 ort = pytest.importorskip("onnxruntime")
 H, W, C = 32, 32, 16
@@ -83,7 +85,7 @@ def test_every_activation_q_has_one_dq_and_a_private_zero_point(fp32: onnx.Model
     dq_of_act = [n for n in g.node if n.op_type == "DequantizeLinear" and n.input[0] not in inits]
     outputs = {o.name for o in g.output}
     assert all(readers[d.output[0]] + (d.output[0] in outputs) == 1 for d in dq_of_act)
-    assert quantize.check_qdq(q8) == []
+    assert check_scheme(q8) == []
     assert errors(lint_onnx(q8)) == []
     assert len(quantize.quantized_ops(q8)) == 7
 
@@ -151,7 +153,7 @@ def test_cpu_lowering_folds_the_relus_into_uint8(fp32: onnx.ModelProto, tmp_path
     assert sorted(producer[q.input[0]].name for q in uint8_q) == sorted(  # ReLU -> uint8 Q; MaxPool: none here
         f"layers.{r}/Relu" for r in ("stem_relu", "b0_relu1", "b0_relu", "b1_relu1"))
     assert all(producer[producer[q.input[0]].input[0]].op_type in ("Conv", "Add") for q in uint8_q)
-    assert quantize.check_qdq(q8) == []
+    assert check_scheme(q8) == []
     fused = _optimized_ops(lowered, tmp_path)
     plain = _optimized_ops(q8, tmp_path)
     assert plain["Relu"] == n_relu and fused["Relu"] == 1
@@ -172,7 +174,7 @@ def test_cpu_lowering_folds_the_relus_into_uint8(fp32: onnx.ModelProto, tmp_path
 
 def test_ort_runner_lowers_int8_files_on_cpu_only(fp32: onnx.ModelProto, tmp_path: Path) -> None:
     from deploymtl.backends.ort_runner import OrtRunner
-    from deploymtl.export.onnx import set_metadata
+    from deploymtl.formats.onnx_metadata import set_metadata
 
     q8 = quantize.quantize_int8(fp32, _calibration())
     path = tmp_path / "model.onnx"

@@ -12,10 +12,10 @@ import torch
 from export_fixtures import TASKS, H, W, tiny_artifact
 
 from deploymtl.cli.main import main
-from deploymtl.export.metadata import from_props
-from deploymtl.export.onnx import check_structure, node_scope
+from deploymtl.export.onnx import check_structure
 from deploymtl.export.simplify import simplify
-from deploymtl.surgery.artifact import load_static
+from deploymtl.formats.onnx_metadata import from_props, node_scope
+from deploymtl.formats.static import load_static
 from deploymtl.verify.compare import PRESETS, compare_outputs
 from deploymtl.verify.removed import check_removed_parts
 

@@ -14,7 +14,10 @@ from deploymtl.cli.main import main
 from deploymtl.errors import VerificationError
 from deploymtl.export.exporter import export_model
 from deploymtl.export.fp16 import float16_fraction
-from deploymtl.export.quantize import check_qdq, quantized_ops
+from deploymtl.export.options import ExportOptions
+from deploymtl.export.quantize import quantized_ops
+from deploymtl.onnxkit import qdq
+from deploymtl.onnxkit.qdq import ORT_CPU_ASYMMETRIC, check_scheme
 from deploymtl.verify.metrics_gate import metric_gate
 
 NAMES = [t.name for t in TASKS]
@@ -28,7 +31,9 @@ def model_path(tmp_path_factory):
 @pytest.fixture(scope="module")
 def fp16(model_path):
     out = model_path.parent / "fp16"
-    report = export_model(model_path, out, precision="fp16", batch="1:2:4", threads=1)
+    report = export_model(model_path, out, ExportOptions.parse({"precision": "fp16", "batch": "1:2:4", "threads": 1}))
+    assert report.artifact == "model.onnx" and report.passed and report.verification.parity
+    report = report.to_dict()
     return out, report, onnx.load(out / "model.onnx")
 
 
@@ -39,6 +44,25 @@ def int8_strict(model_path):
     rc = main(["export", str(model_path), "--precision", "int8", "--batch", "1:2:4", "-o", str(out),
                "--max-metric-drop", "0", "--threads", "1", "-q"])
     return rc, out, json.loads((out / "export_report.json").read_text()), onnx.load(out / "model.onnx")
+
+
+REPORT_KEYS = ["target", "precision", "batch", "artifact", "onnx", "opset", "requested_opset", "exporter", "inputs",
+               "tasks", "outputs", "batch_sizes_checked", "onnx_outputs", "metrics", "passes", "removed_parts_check",
+               "structure", "lint", "quantization", "onnxruntime_cpu_lowering", "localization", "trt", "source",
+               "options", "deploymtl_version", "failures", "passed", "timings"]
+
+
+def test_report_keys_are_the_contract(fp16):
+    """export_report.json's keys, in order, as written before the exporter became stages (readers rely on them)."""
+    out, report, _ = fp16
+    assert list(report) == REPORT_KEYS and json.loads((out / "export_report.json").read_text()) == report
+    assert list(report["options"]) == ["target", "precision", "batch", "atol", "rtol", "per_output", "simplify",
+                                       "opset", "calibration_samples", "max_metric_drop", "workspace_mb",
+                                       "int8_activations", "threads"]
+    assert list(report["source"]) == ["model", "family", "plan_hash", "pruned", "prune_passed"]
+    assert list(report["timings"]) == ["load", "export", "simplify", "precision", "parity", "metrics", "total"]
+    assert report["options"]["batch"] == "1:2:4" and report["options"]["opset"] == report["requested_opset"] == 17
+    assert report["options"]["calibration_samples"] == 32 and report["options"]["max_metric_drop"] == 0.05  # recipe
 
 
 def test_fp16_graph_is_half_precision_with_float32_io(fp16):
@@ -67,7 +91,7 @@ def test_fp16_parity_figures_and_metrics(fp16):
 
 def test_int8_graph_is_symmetric_qdq_with_per_channel_weights(int8_strict):
     _, _, report, proto = int8_strict
-    assert check_qdq(proto) == []
+    assert check_scheme(proto) == []
     inits = {i.name: i for i in proto.graph.initializer}
     zps = [numpy_helper.to_array(inits[n.input[2]]) for n in proto.graph.node
            if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
@@ -111,29 +135,37 @@ def test_int8_metric_gate_fails_at_zero_threshold_and_passes_at_the_recipe_thres
     assert metric_gate(TASKS, fp32, int8, precision="int8", max_drop=0.05)
 
 
-def test_asymmetric_int8_for_onnxruntime_cpu_and_the_api_gate_error(model_path, tmp_path):
-    """`int8_activations="asymmetric"`: uint8 activations with real zero points (not TensorRT-ready, said so)."""
+def test_asymmetric_int8_for_onnxruntime_cpu_and_the_api_gate_error(model_path, tmp_path, monkeypatch):
+    """`int8_activations="asymmetric"`: uint8 activations with real zero points (not TensorRT-ready, said so).
+    The Q/DQ rules run once per export: the lint's findings give the scheme's `quantization.issues`."""
+    calls = []
+    check = qdq.check
+    monkeypatch.setattr(qdq, "check", lambda *a: calls.append(1) or check(*a))
     with pytest.raises(VerificationError, match="metric gate"):
-        export_model(model_path, tmp_path / "o", precision="int8", batch="1:1:2", max_metric_drop=0.0,
-                     calibration_samples=8, simplify_graph=False, threads=1, int8_activations="asymmetric",
-                     int8_output_layers="int8")
+        export_model(model_path, tmp_path / "o", ExportOptions.parse({
+            "precision": "int8", "batch": "1:1:2", "max_metric_drop": 0.0, "calibration_samples": 8, "simplify": False,
+            "threads": 1, "int8_activations": "asymmetric", "int8_output_layers": "int8"}))
     report = json.loads((tmp_path / "o" / "export_report.json").read_text())
     assert report["quantization"]["fp32_output_layers"] == []
     assert report["quantization"]["quantized_nodes"] == 13  # --int8-output-layers int8: every layer (+2 Mul)
     assert report["quantization"]["calibration_samples"] == 8 and report["passes"] == []
     assert report["quantization"]["activations"] == "asymmetric" and report["quantization"]["issues"] == []
+    assert len(calls) == 1
+    lint_errors = [i for i in report["lint"] if i["severity"] == "error"]  # what TensorRT would refuse, still said
+    assert lint_errors and all("uint8" in i["message"] or "UINT8" in i["message"] for i in lint_errors)
     assert all(o["passed"] for o in report["outputs"].values())
     proto = onnx.load(tmp_path / "o" / "model.onnx")
-    assert check_qdq(proto, symmetric=False) == []
-    assert any("zero point is not 0" in i or "uint8" in i for i in check_qdq(proto))  # not for TensorRT
+    assert check_scheme(proto, ORT_CPU_ASYMMETRIC) == []
+    assert any("zero point" in i and "uint8" in i for i in check_scheme(proto))  # not for TensorRT
 
 
 def test_asymmetric_int8_keeps_its_relus_before_fp32_output_layers(model_path, tmp_path):
     """Regression: onnxruntime.quantization's asymmetric scheme deleted each ReLU and left its clamp to the next Q/DQ
     pair, which is dropped before a float output layer: the head lost its ReLU (parity max_abs ~3). The ReLUs now
     stay in the file (`QDQKeepRemovableActivations`), and ORT folds them on the CPU."""
-    report = export_model(model_path, tmp_path / "o", precision="int8", batch="1:1:2", calibration_samples=8,
-                          simplify_graph=False, threads=1, int8_activations="asymmetric", max_metric_drop=0.05)
+    report = export_model(model_path, tmp_path / "o", ExportOptions.parse({
+        "precision": "int8", "batch": "1:1:2", "calibration_samples": 8, "simplify": False, "threads": 1,
+        "int8_activations": "asymmetric", "max_metric_drop": 0.05})).to_dict()
     assert report["quantization"]["fp32_output_layers"]
     assert all(o["passed"] and o["cosine"] > 0.999 for o in report["outputs"].values())
     proto = onnx.load(tmp_path / "o" / "model.onnx")

@@ -13,10 +13,11 @@ from export_fixtures import tiny_artifact
 pytest.importorskip("deploymtl.export.trt.build")
 
 from deploymtl.backends import load as backend_load  # noqa: E402
+from deploymtl.backends import trt_env  # noqa: E402
 from deploymtl.backends.ort_runner import OrtRunner  # noqa: E402
 from deploymtl.cli.main import main  # noqa: E402
+from deploymtl.config import BatchSpec  # noqa: E402
 from deploymtl.export import exporter  # noqa: E402
-from deploymtl.export.batch import BatchSpec  # noqa: E402
 from deploymtl.export.trt import build as trt_build  # noqa: E402
 
 
@@ -27,11 +28,11 @@ def test_trt_target_dispatch_order_and_report(tmp_path, monkeypatch):
     def fake_require():
         calls.append(("require_tensorrt",))
 
-    real_load = exporter.load_model
+    real_load = exporter.load_static
 
-    def spy_load(path, staging):
-        calls.append(("load_model",))
-        return real_load(path, staging)
+    def spy_load(path):
+        calls.append(("load_static",))
+        return real_load(path)
 
     def fake_export_trt(onnx_path, out_dir, *, precision, batch, workspace_mb, timing_cache):
         calls.append(("export_trt", onnx_path.name, precision, batch, workspace_mb))
@@ -53,15 +54,15 @@ def test_trt_target_dispatch_order_and_report(tmp_path, monkeypatch):
             return runner
         return real_open(path, **kw)
 
-    monkeypatch.setattr(trt_build, "require_tensorrt", fake_require)
+    monkeypatch.setattr(trt_env, "require_tensorrt", fake_require)
     monkeypatch.setattr(trt_build, "export_trt", fake_export_trt)
-    monkeypatch.setattr(exporter, "load_model", spy_load)
+    monkeypatch.setattr(exporter, "load_static", spy_load)
     monkeypatch.setattr(backend_load, "open_runner", fake_open)
     out = tmp_path / "trt"
     rc = main(["export", str(model), "--target", "trt", "--precision", "fp16", "--batch", "1:2:3", "-o", str(out),
                "--workspace-mb", "512", "--no-simplify", "--threads", "1", "-q"])
     assert rc == 0
-    assert [c[0] for c in calls] == ["require_tensorrt", "load_model", "export_trt", "open_runner"]
+    assert [c[0] for c in calls] == ["require_tensorrt", "load_static", "export_trt", "open_runner"]
     assert calls[2] == ("export_trt", "model.onnx", "fp16", BatchSpec(1, 2, 3), 512)
     report = json.loads((out / "export_report.json").read_text())
     assert report["target"] == "trt" and report["artifact"] == "model.plan" and report["passed"]

@@ -11,9 +11,9 @@ import torch
 import deploymtl.models.gated as gated
 from deploymtl.config import load_recipe
 from deploymtl.errors import DeploymtlError
+from deploymtl.families import build_supernet
 from deploymtl.io import save_torch
 from deploymtl.models.backbone import SingleTaskNet
-from deploymtl.models.registry import build_supernet
 from deploymtl.tasks import TaskSpec
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,12 +9,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from surgery_helpers import cut_of  # noqa: E402
 
 from deploymtl.errors import DeploymtlError  # noqa: E402
+from deploymtl.families import build_supernet  # noqa: E402
+from deploymtl.ir import build_static  # noqa: E402
 from deploymtl.models.gated import GatedSupernet  # noqa: E402
-from deploymtl.models.registry import build_supernet  # noqa: E402
-from deploymtl.surgery import gated as surgeon  # noqa: E402
-from deploymtl.surgery.graph import build_static  # noqa: E402
 from deploymtl.tasks import TaskSpec  # noqa: E402
 
 TASKS = [TaskSpec(name="seg", kind="segmentation", channels=5), TaskSpec(name="depth", kind="depth"),
@@ -57,8 +57,9 @@ def check(model: GatedSupernet, plan: dict, tasks: list[str] | None = None, roun
     """Build the static model and assert parity with the deployed supernet and the exact parameter count."""
     tasks = tasks or model.task_names
     options = {"round_channels": round_channels, "merge_convs": merge, "fold_blends": fold}
-    surgeon.apply_plan(model, plan)
-    builder = surgeon.build_graph(model, plan, tasks, options)
+    cut = cut_of(model, plan, tasks, options)
+    cut.apply()
+    builder = cut.build()
     static = builder.build()
     x = torch.randn(3, 3, 32, 40, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
@@ -68,7 +69,7 @@ def check(model: GatedSupernet, plan: dict, tasks: list[str] | None = None, roun
     for t in tasks:
         err = (got[t] - want[t]).abs().max().item()
         assert err < 1e-4, f"task {t}: max abs error {err}"
-    assert sum(p.numel() for p in static.parameters()) == surgeon.expected_params(model, plan, tasks, options)
+    assert sum(p.numel() for p in static.parameters()) == cut.expected_params()
     return builder, static
 
 
@@ -127,7 +128,7 @@ def test_mixed_random_gates(head: str, seed: int) -> None:
     builder, _ = check(model, plan_of(model, seed=seed))
     ops = [n["op"] for n in builder.nodes]
     assert ops.count("wsum") >= 1 and ops.count("concat") > 0
-    summary = surgeon.summary(model, plan_of(model, seed=seed), NAMES)
+    summary = cut_of(model, plan_of(model, seed=seed), NAMES).summary()
     kept = sum(layer["kept_filters"]["shared"] + sum(layer["kept_filters"]["specific"].values())
                for layer in summary["layers"])
     assert summary["kept_filters"] == kept
@@ -144,15 +145,16 @@ def test_fold_modes_keep_parity(fold: str) -> None:
     folds only where that does not widen the reader beyond the blend's channels."""
     model = make()
     plan = plan_of(model, seed=0)
-    surgeon.apply_plan(model, plan)
     options = {"fold_blends": fold, "merge_convs": False}  # the modes of a branch reading a blend on its own
-    builder = surgeon.build_graph(model, plan, NAMES, options)
+    cut = cut_of(model, plan, NAMES, options)
+    cut.apply()
+    builder = cut.build()
     static = builder.build()
     x = torch.randn(2, 3, 32, 40)
     with torch.no_grad():
         want, got = model.set_deployed(True)(x), static(x)
     assert max((got[t] - want[t]).abs().max().item() for t in NAMES) < 1e-4
-    assert sum(p.numel() for p in static.parameters()) == surgeon.expected_params(model, plan, NAMES, options)
+    assert sum(p.numel() for p in static.parameters()) == cut.expected_params()
     blend_width = {f"l{i + 1}": s.cout for i, s in enumerate(model.slots[:-1])}
     widest = {name: cin - blend_width[name.split("_")[0]] for name, cin in _reader_widths(builder).items()
               if not name.startswith("l0_")}
@@ -175,9 +177,9 @@ def test_task_subset_keeps_only_what_the_subset_reads() -> None:
     assert not [n for n in names if n.startswith(("l4_phi_seg", "l4_phi_cls"))]
     # ...but earlier they still feed the beta mixing of the shared path that depth reads.
     assert "l3_phi_seg_conv2" in names
-    full = surgeon.expected_params(model, plan, NAMES, {})
-    assert surgeon.expected_params(model, plan, ["depth"], {}) < full
-    summary = surgeon.summary(model, plan, ["depth"])
+    full = cut_of(model, plan, NAMES).expected_params()
+    assert cut_of(model, plan, ["depth"]).expected_params() < full
+    summary = cut_of(model, plan, ["depth"]).summary()
     assert summary["layers"][4]["kept_filters"]["specific"]["seg"] == 0
     assert "layer 4 task seg" in summary["removed"]
 
@@ -190,8 +192,8 @@ def test_round_channels_to_multiples_of_8() -> None:
         if node["name"].endswith(("_conv2", "_ds")) and node["name"].startswith("l"):
             cout = node["attrs"]["cout"]
             assert cout % 8 == 0, f"{node['name']} keeps {cout} filters"
-    assert surgeon.expected_params(model, plan, NAMES, {"round_channels": 8}) > surgeon.expected_params(
-        model, plan, NAMES, {"round_channels": 1})
+    rounded, plain = (cut_of(model, plan, NAMES, {"round_channels": r}).expected_params() for r in (8, 1))
+    assert rounded > plain
     # The graph is plain data: it rebuilds from spec + weights with the same outputs.
     rebuilt = build_static(builder.spec(), builder.state)
     x = torch.randn(1, 3, 32, 40)
@@ -200,36 +202,40 @@ def test_round_channels_to_multiples_of_8() -> None:
 
 
 @pytest.mark.parametrize(("tasks", "edit", "message"), [
-    ([], None, "no task to deploy"),
-    (["seg", "normal"], None, r"unknown tasks \['normal'\]"),
-    (["seg"], lambda g: g["depth"].pop(), "gates.depth: 4 layers"),
-    (["seg"], lambda g: g["cls"][4].pop(), "gates.cls\\[4\\]: 63 channels"),
-    (["seg"], lambda g: g["seg"][0].__setitem__(0, 0.5), "gates.seg\\[0\\] has value 0.5"),
-    (["seg"], lambda g: g.pop("cls"), "no gates for task 'cls'"),
+    ([], None, "^plan: tasks: List should have at least 1 item"),
+    (["seg", "normal"], None, "^tasks: unknown task 'normal'"),
+    (["seg"], lambda g: g["depth"].pop(), "^decisions: GatedMTL plan gates.depth: 4 layers"),
+    (["seg"], lambda g: g["cls"][4].pop(), "^decisions: GatedMTL plan gates.cls\\[4\\]: 63 channels"),
+    (["seg"], lambda g: g["seg"][0].__setitem__(0, 0.5), "^decisions: GatedMTL plan gates.seg\\[0\\] has value 0.5"),
+    (["seg"], lambda g: g.pop("cls"), "^decisions: GatedMTL plan has no gates for task 'cls'"),
 ])
 def test_invalid_plans_raise(tasks, edit, message: str) -> None:
+    """The plan is checked once, when it is prepared: no Cut of a bad plan exists; the error names the field."""
     model = make()
     plan = plan_of(model, seed=0)
     if edit:
         edit(plan["gates"])
-    with pytest.raises(DeploymtlError, match=message):
-        surgeon.validate_plan(model, plan, tasks)
-    with pytest.raises(DeploymtlError, match=message):
-        surgeon.build_graph(model, plan, tasks, {})
+    with pytest.raises(DeploymtlError, match=message) as info:
+        cut_of(model, plan, tasks)
+    assert "\n" not in info.value.one_line()
 
 
 def test_bad_options() -> None:
     model = make()
-    with pytest.raises(DeploymtlError, match="round_channels is 0"):
-        surgeon.expected_params(model, plan_of(model), NAMES, {"round_channels": 0})
-    with pytest.raises(DeploymtlError, match="fold_blends is 'sometimes'"):
-        surgeon.build_graph(model, plan_of(model), NAMES, {"fold_blends": "sometimes"})
+    with pytest.raises(DeploymtlError, match="options.round_channels: Input should be greater than or equal to 1"):
+        cut_of(model, plan_of(model), NAMES, {"round_channels": 0})
+    with pytest.raises(DeploymtlError, match="options.fold_blends: Input should be 'auto', 'always' or 'never'"):
+        cut_of(model, plan_of(model), NAMES, {"fold_blends": "sometimes"})
+    with pytest.raises(DeploymtlError, match="options.merge_convs: Input should be a valid boolean"):
+        cut_of(model, plan_of(model), NAMES, {"merge_convs": "maybe"})
+    with pytest.raises(DeploymtlError, match="options.share_prefix: Extra inputs are not permitted"):
+        cut_of(model, plan_of(model), NAMES, {"share_prefix": False})  # AdaShare's option, not GatedMTL's
 
 
 def test_draw_bars_per_layer_and_task() -> None:
     model = make()
     fig, ax = plt.subplots()
-    surgeon.draw(model, plan_of(model, seed=1), ["seg"], ax)
+    cut_of(model, plan_of(model, seed=1), ["seg"]).draw(ax)
     assert len(ax.patches) == 5 * 3 * 2  # layers x tasks x (specific, shared)
     heights = [p.get_height() for p in ax.patches]
     plan = plan_of(model, seed=1)
@@ -245,13 +251,12 @@ def test_proof_of_removal_on_a_mixed_plan(tasks: list[str], round_channels: int)
 
     model = make("aspp")
     plan = plan_of(model, seed=5)
-    options = {"round_channels": round_channels}
-    surgeon.apply_plan(model, plan)
-    model.set_deployed(True)
-    static = surgeon.build_graph(model, plan, tasks, options).build()
-    proof = prove_removal(model, lambda: surgeon.build_graph(model, plan, tasks, options),
-                          torch.randn(2, 3, 32, 40), tasks, static_params=sum(p.numel() for p in static.parameters()),
-                          expected_params=surgeon.expected_params(model, plan, tasks, options))
+    cut = cut_of(model, plan, tasks, {"round_channels": round_channels})
+    cut.apply()
+    static = cut.build().build()
+    proof = prove_removal(model, cut.build, torch.randn(2, 3, 32, 40), tasks,
+                          static_params=sum(p.numel() for p in static.parameters()),
+                          expected_params=cut.expected_params())
     assert proof, proof.to_dict()
     assert proof.tracking == "autograd"
     assert proof.removed_elements > 0

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from surgery_helpers import cut_of
 
 from deploymtl.config import parse_recipe
 from deploymtl.io import read_json
-from deploymtl.surgery import gated as surgeon
-from deploymtl.train.checkpoint import load_supernet
+from deploymtl.models.checkpoint import load_supernet
 from deploymtl.train.trainer import Trainer
 
 RECIPE = {
@@ -51,7 +51,7 @@ def test_search_finetune_checkpoint_reloads(tmp_path: Path) -> None:
     trainer.model.eval().set_deployed(True)
     with torch.no_grad():
         want, got = trainer.model(x), model.set_deployed(True)(x)
-        static = surgeon.build_graph(model, ckpt["decisions"], model.task_names, {}).build()
+        static = cut_of(model, ckpt["decisions"], model.task_names).build().build()
         pruned = static(x)
     for t in model.task_names:
         torch.testing.assert_close(got[t], want[t], atol=0, rtol=0)

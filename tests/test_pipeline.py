@@ -108,7 +108,8 @@ def test_static_graph_shares_a_layer_emitted_twice() -> None:
     import torch
     from torch import nn
 
-    from deploymtl.surgery.graph import GraphBuilder, build_static
+    from deploymtl.ir import build_static
+    from deploymtl.surgery.builder import GraphBuilder
 
     conv, bn = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4).eval()
     b = GraphBuilder()

@@ -75,9 +75,9 @@ def test_profile_measures_peak_memory_in_a_child_process(tmp_path, toys, capsys)
     (["{onnx}", "--batch-sizes", "1,x"], "--batch-sizes: '1,x' is not a comma-separated list of integers"),
     (["{onnx}", "--batch-sizes", "1,16"], "batch sizes [16] exceed the maximum batch 8"),
     (["{onnx}", "--max-batch", "16"], "--max-batch 16 exceeds the maximum batch 8"),
-    (["{onnx}", "--provider", "gpu"], "profile option provider:"),
-    (["{onnx}", "--fps", "0"], "profile option fps:"),
-    (["{onnx}", "--arrival", "bursty"], "profile option arrival:"),
+    (["{onnx}", "--provider", "gpu"], "profile options: provider:"),
+    (["{onnx}", "--fps", "0"], "profile options: fps:"),
+    (["{onnx}", "--arrival", "bursty"], "profile options: arrival:"),
     (["{onnx}", "--preferred", "16"], "preferred batch sizes [16] are outside 1..4"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, toys, capsys, args, message):

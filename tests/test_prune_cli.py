@@ -7,7 +7,6 @@ and non-trivial BatchNorm statistics, so BN folding is exercised; no training is
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import json
 import shutil
@@ -19,15 +18,14 @@ import torch
 from deploymtl import __version__
 from deploymtl.cli.main import main
 from deploymtl.config import load_recipe
+from deploymtl.families import FAMILY_NAMES, build_supernet
+from deploymtl.formats.static import load_static
+from deploymtl.formats.supernet import SUPERNET_FORMAT
 from deploymtl.io import save_torch
-from deploymtl.models.registry import build_supernet
-from deploymtl.surgery.artifact import load_static
-from deploymtl.surgery.families import SURGEON_MODULES
-from deploymtl.train.checkpoint import load_supernet
-from deploymtl.train.trainer import SUPERNET_FORMAT
+from deploymtl.models.checkpoint import load_supernet
 
 ROOT = Path(__file__).resolve().parents[1]
-FAMILIES = [f for f, mod in SURGEON_MODULES.items() if importlib.util.find_spec(mod) is not None]
+FAMILIES = list(FAMILY_NAMES)
 SMALL = {"model.blocks": [1, 1, 1, 1], "model.width": 4, "model.head_hidden": 8, "data.height": 32,
          "data.width": 48, "data.train_size": 1, "data.val_size": 6, "prune.verify_samples": 6,
          "prune.accept_approximation": False}
@@ -56,8 +54,10 @@ def _decide(family: str, model, *, approx: bool = False) -> None:
         model.set_decisions(model.decisions())
 
 
-def make_checkpoint(path: Path, family: str, *, approx: bool = False, family_name: str | None = None) -> Path:
-    rec = load_recipe(ROOT / "recipes" / f"{family}_tiny.yaml", dict(SMALL))
+def make_checkpoint(path: Path, family: str, *, approx: bool = False, family_name: str | None = None,
+                    recipe: dict | None = None) -> Path:
+    """A tiny untrained checkpoint of `family` (`recipe`: more dotted recipe overrides) with `_decide`'s decisions."""
+    rec = load_recipe(ROOT / "recipes" / f"{family}_tiny.yaml", SMALL | (recipe or {}))
     torch.manual_seed(0)
     model = build_supernet(rec.family, rec.tasks, rec.model, rec.search)
     with torch.no_grad():
@@ -141,8 +141,11 @@ def test_prune(done: dict) -> None:
                         "gated": ("specific.seg.1.body.conv2.weight", r["partial_tensors"])}  # gated-off filters
     name, where = expected_removal[family]
     assert name in where, r
+    family_options = {"adashare": {"share_prefix": True}, "gated": {"fold_blends": "auto", "merge_convs": True},
+                      "auxnas": {}}[family]  # the family's surgeon options, resolved (defaults)
     assert report["options"] == {"tasks": report["tasks"], "round_channels": 1, "accept_approximation": False,
-                                 "atol": 1e-4, "rtol": 1e-3, "verify_samples": 6}
+                                 "atol": 1e-4, "rtol": 1e-3, "verify_samples": 6, "family_options": family_options}
+    assert plan["options"] == {"round_channels": 1}  # a plan file records what was set
     assert report["plan"]["edited"] is False and report["source"]["checkpoint"] == str(path)
     assert "| task | max abs | max rel | passed |" in (root / "p" / "prune_report.md").read_text()
     assert "Parity" in out and "proof of removal" in out
@@ -263,7 +266,6 @@ def test_forced_parity_failure_exits_1_with_table(done: dict, tmp_path: Path, mo
     assert "NO" in captured.out and "max abs" in captured.out
 
 
-@pytest.mark.skipif("auxnas" not in FAMILIES, reason="the Aux-NAS surgeon is not part of this build")
 def test_auxnas_small_links_are_an_approximation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = make_checkpoint(tmp_path / "supernet.pt", "auxnas", approx=True)
     assert main(["prune", str(path), "-o", str(tmp_path / "refused")]) == 1
@@ -281,7 +283,6 @@ def test_auxnas_small_links_are_an_approximation(tmp_path: Path, capsys: pytest.
     assert report["passed"] and report["approximation"]["accepted"] and report["options"]["accept_approximation"]
 
 
-@pytest.mark.skipif("gated" not in FAMILIES, reason="the GatedMTL surgeon is not part of this build")
 def test_gated_round_channels(tmp_path: Path) -> None:
     """--round-channels reaches the surgeon through the plan's options; the proof counts the rounded model."""
     path = make_checkpoint(tmp_path / "supernet.pt", "gated")

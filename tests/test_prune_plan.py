@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from deploymtl.errors import DeploymtlError
-from deploymtl.models.registry import build_supernet
-from deploymtl.surgery import plan as P
-from deploymtl.surgery.plan import PLAN_FORMAT, Plan, PlanSource, check_plan, load_plan, make_plan, parse_plan
+from deploymtl.families import build_supernet
+from deploymtl.formats import plan as P
+from deploymtl.formats.plan import PLAN_FORMAT, Plan, PlanSource, load_plan, parse_plan
+from deploymtl.surgery.plan import check_plan, make_plan
 from deploymtl.tasks import TaskSpec
 
 TASKS = [TaskSpec(name="seg", kind="segmentation", channels=5), TaskSpec(name="depth", kind="depth")]

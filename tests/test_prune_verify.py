@@ -10,10 +10,11 @@ from torch import nn
 from deploymtl.flops import measure, measure_stages
 from deploymtl.models.base import Supernet
 from deploymtl.models.layers import ConvBN
-from deploymtl.surgery.graph import GraphBuilder
+from deploymtl.surgery.builder import GraphBuilder
 from deploymtl.surgery.registry import emit
 from deploymtl.surgery.verify import check_parity, proof_tensors, prove_removal, removed_prefixes
 from deploymtl.tasks import TaskSpec
+from deploymtl.verify.compare import Tolerance, compare_arrays
 
 H, W = 8, 8
 
@@ -151,6 +152,21 @@ def test_parity_statistics_and_tolerance_rule() -> None:
     assert t.passed and res  # |d| <= atol + rtol * |ref| everywhere
     res = check_parity(lambda x: ours, lambda x: ref, torch.zeros(1, 3, 2, 2), ["t"], atol=1e-4, rtol=1e-4)
     assert not res and res.failed == ["t"] and res.to_dict()["t"]["passed"] is False
+
+
+def test_prune_parity_is_the_export_comparison_in_batches() -> None:
+    """One comparison core: the surgeon's parity over batches of torch tensors reports what `compare_arrays`
+    reports on the whole arrays (so `max_rel` means one thing in prune_report.json and export_report.json)."""
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(10, 3, 4, 4, generator=gen)
+    ours = lambda x: {"t": x * 1.002 + 1e-5}  # noqa: E731
+    ref = lambda x: {"t": x}  # noqa: E731
+    res = check_parity(ours, ref, images, ["t"], atol=1e-4, rtol=1e-3, batch_size=3)
+    whole = compare_arrays("t", ours(images)["t"].double().numpy(), images.double().numpy(), Tolerance(1e-4, 1e-3))
+    t = res.tasks["t"]
+    assert (t.max_abs, t.max_rel, t.passed, t.elements) == (whole.max_abs, whole.max_rel, whole.passed, 480)
+    assert t.mean_abs == pytest.approx(whole.mean_abs, rel=1e-12) and not t.passed  # 2e-3|x| + 1e-5 > 1e-4 + 1e-3|x|
+    assert res.samples == 10
 
 
 def test_flops_and_params_per_task_follow_the_dataflow() -> None:

@@ -483,7 +483,7 @@ def test_exit_3_is_for_our_bugs(inputs: Inputs, tmp_path, capsys, monkeypatch) -
     unexpected exception is exit 3 too. Neither is ever reported as the user's bad input."""
     from deploymtl.errors import InternalError
     from deploymtl.export import exporter
-    from deploymtl.surgery.graph import GraphBuilder
+    from deploymtl.surgery.builder import GraphBuilder
 
     monkeypatch.delenv("DEPLOYMTL_DEBUG", raising=False)
 

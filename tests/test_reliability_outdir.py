@@ -574,7 +574,7 @@ def good_prune(inputs, tmp_path_factory) -> tuple[Path, dict[str, str]]:
 
 
 def _assert_old_or_new_prune(out: Path, old: dict[str, str]) -> str:
-    from deploymtl.surgery.artifact import load_static
+    from deploymtl.formats.static import load_static
 
     assert transient_inside(out) == [] and not any(p.name.startswith(".") for p in out.iterdir())
     now = snapshot(out)

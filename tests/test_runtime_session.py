@@ -151,9 +151,9 @@ def test_supernet_checkpoint_runs_in_deployed_mode(tmp_path):
     import torch
 
     from deploymtl.config import load_recipe
-    from deploymtl.models.registry import build_supernet
+    from deploymtl.families import build_supernet
+    from deploymtl.formats.supernet import SUPERNET_FORMAT
     from deploymtl.profile.cost import artifact_cost
-    from deploymtl.train.trainer import SUPERNET_FORMAT
 
     rec = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "gated_tiny.yaml")
     torch.manual_seed(0)

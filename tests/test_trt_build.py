@@ -10,6 +10,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from deploymtl.backends.trt_env import require_tensorrt
 from deploymtl.errors import DeploymtlError
 from deploymtl.export.trt.build import (
     ParserError,
@@ -17,7 +18,6 @@ from deploymtl.export.trt.build import (
     check_graph,
     export_trt,
     format_parser_errors,
-    require_tensorrt,
 )
 
 
@@ -130,14 +130,14 @@ def test_trt_runner_needs_a_manifest_and_tensorrt(no_tensorrt, tmp_path):
     with pytest.raises(DeploymtlError, match="engine manifest not found"):
         open_runner(plan)
     with pytest.raises(DeploymtlError, match="engine not found"):
-        TrtRunner.from_plan(tmp_path / "other.plan")
+        TrtRunner.from_engine(tmp_path / "other.plan")
 
 
 def test_trt_runner_checks_plan_against_manifest_before_tensorrt(no_tensorrt, tmp_path):
     import hashlib
 
     from deploymtl.backends.trt_runner import TrtRunner
-    from deploymtl.export.trt.manifest import RuntimeInfo, make_manifest, manifest_path, write_manifest
+    from deploymtl.formats.trt_manifest import RuntimeInfo, make_manifest, manifest_path, write_manifest
 
     plan = tmp_path / "model.plan"
     plan.write_bytes(b"engine bytes")
@@ -146,18 +146,18 @@ def test_trt_runner_checks_plan_against_manifest_before_tensorrt(no_tensorrt, tm
         m = make_manifest(runtime=RuntimeInfo("10.3.0", (8, 6), "NVIDIA A10"), precision="fp16",
                           batch={"min": 1, "opt": 2, "max": 4},
                           profile={"image": {"min": [1, 3, 8, 8], "opt": [2, 3, 8, 8], "max": [4, 3, 8, 8]}},
-                          io=[], tasks=["seg"], onnx_path="model.onnx", onnx_sha256="0" * 64, plan_name=plan.name,
-                          plan_sha256=sha, precision_check={"ok": ok})
+                          io=[], tasks=["seg"], onnx_path="model.onnx", onnx_sha256="0" * 64, engine_name=plan.name,
+                          engine_sha256=sha, precision_check={"ok": ok})
         write_manifest(manifest_path(plan), m)
 
     manifest("f" * 64)
     with pytest.raises(DeploymtlError, match="does not match its manifest model.plan.json"):
-        TrtRunner.from_plan(plan)
+        TrtRunner.from_engine(plan)
     digest = hashlib.sha256(b"engine bytes").hexdigest()
     manifest(digest, ok=False)
     with pytest.raises(DeploymtlError, match=r"failed its precision check at build time \(fp16 was not honoured\)"):
-        TrtRunner.from_plan(plan)
+        TrtRunner.from_engine(plan)
     manifest(digest)
     with pytest.raises(DeploymtlError, match="TensorRT is not importable") as exc:
-        TrtRunner.from_plan(plan)
+        TrtRunner.from_engine(plan)
     assert exc.value.exit_code == 2

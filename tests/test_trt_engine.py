@@ -20,8 +20,8 @@ if not torch.cuda.is_available():
 from deploymtl.backends.trt_runner import TrtRunner  # noqa: E402
 from deploymtl.errors import DeploymtlError  # noqa: E402
 from deploymtl.export.trt.build import export_trt  # noqa: E402
-from deploymtl.export.trt.manifest import manifest_path  # noqa: E402
-from deploymtl.surgery.graph import GraphBuilder  # noqa: E402
+from deploymtl.formats.trt_manifest import manifest_path  # noqa: E402
+from deploymtl.surgery.builder import GraphBuilder  # noqa: E402
 
 BATCH = "1:2:4"
 
@@ -77,7 +77,7 @@ def test_fp32_engine_artifacts(fp32_engine):
 
 def test_fp32_parity_and_dynamic_batch(fp32_engine):
     model, root, _ = fp32_engine
-    with TrtRunner.from_plan(root / "engine" / "model.plan") as runner:
+    with TrtRunner.from_engine(root / "engine" / "model.plan") as runner:
         assert (runner.input_spec.min_batch, runner.input_spec.max_batch) == (1, 4)
         for n in (1, 3, 4):
             x = np.random.RandomState(n).randn(n, 3, 48, 64).astype(np.float32)
@@ -95,7 +95,7 @@ def test_mismatched_tensorrt_version_is_refused_before_deserialising(fp32_engine
     plan.write_bytes((root / "engine" / "model.plan").read_bytes())
     manifest_path(plan).write_text(json.dumps({**manifest, "tensorrt_version": "9.0.0"}))
     with pytest.raises(DeploymtlError, match="built with TensorRT 9.0.0 but this machine has TensorRT"):
-        TrtRunner.from_plan(plan)
+        TrtRunner.from_engine(plan)
 
 
 def test_timing_cache_is_reused(fp32_engine, tmp_path):
@@ -112,7 +112,7 @@ def test_fp16_engine_runs_fp16(tmp_path):
     onnx_path = _export(_model().half(), tmp_path / "model_fp16.onnx", dtype=torch.float16)
     manifest = export_trt(onnx_path, tmp_path / "engine", precision="fp16", batch=BATCH, workspace_mb=256)
     assert manifest["precision_check"]["ok"] and manifest["precision_check"]["by_precision"].get("fp16", 0) >= 1
-    with TrtRunner.from_plan(tmp_path / "engine" / "model.plan") as runner:
+    with TrtRunner.from_engine(tmp_path / "engine" / "model.plan") as runner:
         assert runner.input_spec.dtype == "float16"
         x = np.random.RandomState(0).randn(2, 3, 48, 64).astype(np.float32)
         out, ref = runner.infer(x.astype(np.float16)), _reference(model, x)
@@ -141,7 +141,7 @@ def test_int8_qdq_engine_runs_int8(fp32_engine, tmp_path):
                     extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False})
     manifest = export_trt(qdq, tmp_path / "engine", precision="int8", batch=BATCH, workspace_mb=256)
     assert manifest["precision_check"]["ok"] and manifest["precision_check"]["by_precision"].get("int8", 0) >= 1
-    with TrtRunner.from_plan(tmp_path / "engine" / "model.plan") as runner:
+    with TrtRunner.from_engine(tmp_path / "engine" / "model.plan") as runner:
         out, ref = runner.infer(calib[0]), _reference(model, calib[0])
     for task in ("seg", "cls"):
         assert np.isfinite(out[task]).all()

@@ -14,7 +14,7 @@ from torch import nn
 
 from deploymtl.errors import DeploymtlError
 from deploymtl.export.trt.lint import LintIssue, errors, lint_onnx
-from deploymtl.surgery.graph import GraphBuilder
+from deploymtl.surgery.builder import GraphBuilder
 
 
 def _static_model() -> nn.Module:

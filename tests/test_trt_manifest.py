@@ -9,7 +9,7 @@ import logging
 import pytest
 
 from deploymtl.errors import DeploymtlError
-from deploymtl.export.trt.manifest import (
+from deploymtl.formats.trt_manifest import (
     MANIFEST_FORMAT,
     RuntimeInfo,
     check_compatible,
@@ -31,7 +31,7 @@ def _manifest(runtime=A10, **kw):
                 io=[{"name": "image", "mode": "input", "dtype": "float32", "shape": [-1, 3, 48, 64]},
                     {"name": "seg", "mode": "output", "dtype": "float32", "shape": [-1, 5, 48, 64]}],
                 tasks=[{"name": "seg", "kind": "segmentation", "channels": 5}], onnx_path="out/model.onnx",
-                onnx_sha256="ab" * 32, plan_name="model.plan", plan_sha256="cd" * 32)
+                onnx_sha256="ab" * 32, engine_name="model.plan", engine_sha256="cd" * 32)
     args.update(kw)
     return make_manifest(**args)
 
@@ -122,7 +122,7 @@ def test_version_compatible_engines():
 
 
 def test_other_gpu_with_same_capability_only_warns(caplog):
-    with caplog.at_level(logging.WARNING, logger="deploymtl.export.trt.manifest"):
+    with caplog.at_level(logging.WARNING, logger="deploymtl.formats.trt_manifest"):
         assert check_compatible(_manifest(), RuntimeInfo("10.3.0", (8, 6), "NVIDIA RTX A6000")) is None
     assert "built on NVIDIA A10 and loads on NVIDIA RTX A6000" in caplog.text
 

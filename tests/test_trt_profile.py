@@ -8,10 +8,11 @@ import torch
 from onnx import TensorProto, helper
 from torch import nn
 
+from deploymtl.config import BatchSpec, parse_batch
 from deploymtl.errors import DeploymtlError
-from deploymtl.export.batch import BatchSpec, parse_batch
-from deploymtl.export.trt.profile import InputProfile, derive_profiles, profiles_from_dict, profiles_to_dict
-from deploymtl.surgery.graph import GraphBuilder
+from deploymtl.export.trt.profile import derive_profiles
+from deploymtl.formats.trt_manifest import InputProfile, profiles_from_dict, profiles_to_dict
+from deploymtl.surgery.builder import GraphBuilder
 
 
 def _graph(dims, extra_init=False):

@@ -7,10 +7,11 @@ import math
 import numpy as np
 import pytest
 
-from deploymtl.errors import DeploymtlError
+from deploymtl.errors import DeploymtlError, InternalError
 from deploymtl.tasks import TaskSpec
 from deploymtl.verify.compare import (
     PRESETS,
+    Accumulator,
     Tolerance,
     compare_arrays,
     compare_outputs,
@@ -41,6 +42,40 @@ def test_statistics_and_atol_needed_are_exact():
     assert r.atol_needed == pytest.approx(0.016, rel=1e-4)
     assert "exceeds atol" in r.reason
     assert compare_arrays("x", out, ref, Tolerance(atol=0.0161, rtol=1e-3))  # the reported atol does pass
+
+
+def test_max_rel_is_taken_above_the_tolerances_absolute_floor():
+    """max_rel divides only where |ref| > atol + range_rel * max|ref| (where the relative bound decides): an int8
+    output's near-zero elements, off by a quantisation step, no longer read as errors of 100x."""
+    ref = np.array([100.0, 1e-5, 50.0, -20.0], dtype=np.float64)
+    out = ref + np.array([1.0, 1e-3, 0.5, 0.0])
+    int8_like = compare_arrays("q", out, ref, Tolerance(atol=1e-3, rtol=0.0, range_rel=0.1))  # floor 10.001
+    assert int8_like.max_rel == pytest.approx(0.01) and int8_like.passed
+    fp32_like = compare_arrays("q", out, ref, Tolerance(atol=1e-6, rtol=0.0))  # floor 1e-6: 1e-5 counts
+    assert fp32_like.max_rel == pytest.approx(100.0) and not fp32_like.passed
+
+
+def test_streamed_chunks_give_the_one_shot_statistics():
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((9, 3, 4))
+    out = ref + rng.normal(0, 1e-3, ref.shape)
+    out[4, 1, 2] = np.nan
+    tol = Tolerance(atol=1e-3, rtol=1e-2)
+    acc = Accumulator("x", tol)
+    for k in range(0, 9, 4):  # chunks of 4, 4, 1 samples
+        acc.add(out[k:k + 4], ref[k:k + 4])
+    streamed, whole = acc.result(), compare_arrays("x", out, ref, tol)
+    assert streamed.shape == whole.shape == (9, 3, 4) and acc.elements == 108
+    assert (streamed.max_abs, streamed.max_rel, streamed.nan_inf, streamed.passed, streamed.reason) == (
+        whole.max_abs, whole.max_rel, whole.nan_inf, whole.passed, whole.reason) and whole.nan_inf == 1
+    for field in ("mean_abs", "cosine", "atol_needed"):
+        assert getattr(streamed, field) == pytest.approx(getattr(whole, field), rel=1e-12)
+    acc.add(out[:2, :2], ref[:2, :2])
+    assert not acc.result() and "does not continue (9, 3, 4)" in acc.result().reason
+    ranged = Accumulator("x", Tolerance(atol=0.0, rtol=0.0, range_rel=0.1))
+    ranged.add(out[:4], ref[:4])
+    with pytest.raises(InternalError, match="range-relative tolerance"):
+        ranged.add(out[4:], ref[4:])
 
 
 def test_nan_inf_shape_and_cosine_failures():

@@ -12,9 +12,9 @@ from export_fixtures import TASKS, H, W, tiny_artifact
 from onnx import numpy_helper
 
 from deploymtl.cli.main import main
-from deploymtl.export import exporter
+from deploymtl.export import onnx as onnx_export
 from deploymtl.export.onnx import export_onnx
-from deploymtl.surgery.artifact import load_static
+from deploymtl.formats.static import load_static
 from deploymtl.verify.compare import PRESETS
 from deploymtl.verify.localize import localize, module_tensors
 
@@ -72,12 +72,12 @@ def test_head_corruption_is_localised_per_output(setup):
 def test_export_with_a_corrupted_graph_fails_with_the_localisation_in_the_report(setup, tmp_path, monkeypatch,
                                                                                    capsys):
     path = setup[0]
-    real = exporter.onnx_export.export_onnx
+    real = onnx_export.export_onnx
 
     def corrupted(model, **kw):
         return _corrupt(real(model, **kw), "layers.t_conv.weight", 1.2)
 
-    monkeypatch.setattr(exporter.onnx_export, "export_onnx", corrupted)
+    monkeypatch.setattr(onnx_export, "export_onnx", corrupted)  # what the fp32 stage calls
     out = tmp_path / "bad"
     rc = main(["export", str(path), "--batch", "1:1:2", "--no-simplify", "-o", str(out), "--threads", "1", "-q"])
     assert rc == 1
@@ -94,8 +94,8 @@ def test_a_layer_shared_by_several_nodes_is_split_per_call():
     """AdaShare tree branches reuse one layer (`shares`): each call gets its own ONNX name and tensor."""
     from torch import nn
 
-    from deploymtl.export.onnx import node_scope
-    from deploymtl.surgery.graph import GraphBuilder
+    from deploymtl.formats.onnx_metadata import node_scope
+    from deploymtl.surgery.builder import GraphBuilder
 
     torch.manual_seed(0)
     b = GraphBuilder()

@@ -1,1 +1,4 @@
-"""Backends behind one runner interface: torch, ONNX Runtime, TensorRT (shared/STYLE.md #5)."""
+"""Backends behind one runner interface: torch, ONNX Runtime, TensorRT.
+
+Parity checks, the runtime and the profiler talk to the interface, never to a backend.
+"""

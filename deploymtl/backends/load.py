@@ -35,4 +35,4 @@ def open_runner(path: str | Path, *, provider: str = "cpu", device: str = "cpu",
         return OrtRunner(path, provider=provider, threads=threads)
     from .trt_runner import TrtRunner  # lazy: needs the tensorrt extra and a GPU
 
-    return TrtRunner.from_plan(path)
+    return TrtRunner.from_engine(path)

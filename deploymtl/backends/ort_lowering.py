@@ -15,7 +15,7 @@ the CPU session only, each keeping what the graph computes (see each for the exa
 The int8 rewrite:
 
 The exported int8 graph is symmetric (every zero point 0, int8) so that TensorRT can read it
-(shared/TENSORRT.md). TensorRT fuses Conv+ReLU+Q itself; ONNX Runtime's CPU provider cannot: its x86 kernels
+(docs/tensorrt.md). TensorRT fuses Conv+ReLU+Q itself; ONNX Runtime's CPU provider cannot: its x86 kernels
 are uint8 x int8, it rewrites each int8 pair to uint8 with zero point 128, and a ReLU between a DQ and a Q is
 absorbed (`ReluQuantFusion`) only when the zero point is the type's minimum. So every ReLU of the file runs in
 fp32 as DQ -> Relu -> Q, three elementwise passes per activation (on the benchmark's pruned ResNet-18 that is
@@ -42,26 +42,28 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-
-def _const(inits: dict[str, onnx.TensorProto], name: str) -> np.ndarray | None:
-    return numpy_helper.to_array(inits[name]) if name in inits else None
+from ..onnxkit.index import GraphIndex, drop_unused_initializers
 
 
-def _activation_q(node: onnx.NodeProto | None, inits: dict[str, onnx.TensorProto]) -> bool:
+def _activation_q(node: onnx.NodeProto | None, g: GraphIndex) -> bool:
     """An activation QuantizeLinear with a constant per-tensor scale and a constant zero point."""
-    if node is None or node.op_type != "QuantizeLinear" or len(node.input) < 3 or node.input[0] in inits:
+    if node is None or node.op_type != "QuantizeLinear" or len(node.input) < 3 or node.input[0] in g.initializers:
         return False
-    scale, zp = _const(inits, node.input[1]), _const(inits, node.input[2])
+    scale, zp = g.initializer_value(node.input[1]), g.initializer_value(node.input[2])
     return scale is not None and scale.size == 1 and zp is not None and zp.size == 1
 
 
-def _zero_point_0_q(node: onnx.NodeProto | None, inits: dict[str, onnx.TensorProto]) -> bool:
+def _zero_point_0_q(node: onnx.NodeProto | None, g: GraphIndex) -> bool:
     """An activation Q with zero point 0: int8 (the symmetric scheme) or uint8 (what a ReLU output gets in the
     asymmetric one)."""
-    if not _activation_q(node, inits):
+    if not _activation_q(node, g):
         return False
-    zp = _const(inits, node.input[2])
+    zp = g.initializer_value(node.input[2])
     return zp.dtype in (np.int8, np.uint8) and not zp.any()
+
+
+def _scale(g: GraphIndex, q: onnx.NodeProto) -> float:
+    return float(g.initializer_value(q.input[1]))
 
 
 # Ops whose output is non-negative when their input is, and around which ONNX Runtime drops a Q/DQ pair of
@@ -69,56 +71,49 @@ def _zero_point_0_q(node: onnx.NodeProto | None, inits: dict[str, onnx.TensorPro
 _SIGN_PRESERVING = ("MaxPool", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze")
 
 
-class _Graph:
-    """Producer/reader maps of a graph, and the rewrite's bookkeeping (nodes to drop, zero points to add)."""
+class _Rewrite(GraphIndex):
+    """The graph index plus the ReLU rewrite's bookkeeping (nodes to drop, zero points to add)."""
 
     def __init__(self, model: onnx.ModelProto) -> None:
-        self.graph = model.graph
-        self.inits = {i.name: i for i in self.graph.initializer}
-        self.outputs = {o.name for o in self.graph.output}
-        self.producer = {o: n for n in self.graph.node for o in n.output}
-        self.readers: dict[str, list[onnx.NodeProto]] = {}
-        for node in self.graph.node:
-            for name in node.input:
-                self.readers.setdefault(name, []).append(node)
+        super().__init__(model.graph)
         self.dropped: set[int] = set()
         self.zero_points: list[onnx.TensorProto] = []
 
     def uint8_group(self, tensor: str) -> list[onnx.NodeProto] | None:
         """The Qs reading `tensor` if it can be requantised to uint8: read only by zero-point-0 Qs of one scale,
         each read only by DQs, none of it a graph output."""
-        qs = self.readers.get(tensor, [])
-        if not qs or tensor in self.outputs or not all(_zero_point_0_q(q, self.inits) for q in qs):
+        qs = self.readers(tensor)
+        if not qs or tensor in self.outputs or not all(_zero_point_0_q(q, self) for q in qs):
             return None
-        if len({float(_const(self.inits, q.input[1])) for q in qs}) != 1:
+        if len({_scale(self, q) for q in qs}) != 1:
             return None
-        if any(q.output[0] in self.outputs or any(d.op_type != "DequantizeLinear" for d in self.readers.get(
-                q.output[0], [])) for q in qs):
+        if any(q.output[0] in self.outputs or any(d.op_type != "DequantizeLinear" for d in self.readers(
+                q.output[0])) for q in qs):
             return None
         return qs
 
     def to_uint8(self, qs: list[onnx.NodeProto], label: str) -> onnx.NodeProto:
         """Merge `qs` (one tensor, one scale) into the first, with a uint8 zero point 0; its DQs follow."""
         zp = numpy_helper.from_array(np.array(0, dtype=np.uint8), f"{label}/uint8_zero_point")
-        self.zero_points.append(zp)
+        self.zero_points.append(zp)  # added to the graph by `apply`: until then no Q reads it as a constant
         keep = qs[0]
-        keep.input[2] = zp.name
+        self.set_input(keep, 2, zp.name)
         for q in qs:
-            for dq in self.readers.get(q.output[0], []):
-                dq.input[0], dq.input[2] = keep.output[0], zp.name
+            for dq in self.readers(q.output[0]):
+                self.set_input(dq, 0, keep.output[0])
+                self.set_input(dq, 2, zp.name)
         self.dropped |= set(map(id, qs[1:]))
-        self.readers[keep.output[0]] = [d for q in qs for d in self.readers.get(q.output[0], [])]
         return keep
 
     def extend_through_sign_preserving(self, q: onnx.NodeProto) -> None:
         """uint8 Q -> DQ -> MaxPool (or a layout op) -> int8 Qs of the same scale: those become uint8 too."""
-        scale = float(_const(self.inits, q.input[1]))
-        for dq in self.readers.get(q.output[0], []):
-            ops = self.readers.get(dq.output[0], [])
+        scale = _scale(self, q)
+        for dq in self.readers(q.output[0]):
+            ops = self.readers(dq.output[0])
             if len(ops) != 1 or ops[0].op_type not in _SIGN_PRESERVING or dq.output[0] in self.outputs:
                 continue
             qs = self.uint8_group(ops[0].output[0])
-            if qs is not None and float(_const(self.inits, qs[0].input[1])) == scale:
+            if qs is not None and _scale(self, qs[0]) == scale:
                 self.extend_through_sign_preserving(self.to_uint8(qs, ops[0].name))
 
     def apply(self) -> int:
@@ -128,28 +123,25 @@ class _Graph:
         del self.graph.node[:]
         self.graph.node.extend(kept)
         self.graph.initializer.extend(self.zero_points)
-        used = {name for node in self.graph.node for name in node.input}
-        live = [i for i in self.graph.initializer if i.name in used]
-        del self.graph.initializer[:]
-        self.graph.initializer.extend(live)
+        drop_unused_initializers(self.graph)
         return len(self.zero_points)
 
 
 def fold_relu_into_uint8(model: onnx.ModelProto) -> int:
     """Apply the rewrite of the module docstring to every matching ReLU (and carry the uint8 range through
     MaxPool and layout ops after it), in place; returns the number of requantised tensors (0: unchanged)."""
-    g = _Graph(model)
-    for relu in [n for n in g.graph.node if n.op_type == "Relu"]:
+    g = _Rewrite(model)
+    for relu in [n for n in g.nodes if n.op_type == "Relu"]:
         dq1 = g.producer.get(relu.input[0])
         q1 = g.producer.get(dq1.input[0]) if dq1 is not None and dq1.op_type == "DequantizeLinear" else None
-        if not _activation_q(q1, g.inits) or q1.output[0] in g.outputs or dq1.output[0] in g.outputs:
+        if not _activation_q(q1, g) or q1.output[0] in g.outputs or dq1.output[0] in g.outputs:
             continue
-        if len(g.readers.get(q1.output[0], [])) != 1 or len(g.readers.get(dq1.output[0], [])) != 1:
+        if len(g.readers(q1.output[0])) != 1 or len(g.readers(dq1.output[0])) != 1:
             continue  # the int8 value before the ReLU is read elsewhere too: it must stay
         qs = g.uint8_group(relu.output[0])
         if qs is None:
             continue  # something reads the ReLU output in float, or at several scales
-        relu.input[0] = q1.input[0]
+        g.set_input(relu, 0, q1.input[0])
         g.dropped |= {id(q1), id(dq1)}
         g.extend_through_sign_preserving(g.to_uint8(qs, relu.name))
     return g.apply()
@@ -168,35 +160,35 @@ def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
     return next((int(onnx.helper.get_attribute_value(a)) for a in node.attribute if a.name == name), default)
 
 
-def _weight(g: _Graph, conv: onnx.NodeProto) -> tuple[onnx.NodeProto, int, onnx.NodeProto | None] | None:
+def _weight(g: GraphIndex, conv: onnx.NodeProto) -> tuple[onnx.NodeProto, int, onnx.NodeProto | None] | None:
     """Where a Conv's constant weight values live: (node, input index, weight DQ or None). A float weight is the
     Conv's own initializer; an int8 one the initializer of a per-output-channel DequantizeLinear (axis 0)."""
     if conv.op_type != "Conv" or _attr(conv, "group", 1) != 1:
         return None
-    if conv.input[1] in g.inits:
+    if conv.input[1] in g.initializers:
         return conv, 1, None
     dq = g.producer.get(conv.input[1])
     if dq is None or dq.op_type != "DequantizeLinear" or _attr(dq, "axis", 1) != 0 \
-            or not all(i in g.inits for i in dq.input) or len(g.readers[dq.output[0]]) != 1:
+            or not all(i in g.initializers for i in dq.input) or len(g.readers(dq.output[0])) != 1:
         return None
     return dq, 0, dq
 
 
-def _conv_readers(g: _Graph, conv: onnx.NodeProto) -> list[onnx.NodeProto] | None:
+def _conv_readers(g: GraphIndex, conv: onnx.NodeProto) -> list[onnx.NodeProto] | None:
     """The Convs that read `conv`'s output as their data input, through single-reader ReLUs and (int8) activation
     Q -> DQ pairs, if nothing else reads it and it is no graph output; else None."""
     tensor = conv.output[0]
-    while len(g.readers.get(tensor, [])) == 1 and g.readers[tensor][0].op_type == "Relu" and tensor not in g.outputs:
-        tensor = g.readers[tensor][0].output[0]
+    while len(g.readers(tensor)) == 1 and g.readers(tensor)[0].op_type == "Relu" and tensor not in g.outputs:
+        tensor = g.readers(tensor)[0].output[0]
     if tensor in g.outputs:
         return None
-    inputs, pending = [], list(g.readers.get(tensor, []))
-    for node in pending:
-        if _activation_q(node, g.inits) and node.output[0] not in g.outputs:
-            dqs = g.readers.get(node.output[0], [])
+    inputs = []
+    for node in g.readers(tensor):
+        if _activation_q(node, g) and node.output[0] not in g.outputs:
+            dqs = g.readers(node.output[0])
             if any(d.op_type != "DequantizeLinear" or d.output[0] in g.outputs for d in dqs):
                 return None
-            inputs += [(d.output[0], r) for d in dqs for r in g.readers.get(d.output[0], [])]
+            inputs += [(d.output[0], r) for d in dqs for r in g.readers(d.output[0])]
         else:
             inputs.append((tensor, node))
     readers = [r for _, r in inputs]
@@ -213,35 +205,29 @@ def pad_conv_channels(model: onnx.ModelProto, multiple: int) -> int:
     output, read by anything else (Add, Concat) or grouped is left alone, and so is one narrower than `multiple` or
     that padding would widen by more than half (45 -> 48 and 23 -> 32 are padded; 8 -> 16 and 17 -> 32 are not: on
     the tiny Aux-NAS model, padding 8 -> 16 made ONNX Runtime about 10% slower)."""
-    g = _Graph(model)
-
-    def value(node: onnx.NodeProto, k: int) -> np.ndarray:
-        return numpy_helper.to_array(g.inits[node.input[k]])
+    g = GraphIndex(model.graph)
 
     def set_init(node: onnx.NodeProto, k: int, array: np.ndarray) -> None:
         name = node.input[k]
-        if len(g.readers[name]) > 1:  # shared (the exporter dedupes equal constants): give this node its own copy
-            g.readers[name].remove(node)
-            name = node.input[k] = f"{name}/padded/{node.name}"
-            g.readers[name] = [node]
-            g.graph.initializer.append(numpy_helper.from_array(array, name))
-            g.inits[name] = g.graph.initializer[-1]
+        if len(g.readers(name)) > 1:  # shared (the exporter dedupes equal constants): give this node its own copy
+            g.add_initializer(numpy_helper.from_array(array, f"{name}/padded/{node.name}"))
+            g.set_input(node, k, f"{name}/padded/{node.name}")
         else:
-            g.inits[name].CopyFrom(numpy_helper.from_array(array, name))
+            g.initializers[name].CopyFrom(numpy_helper.from_array(array, name))
 
     def pad(node: onnx.NodeProto, k: int, extra: int, axis: int, fill: float = 0) -> None:
-        a = value(node, k)
+        a = g.initializer_value(node.input[k])
         shape = list(a.shape)
         shape[axis] = extra
         set_init(node, k, np.concatenate([a, np.full(shape, fill, a.dtype)], axis=axis))
 
     padded = 0
-    for conv in list(g.graph.node):
+    for conv in g.nodes:
         where = _weight(g, conv)
-        if where is None or (len(conv.input) > 2 and conv.input[2] and conv.input[2] not in g.inits):
+        if where is None or (len(conv.input) > 2 and conv.input[2] and conv.input[2] not in g.initializers):
             continue
         holder, k, dq = where
-        cout = value(holder, k).shape[0]
+        cout = g.initializer_value(holder.input[k]).shape[0]
         extra = -cout % multiple
         if not extra or cout < multiple or extra > cout // 2:
             continue  # padding would add half or more of the work again (8 -> 16 doubles it): ORT is faster as is

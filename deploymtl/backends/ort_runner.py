@@ -12,25 +12,11 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DeploymtlError
-from ..export.metadata import from_props
+from ..formats.onnx_metadata import from_props
+from ..onnxkit.load import load_onnx
+from ..onnxkit.session import execution_provider, open_session
 from .base import InputSpec, Runner
 from .ort_lowering import lower_for_cpu
-
-PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "trt": "TensorrtExecutionProvider"}
-
-
-def _cannot_load(path: str | Path, exc: Exception) -> DeploymtlError:
-    return DeploymtlError(f"cannot load ONNX model {path}: {str(exc).splitlines()[0][:200] if str(exc) else exc!r}",
-                          hint="expected an ONNX file written by deploymtl export")
-
-
-def _load(path: str | Path):  # -> onnx.ModelProto
-    import onnx
-
-    try:
-        return onnx.load(str(path))
-    except Exception as exc:  # missing file, truncated or not protobuf
-        raise _cannot_load(path, exc) from None
 
 
 class OrtRunner(Runner):
@@ -38,40 +24,22 @@ class OrtRunner(Runner):
 
     def __init__(self, path: str | Path, provider: str = "cpu", threads: int | None = None,
                  lower: bool = True) -> None:
-        import onnxruntime as ort
-
-        if provider not in PROVIDERS:
-            raise DeploymtlError(f"unknown ONNX Runtime provider '{provider}'", hint=f"expected {', '.join(PROVIDERS)}")
-        wanted = PROVIDERS[provider]
-        if wanted not in ort.get_available_providers():
-            raise DeploymtlError(f"ONNX Runtime provider {wanted} is not available in this installation",
-                                 hint=f"available: {', '.join(ort.get_available_providers())}; install "
-                                      "onnxruntime-gpu (deploymtl[gpu]) for CUDA/TensorRT")
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-            opts.inter_op_num_threads = 1
-        source: str | bytes = str(path)
+        execution_provider(provider)  # an unknown or missing provider is named before the file is read
+        proto = load_onnx(path)  # a missing, empty or unreadable file is named here, not inside ONNX Runtime
+        source: str | Path | bytes = path
         self.lowering: dict[str, int] = {}
         if lower and provider == "cpu":  # read once, lower in memory, one session (module docstring)
-            proto = _load(path)
             if from_props({p.key: p.value for p in proto.metadata_props}).get("precision") in ("fp32", "int8"):
                 lowered, self.lowering = lower_for_cpu(proto)
                 if any(self.lowering.values()):
                     source = lowered.SerializeToString()
-        try:
-            self.session = ort.InferenceSession(source, sess_options=opts, providers=[wanted])
-        except Exception as exc:  # ORT raises its own Fail/InvalidGraph/NoSuchFile types
-            raise _cannot_load(path, exc) from None
-        running = self.session.get_providers()[0]
-        if running != wanted:  # no silent CPU fallback
-            raise DeploymtlError(f"ONNX Runtime runs {running} although {wanted} was requested for {path}")
+        self.session = open_session(source, provider=provider, threads=threads, label=path)
         meta = from_props(self.session.get_modelmeta().custom_metadata_map)
         spec = _input_spec(self.session, meta, path)
         outputs = [o.name for o in self.session.get_outputs()]
         super().__init__(spec, outputs, str(path))
         self.meta = meta
-        self.provider = running
+        self.provider = self.session.get_providers()[0]
 
     def _infer(self, image: np.ndarray) -> dict[str, np.ndarray]:
         outs = self.session.run(self.output_names, {self.input_spec.name: image})

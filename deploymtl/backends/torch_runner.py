@@ -1,4 +1,6 @@
-"""PyTorch runner for static models (`pruned.pt`) and supernets in deployed mode."""
+"""PyTorch runner for static models (`pruned.pt`) and supernets in deployed mode.
+
+A static model runs its compiled eager schedule (`StaticModel.infer`), a supernet its `forward`."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..ir import StaticModel
 from .base import InputSpec, Runner
 
 
@@ -20,11 +23,12 @@ class TorchRunner(Runner):
             torch.set_num_threads(threads)
         self.device = torch.device(device)
         self.model = model.eval().to(self.device)
+        self._run = model.infer if isinstance(model, StaticModel) else self.model
 
     @classmethod
     def from_static(cls, path: str | Path, device: str = "cpu", threads: int | None = None,
                     max_batch: int | None = None) -> TorchRunner:
-        from ..surgery.artifact import load_static
+        from ..formats.static import load_static
 
         art = load_static(path)
         i = art.input
@@ -33,5 +37,5 @@ class TorchRunner(Runner):
 
     @torch.inference_mode()
     def _infer(self, image: np.ndarray) -> dict[str, np.ndarray]:
-        out = self.model(torch.from_numpy(image).to(self.device))
+        out = self._run(torch.from_numpy(image).to(self.device))
         return {k: out[k].detach().float().cpu().numpy() for k in self.output_names}

@@ -3,7 +3,8 @@
 Loading reads the sidecar `model.plan.json` first and checks it against this machine (TensorRT version, GPU compute
 capability) so a mismatch is a clear "rebuild with ..." message instead of `deserialize_cuda_engine` returning None.
 Inference uses torch CUDA tensors as device buffers and the name-based IO API of TensorRT 10+
-(`set_input_shape`, `set_tensor_address`, `execute_async_v3`) on a non-default CUDA stream (shared/TENSORRT.md, "Run").
+(`set_input_shape`, `set_tensor_address`, `execute_async_v3`) on a non-default CUDA stream
+(docs/tensorrt.md, section 7, "Run").
 The batch may vary within the engine's optimisation profile; the base class rejects a batch outside it.
 """
 
@@ -16,20 +17,19 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..config import _format_validation_error
-from ..errors import DeploymtlError
-from ..export.trt.manifest import check_compatible, dtype_name, manifest_path, read_manifest
-from ..export.trt.profile import profiles_from_dict
+from ..errors import DeploymtlError, validation_message
+from ..formats.trt_manifest import check_compatible, dtype_name, manifest_path, profiles_from_dict, read_manifest
 from .base import InputSpec, Runner
 
 
 class TrtRunner(Runner):
     backend = "tensorrt"
 
-    def __init__(self, plan: bytes, manifest: dict[str, Any], source: str, *, allow_host_code: bool = False) -> None:
+    def __init__(self, serialized: bytes, manifest: dict[str, Any], source: str, *,
+                 allow_host_code: bool = False) -> None:
         import torch
 
-        from ..export.trt.build import make_logger, require_tensorrt, runtime_info
+        from .trt_env import make_logger, require_tensorrt, runtime_info
 
         trt = require_tensorrt()
         check_compatible(manifest, runtime_info(trt))
@@ -40,9 +40,9 @@ class TrtRunner(Runner):
         if manifest["compatibility"].get("version_compatible"):
             if not allow_host_code:
                 raise DeploymtlError(f"{source} is a version-compatible engine, which embeds host code",
-                                     hint="load it with allow_host_code=True only if you trust the plan's origin")
+                                     hint="load it with allow_host_code=True only if you trust the engine's origin")
             self._runtime.engine_host_code_allowed = True
-        self.engine = self._runtime.deserialize_cuda_engine(plan)
+        self.engine = self._runtime.deserialize_cuda_engine(serialized)
         if self.engine is None:
             last = "; ".join(self._logger.errors()[-2:]) or "no reason was logged"
             raise DeploymtlError(f"TensorRT cannot deserialise {source}: {last}",
@@ -61,7 +61,7 @@ class TrtRunner(Runner):
         super().__init__(spec, list(self._out), source)
 
     @classmethod
-    def from_plan(cls, path: str | Path, *, allow_host_code: bool = False) -> TrtRunner:
+    def from_engine(cls, path: str | Path, *, allow_host_code: bool = False) -> TrtRunner:
         """Open `model.plan` with its `model.plan.json`; checks compatibility before deserialising."""
         path = Path(path)
         if not path.is_file():
@@ -72,7 +72,7 @@ class TrtRunner(Runner):
         digest = hashlib.sha256(data).hexdigest()
         if manifest.get("plan_sha256") and manifest["plan_sha256"] != digest:
             raise DeploymtlError(f"{path} does not match its manifest {manifest_path(path).name} (sha256 differs)",
-                                 hint="rebuild the engine; plan and manifest must come from the same build")
+                                 hint="rebuild the engine; engine and manifest must come from the same build")
         if not manifest.get("precision_check", {}).get("ok", True):
             raise DeploymtlError(f"{path} failed its precision check at build time "
                                  f"({manifest['precision']} was not honoured)",
@@ -151,6 +151,6 @@ def _check_fields(manifest: dict[str, Any], path: Path) -> None:
     try:
         _RunnerFields.model_validate(manifest)
     except ValidationError as exc:
-        raise DeploymtlError(_format_validation_error(exc, f"engine manifest {path}"),
+        raise DeploymtlError(validation_message(exc, f"engine manifest {path}"),
                              hint="rebuild the engine with deploymtl export MODEL --target trt") from None
     profiles_from_dict(manifest["profile"], f"engine manifest {path}")

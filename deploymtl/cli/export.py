@@ -1,13 +1,25 @@
-"""`deploymtl export MODEL` and `deploymtl verify ARTIFACT`: thin shells over `deploymtl.export.exporter` and
-`deploymtl.verify.parity`."""
+"""`deploymtl export MODEL` and `deploymtl verify ARTIFACT`: shells over `deploymtl.export.exporter` and
+`deploymtl.verify.parity`; given a supernet, `export` composes the surgeon and the exporter (`export_checkpoint`)."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
+from ..errors import DeploymtlError, VerificationError
 from .common import OutDir, Quiet, default_out
+
+if TYPE_CHECKING:
+    from ..export.options import ExportOptions
+    from ..export.report import ExportReport
+
+
+EXPORT_HELP = ("Export MODEL to ONNX or TensorRT, simplify, verify against PyTorch, write export_report.json; or "
+               "package it as a Triton model repository (--target triton -o REPO).")
 
 
 def export(
@@ -45,8 +57,8 @@ def export(
                                        "or fp32 (GPU instances)."),
     profile: Path | None = typer.Option(None, "--profile", help="triton: profile.json with the batcher setting."),
 ) -> None:
-    """Export MODEL to ONNX or TensorRT, simplify, verify against PyTorch, write export_report.json; or package an
-    export as a Triton model repository (--target triton -o REPO)."""
+    """`deploymtl export` (help: `EXPORT_HELP`). One parameter per flag: typer builds the command from this
+    signature."""
     if target == "triton":  # a Triton model repository: cli/serve.py composes export and packaging
         from .serve import export_repository
 
@@ -54,17 +66,64 @@ def export(
                           profile=profile, threads=threads, precision=precision, batch=batch, quiet=quiet)
         return
     from ..export.exporter import export_model
+    from ..export.options import ExportOptions
+    from ..formats.supernet import SUPERNET_FORMAT
     from ..verify.compare import parse_output_tolerance
 
     per_output = dict(parse_output_tolerance(t) for t in tol or [])
+    options = ExportOptions.parse({
+        "target": target, "precision": precision, "batch": batch, "atol": atol, "rtol": rtol,
+        "per_output": per_output, "simplify": not no_simplify, "opset": opset,
+        "calibration_samples": calibration_samples, "max_metric_drop": max_metric_drop, "workspace_mb": workspace_mb,
+        "timing_cache": timing_cache, "threads": threads, "int8_activations": int8_activations,
+        "int8_output_layers": int8_output_layers,
+    })
     out_dir = out or default_out("export", f"{model.stem}-{target}-{precision}")
     log = (lambda _: None) if quiet else typer.echo
-    report = export_model(model, out_dir, target=target, precision=precision, batch=batch, atol=atol, rtol=rtol,
-                          per_output=per_output, simplify_graph=not no_simplify, opset=opset,
-                          calibration_samples=calibration_samples, max_metric_drop=max_metric_drop,
-                          workspace_mb=workspace_mb, timing_cache=timing_cache, threads=threads,
-                          int8_activations=int8_activations, int8_output_layers=int8_output_layers, log=log)
-    typer.echo(f"wrote {out_dir / report['artifact']} and {out_dir / 'export_report.json'}")
+    report = export_checkpoint(model, out_dir, options, log) if _format_of(model) == SUPERNET_FORMAT \
+        else export_model(model, out_dir, options, log=log)
+    typer.echo(f"wrote {out_dir / report.artifact} and {out_dir / 'export_report.json'}")
+
+
+def _format_of(model: Path) -> str:
+    """The deploymtl format of a torch file: a static model (exported as is) or a supernet (pruned first)."""
+    from ..formats.static import STATIC_FORMAT
+    from ..formats.supernet import SUPERNET_FORMAT
+    from ..io import load_torch
+
+    data = load_torch(model, what="model")
+    fmt = data.get("format") if isinstance(data, dict) else None
+    if fmt not in (STATIC_FORMAT, SUPERNET_FORMAT):
+        raise DeploymtlError(f"{model} is neither a static model nor a supernet checkpoint",
+                             hint=f"expected pruned.pt ({STATIC_FORMAT}) or supernet.pt ({SUPERNET_FORMAT})")
+    return str(fmt)
+
+
+def export_checkpoint(model: Path, out_dir: Path, options: ExportOptions, log: Callable[[str], None]) -> ExportReport:
+    """`deploymtl export supernet.pt`: the surgeon (`surgery.prune.prune_checkpoint`) prunes it into `pruned/` of the
+    export's output set, then the static model it wrote is exported into the same set. A failed pruning still
+    ships its report (under `pruned/`, nothing exported) and raises its VerificationError."""
+    from ..export.exporter import EXPORT_FILES, begin, check_passed, run_export
+    from ..export.report import Source
+    from ..outdir import output_set
+    from ..surgery.prune import prune_checkpoint
+
+    started = time.perf_counter()
+    out = begin(out_dir, options)
+    prune_failure: VerificationError | None = None
+    with output_set(out, owned=EXPORT_FILES) as staging:
+        try:
+            art, prune_report = prune_checkpoint(model, staging / "pruned")
+        except VerificationError as exc:
+            if not (staging / "pruned").is_dir():
+                raise
+            prune_failure = exc  # the surgeon's failing report ships for inspection
+        else:
+            source = Source(model=str(model), pruned=True, prune_passed=prune_report.get("passed"))
+            report = run_export(art, staging, out, options, source, log=log, started=started)
+    if prune_failure is not None:
+        raise prune_failure
+    return check_passed(report, out)
 
 
 def verify(
@@ -95,5 +154,5 @@ def verify(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("export")(export)
+    app.command("export", help=EXPORT_HELP)(export)
     app.command("verify")(verify)

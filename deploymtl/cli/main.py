@@ -37,16 +37,9 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 def _register() -> None:
-    from . import train as train_cmd
+    from . import export, imports, lint, pipeline, profile, prune, serve, train
 
-    train_cmd.register(app)
-    for name in ("prune", "export", "profile", "serve", "pipeline", "lint"):
-        try:
-            module = __import__(f"deploymtl.cli.{name}", fromlist=["register"])
-        except ModuleNotFoundError as exc:
-            if exc.name == f"deploymtl.cli.{name}":
-                continue  # command group not part of this build
-            raise
+    for module in (train, prune, export, profile, serve, pipeline, lint, imports):
         module.register(app)
 
 

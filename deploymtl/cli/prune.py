@@ -7,8 +7,9 @@ from typing import Any
 
 import typer
 
-from .common import OutDir, check_finite, default_out
+from .common import OutDir, SurgeonOption, check_finite, default_out, parse_key_values
 
+PRUNE_HELP = "Physically remove what the search did not keep; verify the static model; write pruned.pt and its report."
 
 def _table(title: str, header: list[str], rows: list[list[str]]) -> Any:
     from rich.table import Table
@@ -36,6 +37,10 @@ def _print_parity(console: Any, report: dict[str, Any]) -> None:
                          ["task", "max abs", "max rel", "passed"], parity_rows(report)))
 
 
+def _value(v: Any) -> str:
+    return str(v).lower() if isinstance(v, bool) else str(v)
+
+
 def _stem(checkpoint: Path) -> str:
     return checkpoint.parent.name if checkpoint.stem == "supernet" and checkpoint.parent.name else checkpoint.stem
 
@@ -51,8 +56,10 @@ def prune(
                                               help="Accept removing Aux-NAS links whose weight is not exactly 0."),
     atol: float | None = typer.Option(None, "--atol", help="Absolute parity tolerance (default: recipe prune.atol)."),
     rtol: float | None = typer.Option(None, "--rtol", help="Relative parity tolerance (default: recipe prune.rtol)."),
+    option: list[str] = SurgeonOption,
 ) -> None:
-    """Physically remove what the search did not keep; verify the static model; write pruned.pt and its report."""
+    """`deploymtl prune` (help: `PRUNE_HELP`). One parameter per command-line option (typer makes each a flag),
+    hence more than eight."""
     from rich.console import Console
 
     from ..errors import VerificationError
@@ -61,13 +68,14 @@ def prune(
 
     check_finite("--atol", atol, positive=True)
     check_finite("--rtol", rtol)
+    options = parse_key_values("--option", option)
     console = Console()
     out_dir = out or default_out("prune", _stem(checkpoint))
     try:
         with untouched(out_dir):  # the surgeon and its checks run before the set is written
             _, report = prune_checkpoint(checkpoint, out_dir, plan_path=plan, tasks=tasks,
                                          round_channels=round_channels, accept_approximation=accept_approximation,
-                                         atol=atol, rtol=rtol)
+                                         atol=atol, rtol=rtol, options=options)
     except VerificationError as exc:
         report = getattr(exc, "report", None)
         if report:
@@ -90,6 +98,7 @@ def inspect(
     plan: Path | None = typer.Option(None, "--plan", help="An (edited) plan.json to show instead of the checkpoint's."),
     tasks: str | None = typer.Option(None, "--tasks", help="Deploy only these tasks, comma-separated."),
     round_channels: int | None = typer.Option(None, "--round-channels", min=1, help="Channel rounding (GatedMTL)."),
+    option: list[str] = SurgeonOption,
 ) -> None:
     """Show the checkpoint's plan (summary, params and FLOPs per task); write plan.json and plan.png."""
     from rich.console import Console
@@ -98,12 +107,15 @@ def inspect(
     from ..outdir import untouched
     from ..surgery.inspect import inspect_checkpoint
 
+    options = parse_key_values("--option", option)
     console = Console()
     out_dir = out or default_out("inspect", _stem(checkpoint))
     with untouched(out_dir):
-        result = inspect_checkpoint(checkpoint, out_dir, plan_path=plan, tasks=tasks, round_channels=round_channels)
+        result = inspect_checkpoint(checkpoint, out_dir, plan_path=plan, tasks=tasks, round_channels=round_channels,
+                                    options=options)
     console.print(f"[bold]{result['family']}[/bold] plan for {', '.join(result['tasks'])} (rule: {result['rule']}"
                   f"{', edited' if result['edited'] else ''})")
+    console.print("surgeon options: " + ", ".join(f"{k}={_value(v)}" for k, v in result["options"].items()))
     console.print(Pretty(result["summary"]))
     _print_costs(console, result)
     console.print(f"static model: {result['static_params']:,} parameters (plan says {result['expected_params']:,})")
@@ -111,5 +123,5 @@ def inspect(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("prune")(prune)
+    app.command("prune", help=PRUNE_HELP)(prune)
     app.command("inspect")(inspect)

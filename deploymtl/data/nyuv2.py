@@ -1,4 +1,4 @@
-"""Loader for the preprocessed NYUv2 layout used by MTAN / Auto-Lambda (shared/METHODS.md).
+"""Loader for the preprocessed NYUv2 layout used by MTAN / Auto-Lambda (docs/methods.md, evaluation conventions).
 
 `{root}/{train,val}/{image,label,depth,normal}/{i}.npy`, 288x384: image HxWx3 in [0,1]; label HxW with
 -1 = ignore (13 classes); depth HxWx1 with 0 = invalid; normal HxWx3 unit vectors with 0 = invalid.

@@ -7,7 +7,7 @@ Runner interface and serving configs do not change with the precision). Under Te
 strongly typed, 11.x always) this graph *is* the fp16 engine.
 
 Kept in float32 (`FP32_OPS`): ReduceMean and GlobalAveragePool, whose sums over a whole feature map can overflow
-float16's 65504 before the division (the "normalisation layers" pitfall of shared/TENSORRT.md); they are cheap.
+float16's 65504 before the division (the fp16 normalisation pitfall, docs/tensorrt.md section 7); they are cheap.
 """
 
 from __future__ import annotations

@@ -29,18 +29,15 @@ import logging
 import re
 import warnings
 from collections.abc import Iterator
-from typing import Any
 
 import onnx
 import torch
 from torch import nn
 
 from ..errors import DeploymtlError
-from . import metadata
-from .batch import BatchSpec
+from ..formats.onnx_metadata import BATCH_DIM, INPUT_NAME, node_scope
+from ..ir import static_nodes
 
-INPUT_NAME = "image"
-BATCH_DIM = "batch"
 NATIVE_OPSET = 18
 MIN_OPSET = 17
 _SCOPE_KEY = "pkg.torch.onnx.name_scopes"
@@ -119,22 +116,6 @@ def _explain_failure(model: nn.Module, example: torch.Tensor, dynamic: dict, exc
                 "has no ONNX translation", hint="replace the layer or register an ONNX translation for the operator")
     first = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(exc).__name__)
     return DeploymtlError(f"ONNX export failed: {first[:240]}", hint="rerun with DEPLOYMTL_DEBUG=1 for the traceback")
-
-
-def node_scope(node: onnx.NodeProto) -> str | None:
-    """The static node a node belongs to (`layers.b0_conv`), from its name `layers.b0_conv/Conv`; for a node that
-    shares another's layer, the module path is that layer's (`static_nodes`)."""
-    head, sep, _ = node.name.partition("/")
-    return head if sep and head else None
-
-
-def static_nodes(model: nn.Module) -> list[tuple[str, str]]:
-    """(node, layer it runs) in execution order, from the static model's spec (`shares` = layer of another
-    node); a plain module (no spec) is one node per child module."""
-    spec = getattr(model, "spec", None)
-    if not isinstance(spec, dict):
-        return []
-    return [(n["name"], n.get("shares") or n["name"]) for n in spec["nodes"]]
 
 
 def _module_scope(node: onnx.NodeProto) -> str | None:
@@ -272,22 +253,3 @@ def check_structure(proto: onnx.ModelProto, *, outputs: list[str], channels: int
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         problems.append(f"onnx.checker: {str(exc).splitlines()[0][:200]}")
     return problems
-
-
-def set_metadata(proto: onnx.ModelProto, meta: dict[str, Any]) -> None:
-    """Write `deploymtl.*` metadata_props (replacing earlier values of the same keys)."""
-    props = metadata.to_props(meta)
-    keep = [(p.key, p.value) for p in proto.metadata_props if p.key not in props]
-    del proto.metadata_props[:]
-    for key, value in [*keep, *props.items()]:
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    proto.producer_name = "deploymtl"
-
-
-def get_metadata(proto: onnx.ModelProto) -> dict[str, Any]:
-    return metadata.from_props({p.key: p.value for p in proto.metadata_props})
-
-
-def batch_meta(batch: BatchSpec) -> dict[str, int]:
-    return batch.to_dict()

@@ -1,14 +1,15 @@
 """int8 static quantisation to a Q/DQ ONNX graph (onnxruntime.quantization), TensorRT-compatible.
 
-Scheme (shared/TENSORRT.md, "Explicit quantization"): QDQ format; int8 activations and weights; symmetric
+Scheme (docs/tensorrt.md, "Explicit quantization"): QDQ format; int8 activations and weights; symmetric
 (every zero point 0); activations per tensor; weights per output channel (Conv axis 0); scales from MinMax
 calibration on batches of the recipe's *training* split (the validation split stays unseen for the metric gate).
 The same file runs on ONNX Runtime (which fuses DQ->Conv->Q into QLinearConv; `_private_qdq_pairs` shapes the
 graph so it can for every convolution) and feeds TensorRT's explicit quantisation.
 
-`check_qdq` re-reads the result and lists every violation of that scheme, so a change in ONNX Runtime's
-defaults cannot silently produce a graph TensorRT rejects. (`deploymtl export --int8-activations asymmetric`
-opts out of TensorRT compatibility for ONNX Runtime CPU speed, see `quantize_int8`.)
+The export checks the result against that scheme with the Q/DQ rules the TensorRT lint applies
+(`deploymtl.onnxkit.qdq`, scheme `TENSORRT`), so a change in ONNX Runtime's defaults cannot silently produce a
+graph TensorRT rejects. (`deploymtl export --int8-activations asymmetric` opts out of TensorRT compatibility for
+ONNX Runtime CPU speed, scheme `ORT_CPU_ASYMMETRIC`, see `quantize_int8`.)
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from ..errors import DeploymtlError
+from ..onnxkit.index import GraphIndex, attr, drop_unused_initializers
 from .onnx import INPUT_NAME
 from .quiet import quiet_root_logger
 
@@ -105,7 +106,7 @@ _SHAPE_ONLY = ("Resize", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpos
 def output_layers(model: onnx.ModelProto) -> list[str]:
     """Names of the compute nodes (Conv, ConvTranspose, Gemm, MatMul) that write a graph output, directly or through
     layout-only ops (Resize, Reshape, ...): each task head's last layer."""
-    producer = {o: n for n in model.graph.node for o in n.output}
+    producer = GraphIndex(model.graph).producer
     names = []
     for out in model.graph.output:
         node = producer.get(out.name)
@@ -133,22 +134,17 @@ def _drop_float_only_pairs(model: onnx.ModelProto) -> int:
     removed = 0
     _float_graph_outputs(model)
     while True:
-        inits = {i.name for i in model.graph.initializer}
-        outputs = {o.name for o in model.graph.output}
-        readers: dict[str, list[onnx.NodeProto]] = {}
-        for node in model.graph.node:
-            for name in node.input:
-                readers.setdefault(name, []).append(node)
-        producer = {o: n for n in model.graph.node for o in n.output}
-        for q in model.graph.node:
-            if q.op_type != "QuantizeLinear" or q.input[0] in inits:
+        g = GraphIndex(model.graph)  # rebuilt after each removal: the graph changed under it
+        outputs = g.outputs
+        for q in g.nodes:
+            if q.op_type != "QuantizeLinear" or q.input[0] in g.initializers:
                 continue
-            dqs = readers.get(q.output[0], [])
+            dqs = g.readers(q.output[0])
             if not dqs or any(d.op_type != "DequantizeLinear" for d in dqs) or q.output[0] in outputs:
                 continue
             if sum(d.output[0] in outputs for d in dqs) > 1:
                 continue
-            if any(_runs_int8(r, readers, producer) for d in dqs for r in readers.get(d.output[0], [])):
+            if any(_runs_int8(r, g) for d in dqs for r in g.readers(d.output[0])):
                 continue
             # every reader of a DQ output reads the float tensor instead; a graph output takes over its name
             src = q.input[0]
@@ -158,7 +154,7 @@ def _drop_float_only_pairs(model: onnx.ModelProto) -> int:
             new = out or src
             rename = {d.output[0]: new for d in dqs} | ({src: out} if out else {})
             drop = {id(q), *map(id, dqs)}
-            kept = [n for n in model.graph.node if id(n) not in drop]
+            kept = [n for n in g.nodes if id(n) not in drop]
             for n in kept:
                 n.input[:] = [rename.get(i, i) for i in n.input]
                 n.output[:] = [rename.get(o, o) for o in n.output]
@@ -168,18 +164,16 @@ def _drop_float_only_pairs(model: onnx.ModelProto) -> int:
             break
         else:
             break
-    used = {name for node in model.graph.node for name in node.input}
-    kept_inits = [i for i in model.graph.initializer if i.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept_inits)
+    drop_unused_initializers(model.graph)
     return removed
 
 
 def _float_graph_outputs(model: onnx.ModelProto) -> None:
     """Every graph output produced by an activation DequantizeLinear takes the float tensor its QuantizeLinear
-    reads instead; the DQ (still read by int8 consumers, or by none and then dropped) gets a new name."""
-    producer = {o: n for n in model.graph.node for o in n.output}
-    inits = {i.name for i in model.graph.initializer}
+    reads instead; the DQ (still read by int8 consumers, or by none and then dropped) gets a new name. The index
+    is read before any renaming (an output's producer, by its original name)."""
+    g = GraphIndex(model.graph)
+    producer, inits = g.producer, g.initializers
     for out in [o.name for o in model.graph.output]:
         dq = producer.get(out)
         q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
@@ -189,22 +183,21 @@ def _float_graph_outputs(model: onnx.ModelProto) -> None:
         if any(o.name == src for o in model.graph.output):
             continue
         rename = {out: f"{out}/dequantized", src: out}
-        for n in model.graph.node:
+        for n in g.nodes:
             n.input[:] = [rename.get(i, i) for i in n.input]
             n.output[:] = [rename.get(o, o) for o in n.output]
 
 
-def _runs_int8(node: onnx.NodeProto, readers: dict[str, list[onnx.NodeProto]],
-               producer: dict[str, onnx.NodeProto]) -> bool:
+def _runs_int8(node: onnx.NodeProto, g: GraphIndex) -> bool:
     """Whether a Q->DQ pair read by `node` is worth keeping: `node` is a Conv/Gemm/MatMul whose two operands are
     both dequantised (a layer excluded from quantisation has a float weight), an elementwise op (Add, Relu, ...:
     its own output pair is kept, so ONNX Runtime can still fuse the layer writing the pair: a Conv fuses only with
     a Q after it), or a layout op (Resize, Shape, ...) followed by a QuantizeLinear."""
     if node.op_type in _INT8_COMPUTE:
-        return all(i in producer and producer[i].op_type == "DequantizeLinear" for i in node.input[:2])
+        return all(i in g.producer and g.producer[i].op_type == "DequantizeLinear" for i in node.input[:2])
     if node.op_type not in _SHAPE_ONLY + ("Shape",):
         return True
-    return any(r.op_type == "QuantizeLinear" for o in node.output for r in readers.get(o, []))
+    return any(r.op_type == "QuantizeLinear" for o in node.output for r in g.readers(o))
 
 
 def _private_qdq_pairs(model: onnx.ModelProto) -> int:
@@ -223,23 +216,19 @@ def _private_qdq_pairs(model: onnx.ModelProto) -> int:
     private int8 zero point keeps them apart (ORT's ConstantSharing merges only float/int32/int64 scalars).
     TensorRT reads the same symmetric, zero-point-0 pairs; duplicated Q/DQ pairs are ordinary there.
     """
-    inits = {i.name: i for i in model.graph.initializer}
-    outputs = {o.name for o in model.graph.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    g = GraphIndex(model.graph)
+    inits, outputs = g.initializers, g.outputs
     extra: dict[int, list[onnx.NodeProto]] = {}  # id(DQ node) -> new nodes to insert after it
     fresh: list[onnx.TensorProto] = []
     added = 0
-    for q in [n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits]:
+    for q in [n for n in g.nodes if n.op_type == "QuantizeLinear" and n.input[0] not in inits]:
         if len(q.input) < 3 or q.input[2] not in inits:
-            continue  # no constant zero point: check_qdq reports it
-        dqs = [d for d in consumers.get(q.output[0], []) if d.op_type == "DequantizeLinear"]
-        if len(dqs) != len(consumers.get(q.output[0], [])) or q.output[0] in outputs:
+            continue  # no constant zero point: the Q/DQ rules report it (onnxkit.qdq)
+        dqs = [d for d in g.readers(q.output[0]) if d.op_type == "DequantizeLinear"]
+        if len(dqs) != len(g.readers(q.output[0])) or q.output[0] in outputs:
             continue  # the quantised tensor itself is used: leave it alone
         uses = [(dq, None) for dq in dqs if dq.output[0] in outputs]
-        uses += [(dq, node) for dq in dqs for node in consumers.get(dq.output[0], [])]
+        uses += [(dq, node) for dq in dqs for node in g.readers(dq.output[0])]
         shared = inits[q.input[2]]
         for k, (dq, node) in enumerate(uses):
             zp = onnx.TensorProto()
@@ -253,69 +242,28 @@ def _private_qdq_pairs(model: onnx.ModelProto) -> int:
                 continue
             q_out, dq_out = f"{q.output[0]}/{k}", f"{dq.output[0]}/{k}"
             new_q = onnx.helper.make_node("QuantizeLinear", [q.input[0], q.input[1], zp.name], [q_out],
-                                          name=f"{q.name}/{k}", axis=_axis(q))
+                                          name=f"{q.name}/{k}", axis=attr(q, "axis", 1))
             new_dq = onnx.helper.make_node("DequantizeLinear", [q_out, dq.input[1], zp.name], [dq_out],
-                                           name=f"{dq.name}/{k}", axis=_axis(dq))
+                                           name=f"{dq.name}/{k}", axis=attr(dq, "axis", 1))
             for i, name in enumerate(node.input):
                 if name == dq.output[0]:
-                    node.input[i] = dq_out
+                    g.set_input(node, i, dq_out)
             extra.setdefault(id(dq), []).extend([new_q, new_dq])
             added += 1
     nodes = []
-    for node in model.graph.node:
+    for node in g.nodes:
         nodes.append(node)
         nodes.extend(extra.get(id(node), []))
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     model.graph.initializer.extend(fresh)
-    used = {name for node in model.graph.node for name in node.input}
-    kept = [i for i in model.graph.initializer if i.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)
+    drop_unused_initializers(model.graph)
     return added
-
-
-def _axis(node: onnx.NodeProto) -> int:
-    return next((a.i for a in node.attribute if a.name == "axis"), 1)
-
-
-def check_qdq(model: onnx.ModelProto, *, symmetric: bool = True) -> list[str]:
-    """Violations of the TensorRT Q/DQ scheme: non-zero or non-constant zero points, non-positive scales,
-    per-channel activations (a QuantizeLinear of a non-constant tensor with more than one scale)."""
-    inits = {i.name: i for i in model.graph.initializer}
-    issues = []
-    n_q = 0
-    for node in model.graph.node:
-        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
-            continue
-        n_q += 1
-        scale = inits.get(node.input[1]) if len(node.input) > 1 else None
-        if scale is None:
-            issues.append(f"{node.name}: scale {node.input[1] if len(node.input) > 1 else '?'} is not a constant")
-        else:
-            s = numpy_helper.to_array(scale)
-            if not np.all(s > 0) or not np.all(np.isfinite(s)):
-                issues.append(f"{node.name}: scales must be positive and finite")
-            if node.op_type == "QuantizeLinear" and node.input[0] not in inits and s.size > 1:
-                issues.append(f"{node.name}: activation quantised per channel")
-        if symmetric:
-            zp = inits.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
-            if len(node.input) > 2 and node.input[2] and zp is None:
-                issues.append(f"{node.name}: zero point is not a constant")
-            elif zp is not None:
-                z = numpy_helper.to_array(zp)
-                if np.any(z != 0):
-                    issues.append(f"{node.name}: zero point is not 0")
-                if z.dtype != np.int8:
-                    issues.append(f"{node.name}: quantised type is {z.dtype}, expected int8")
-    if n_q == 0:
-        issues.append("no QuantizeLinear/DequantizeLinear nodes: nothing was quantised")
-    return issues
 
 
 def quantized_ops(model: onnx.ModelProto) -> list[str]:
     """Names of the compute nodes fed by a DequantizeLinear of a weight (the layers that run in int8)."""
-    inits = {i.name for i in model.graph.initializer}
+    inits = GraphIndex(model.graph).initializers
     dq_of_weight = {n.output[0] for n in model.graph.node
                     if n.op_type == "DequantizeLinear" and n.input[0] in inits}
     return [n.name for n in model.graph.node

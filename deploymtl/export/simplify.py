@@ -19,9 +19,16 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import onnx
 
-from .onnx import check_structure, node_scope
+from ..backends.base import InputSpec, Runner
+from ..formats.onnx_metadata import node_scope
+from ..onnxkit.session import QUIET, open_session
+from ..verify.compare import CompareReport, compare_outputs, resolve_tolerances
+from .context import ExportContext
+from .onnx import check_structure
+from .report import SimplifySection
 
 # onnxslim's OptimizationSettings keys, in the order its `optimize` applies them.
 PASSES = ("constant_folding", "graph_fusion", "dead_node_elimination", "subexpression_elimination", "weight_tying")
@@ -125,3 +132,34 @@ def simplify(model: onnx.ModelProto, verify: Callable[[onnx.ModelProto], object]
         results.append(PassResult(name, True, "", before, after, max_abs, time.perf_counter() - t0))
         current = candidate
     return current, results
+
+
+class _SessionRunner(Runner):
+    """ONNX Runtime on an in-memory graph (simplification candidates are never written to disk)."""
+
+    backend = "onnxruntime"
+
+    def __init__(self, proto: onnx.ModelProto, spec: InputSpec, outputs: list[str], threads: int | None) -> None:
+        self.session = open_session(proto, threads=threads, log_severity=QUIET, label="<in-memory graph>")
+        super().__init__(spec, outputs, "<in-memory graph>")
+
+    def _infer(self, image: np.ndarray) -> dict[str, np.ndarray]:
+        return dict(zip(self.output_names, self.session.run(self.output_names, {"image": image}), strict=True))
+
+
+def simplify_stage(ctx: ExportContext, proto: onnx.ModelProto) -> tuple[onnx.ModelProto, SimplifySection]:
+    """The export's simplify stage: every pass checked on ONNX Runtime against the PyTorch reference on a few real
+    samples in one batch > 1, at fp32 tolerances (`ExportSamples.check_inputs`)."""
+    names, s, o = ctx.names, ctx.samples, ctx.options
+    fp32_tol = resolve_tolerances("fp32", names, atol=o.atol, rtol=o.rtol)
+
+    def verify_candidate(candidate: onnx.ModelProto) -> CompareReport:
+        runner = _SessionRunner(candidate, InputSpec(**ctx.chw, max_batch=len(s.check_inputs)), names, o.threads)
+        return compare_outputs(runner.infer(s.check_inputs), s.check_reference, fp32_tol)
+
+    with ctx.timed("simplify"):
+        proto, results = simplify(proto, verify_candidate, outputs=names, passes=PASSES, **ctx.chw)
+        for r in results:
+            ctx.log(f"simplify: {r.name}: {'accepted' if r.accepted else 'rejected: ' + r.reason} "
+                    f"({r.nodes_before} -> {r.nodes_after} nodes)")
+    return proto, SimplifySection([r.to_dict() for r in results])

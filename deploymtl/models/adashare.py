@@ -1,6 +1,6 @@
 """AdaShare: per-task layer skipping on a shared Deeplab-ResNet (Sun, Panda, Feris, Saenko, "AdaShare: Learning
 What To Share For Efficient Deep Multi-Task Learning", NeurIPS 2020; public code sunxm2357/AdaShare).
-Facts and conventions: shared/METHODS.md, AdaShare section.
+Facts and conventions: docs/methods.md, AdaShare.
 
 Notation: t a task, l = 0..L-1 a residual block, alpha_t in R^{L x 2} the task's policy logits (column 0 execute,
 column 1 skip), tau the Gumbel-softmax temperature.
@@ -14,7 +14,7 @@ column 1 skip), tau the Gumbel-softmax temperature.
 - Hard block (deployed): x' = f if policy_{t,l} = 1 else r -- a skipped first-of-segment block STILL applies ds.
 - Sparsity (public code, `get_sparsity_loss2`):
       L_sparse = sum_t 2 * mean_{l in last k} [ w_l * -log softmax(alpha_{t,l})[skip] ],   w_l = (l+1)/L.
-  With k = L (no curriculum, or once it has grown) this is exactly METHODS.md's formula; during the curriculum
+  With k = L (no curriculum, or once it has grown) this is exactly the formula of docs/methods.md; during the curriculum
   the public code restricts it to the learned blocks, so blocks forced to execute are not pushed towards skip.
 - Sharing (public code, `get_hamming_loss`):  L_share = sum_{i<j} sum_l w_l |alpha_{i,l,0} - alpha_{j,l,0}|.
 - Policy objective: sum_t lambda_t L_t + sparsity_weight * L_sparse + sharing_weight * L_share.
@@ -38,7 +38,6 @@ from ..tasks import TaskSpec
 from .backbone import BackboneConfig, BlockBody, BlockSlot, block_slots, make_ds
 from .base import Supernet
 from .layers import Stem, make_head
-from .registry import FamilySpec
 
 Stage = Literal["warmup", "search"]
 
@@ -102,6 +101,8 @@ class AdaShareSupernet(Supernet):
     """
 
     family = "adashare"
+    model_config_cls = AdaShareModelConfig
+    search_config_cls = AdaShareSearchConfig
 
     def __init__(self, tasks: list[TaskSpec], model_cfg: AdaShareModelConfig, search_cfg: AdaShareSearchConfig
                  ) -> None:
@@ -356,6 +357,3 @@ def check_decisions(decisions: Any, task_names: list[str], block_names: list[str
             if not isinstance(v, int) or v not in (0, 1):
                 raise DeploymtlError(f"AdaShare plan: policy of task '{task}' block {block_names[i]} is {v!r}",
                                      hint="expected 1 (execute) or 0 (skip)")
-
-
-SPEC = FamilySpec("adashare", AdaShareSupernet, AdaShareModelConfig, AdaShareSearchConfig)

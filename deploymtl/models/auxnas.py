@@ -1,7 +1,7 @@
 """Aux-NAS: auxiliary branches that vanish at inference (Gao et al., "Aux-NAS: Exploiting Auxiliary Labels with
 Negligibly Extra Inference Cost", ICLR 2024; public code ethanygao/Aux-NAS). CNN variant on Deeplab-ResNet.
 
-Architecture (paper Sec. 3; shared/METHODS.md):
+Architecture (paper Sec. 3; docs/methods.md, Aux-NAS):
 - a *primary* column P carrying the primary task heads and auxiliary column(s) A_j carrying the auxiliary heads,
   all Deeplab-ResNet columns of the same shape (`models/backbone.py`: stem, 4 stages of BasicBlocks);
 - after every stage s (s = 1..4) a fusion op on each column, in both directions (NDDR / MTL-NAS):
@@ -40,7 +40,6 @@ from ..tasks import TaskSpec
 from .backbone import BackboneConfig, BlockBody, BlockSlot, block_slots, make_ds
 from .base import Supernet
 from .layers import Stem, make_head
-from .registry import FamilySpec
 
 STAGES = 4
 DEFAULT_RULE = "a link is kept iff sigmoid(alpha) >= threshold; removed links are exactly 0 when deployed"
@@ -149,6 +148,8 @@ class AuxNasSupernet(Supernet):
     exactly 0 (every column still runs, so auxiliary outputs stay available for evaluation)."""
 
     family = "auxnas"
+    model_config_cls = AuxNasModelConfig
+    search_config_cls = AuxNasSearchConfig
 
     def __init__(self, tasks: list[TaskSpec], model_cfg: AuxNasModelConfig, search_cfg: AuxNasSearchConfig) -> None:
         super().__init__(tasks)
@@ -349,6 +350,3 @@ def _resolve_roles(names: list[str], cfg: AuxNasModelConfig) -> tuple[list[str],
         raise DeploymtlError(f"auxnas: model.aux_networks {groups} must split the auxiliary tasks {aux} into "
                              "non-empty groups, each task exactly once")
     return primary, groups
-
-
-SPEC = FamilySpec("auxnas", AuxNasSupernet, AuxNasModelConfig, AuxNasSearchConfig)

@@ -1,4 +1,4 @@
-"""Deeplab-ResNet pieces shared by the families (shared/METHODS.md, AdaShare section).
+"""Deeplab-ResNet pieces shared by the families (docs/methods.md, Deeplab-ResNet and AdaShare).
 
 Stem conv7x7/2 -> BN -> ReLU -> maxpool 3x3/2 (ceil_mode); BasicBlock segments with strides [1,2,1,1],
 dilations [1,1,2,4], widths [w,2w,4w,8w]: output stride 8. ResNet-18 = [2,2,2,2], ResNet-34 = [3,4,6,3].

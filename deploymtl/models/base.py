@@ -11,13 +11,16 @@ from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 import torch
+from pydantic import BaseModel
 from torch import nn
 
 from ..tasks import TaskSpec
 
 
 class Supernet(nn.Module, ABC):
-    family: ClassVar[str]
+    family: ClassVar[str]  # its name in `deploymtl.families.FAMILIES`
+    model_config_cls: ClassVar[type[BaseModel]]  # the recipe's `model:` section, the constructor's model_cfg
+    search_config_cls: ClassVar[type[BaseModel]]  # the recipe's `search:` section, the constructor's search_cfg
 
     def __init__(self, tasks: list[TaskSpec]) -> None:
         super().__init__()

@@ -1,4 +1,4 @@
-"""GatedMTL: per-channel gates between shared and task-specific features (shared/METHODS.md, GatedMTL section).
+"""GatedMTL: per-channel gates between shared and task-specific features (docs/methods.md, GatedMTL).
 
 GatedMTL (ICLR 2024 submission; later arXiv 2402.16848 "InterroGate"; no public code). Every residual block
 slot l of the Deeplab-ResNet (`models/backbone.py`) is a gated layer holding a shared branch Psi^l and one
@@ -38,7 +38,6 @@ from ..tasks import TaskSpec
 from .backbone import BackboneConfig, BlockBody, BlockSlot, SingleTaskNet, block_slots, make_ds
 from .base import Supernet
 from .layers import Stem, make_head
-from .registry import FamilySpec
 
 DECISION_RULE = "alpha>0"
 
@@ -109,6 +108,8 @@ class GatedSupernet(Supernet):
     """Shared stem, then per layer a shared branch and one branch per task blended by per-channel gates."""
 
     family = "gated"
+    model_config_cls = GatedModelConfig
+    search_config_cls = GatedSearchConfig
 
     def __init__(self, tasks: list[TaskSpec], model_cfg: GatedModelConfig, search_cfg: GatedSearchConfig) -> None:
         super().__init__(tasks)
@@ -307,6 +308,3 @@ def check_gates(model: GatedSupernet, decisions: Any) -> None:
             if bad:
                 raise DeploymtlError(f"GatedMTL plan gates.{t}[{layer}] has value {bad[0]!r}",
                                      hint="expected 0 (shared) or 1 (task-specific)")
-
-
-SPEC = FamilySpec("gated", GatedSupernet, GatedModelConfig, GatedSearchConfig)

@@ -1,7 +1,7 @@
 """Blocks shared by the families: conv-BN(-ReLU) units and the heads (light, DeepLab-v2 ASPP, classifier).
 
-The surgeon knows each of these types through `deploymtl.surgery.registry`; a new block type needs one
-surgery function there.
+The surgeon knows each of these types through `deploymtl.surgery.registry`; a new block or head type needs one
+registry entry there (its emission and its parameter count), which every family then uses.
 """
 
 from __future__ import annotations

@@ -123,7 +123,7 @@ def _static_cost(path: Path) -> dict[str, Any]:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from ..surgery.artifact import example_input, load_static
+    from ..formats.static import example_input, load_static
 
     art = load_static(path)
     with FlopCounterMode(display=False) as counter, torch.inference_mode():
@@ -145,7 +145,7 @@ def _supernet_cost(path: Path) -> dict[str, Any]:
     from torch.utils.flop_counter import FlopCounterMode
 
     from ..config import parse_recipe
-    from ..train.checkpoint import load_supernet
+    from ..models.checkpoint import load_supernet
 
     model, ckpt = load_supernet(path)
     data = parse_recipe(ckpt["recipe"], str(path)).data
@@ -160,7 +160,9 @@ def _onnx_cost(path: Path) -> dict[str, Any]:
     import onnx
     from onnx import numpy_helper
 
-    model = onnx.load(str(path))
+    from ..onnxkit.load import load_onnx
+
+    model = load_onnx(path)
     for value in model.graph.input:
         dims = value.type.tensor_type.shape.dim
         if dims:

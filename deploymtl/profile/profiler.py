@@ -20,7 +20,7 @@ from pydantic import Field, ValidationError
 from .. import __version__
 from ..backends.load import artifact_kind
 from ..config import ProfileConfig
-from ..errors import DeploymtlError
+from ..errors import DeploymtlError, validation_message
 from ..runtime.session import load
 from .compare import compare
 from .cost import artifact_cost
@@ -55,9 +55,7 @@ class ProfileOptions(ProfileConfig):
         try:
             return cls.model_validate({k: v for k, v in values.items() if v is not None})
         except ValidationError as exc:
-            err = exc.errors()[0]
-            loc = ".".join(str(p) for p in err["loc"]) or "options"
-            raise DeploymtlError(f"profile option {loc}: {err['msg'].removeprefix('Value error, ')}") from None
+            raise DeploymtlError(validation_message(exc, "profile options")) from None
 
     @property
     def torch_device(self) -> str:

@@ -147,8 +147,8 @@ def _open_torch(path: Path, device: str, threads: int | None, max_batch: int | N
 
 
 def _is_supernet(path: Path) -> bool:
+    from ..formats.supernet import SUPERNET_FORMAT
     from ..io import load_torch
-    from ..train.trainer import SUPERNET_FORMAT
 
     try:
         data = load_torch(path)
@@ -161,7 +161,7 @@ def _supernet_runner(path: Path, device: str, threads: int | None, max_batch: in
     """The supernet with its saved decisions, in deployed (hard-decision, masked) mode."""
     from ..backends.torch_runner import TorchRunner
     from ..config import parse_recipe
-    from ..train.checkpoint import load_supernet
+    from ..models.checkpoint import load_supernet
 
     model, ckpt = load_supernet(path)
     data = parse_recipe(ckpt["recipe"], f"{path} (embedded recipe)").data

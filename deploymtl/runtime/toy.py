@@ -20,9 +20,10 @@ from typing import Any
 
 import torch
 
+from ..formats.static import StaticArtifact, save_static
 from ..io import atomic_path
-from ..surgery.artifact import StaticArtifact, save_static
-from ..surgery.graph import GraphBuilder, StaticModel
+from ..ir import StaticModel
+from ..surgery.builder import GraphBuilder
 from ..tasks import TaskSpec
 
 TOY_TASKS = (TaskSpec(name="seg", kind="segmentation", channels=5), TaskSpec(name="depth", kind="depth"),
@@ -72,7 +73,7 @@ def toy_onnx(path: str | Path, tasks: list[str] | None = None, *, max_batch: int
     """Write a toy ONNX model (opset 17, dynamic batch 1..max_batch recorded in its metadata)."""
     import onnx
 
-    from ..export.metadata import to_props
+    from ..formats.onnx_metadata import to_props
 
     art = toy_artifact(tasks, **kw)
     i = art.input

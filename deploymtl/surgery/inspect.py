@@ -6,15 +6,16 @@ FLOPs and parameters per task: before / masked / after) and inspect.json, as one
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..flops import measure_stages
+from ..formats.plan import save_plan
 from ..io import write_json
 from ..outdir import check_output_dir, output_set
-from .plan import save_plan
 
 if TYPE_CHECKING:
     from .prune import Surgery
@@ -33,7 +34,7 @@ def draw_plan(s: Surgery, costs: dict[str, Any], path: str | Path) -> Path:
 
     fig = plt.figure(figsize=(13, 4.8), layout="constrained")
     grid = fig.add_gridspec(1, 3, width_ratios=[2.2, 1, 1])
-    s.surgeon.draw(s.model, s.plan.decisions, s.tasks, fig.add_subplot(grid[0]))
+    s.cut.draw(fig.add_subplot(grid[0]))
     names = [*s.tasks, "total"]
     for col, (key, unit, scale) in enumerate((("flops", "GFLOPs", 1e9), ("params", "M params", 1e6)), start=1):
         ax = fig.add_subplot(grid[col])
@@ -52,20 +53,23 @@ def draw_plan(s: Surgery, costs: dict[str, Any], path: str | Path) -> Path:
 
 
 def inspect_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, plan_path: str | Path | None = None,
-                       tasks: list[str] | str | None = None, round_channels: int | None = None) -> dict[str, Any]:
-    """Summary of the plan of `checkpoint` with params and FLOPs per task; writes plan.json, plan.png, inspect.json."""
+                       tasks: list[str] | str | None = None, round_channels: int | None = None,
+                       options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Summary of the plan of `checkpoint` with params and FLOPs per task; writes plan.json, plan.png, inspect.json.
+    `options`: the family's surgeon options besides round_channels (as `prune_checkpoint`); the result's "options"
+    are every option of the plan, resolved."""
     from .prune import prepare
 
     check_output_dir(out_dir)
     out = Path(out_dir)
-    s = prepare(checkpoint, plan_path=plan_path, tasks=tasks, round_channels=round_channels)
+    s = prepare(checkpoint, plan_path=plan_path, tasks=tasks, round_channels=round_channels, options=options)
     static = s.build_static()
     spec = s.input_spec()
     costs = measure_stages(s.model, static, s.tasks, torch.zeros(1, spec["channels"], spec["height"], spec["width"]))
     result = {
         "family": s.family, "tasks": s.tasks, "rule": s.plan.rule, "edited": s.edited,
-        "options": s.plan.options.model_dump(), "input": spec,
-        "summary": s.surgeon.summary(s.model, s.plan.decisions, s.tasks),
+        "options": s.options, "input": spec,
+        "summary": s.cut.summary(),
         "expected_params": s.expected_params(), "static_params": sum(p.numel() for p in static.parameters()),
         "params": costs["params"], "flops": costs["flops"], "warnings": s.warnings,
         "plan": str(out / "plan.json"), "picture": str(out / "plan.png"),

@@ -8,32 +8,36 @@ VerificationError (exit 1).
 
 Outputs in `out_dir`, written as one set (`deploymtl.outdir.output_set`: the directory holds the previous set or
 this one, whenever the command is killed): plan.json (the resolved plan), plan.png (its picture), pruned.pt
-(`surgery/artifact.py`), prune_report.json and prune_report.md.
+(`formats/static.py`), prune_report.json and prune_report.md.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
 from .. import __version__
 from ..config import Recipe, parse_recipe
 from ..data import build_datasets
 from ..errors import DeploymtlError, VerificationError
+from ..families import family_spec
 from ..flops import measure_stages, ratio
+from ..formats.plan import Plan, PlanSource, load_plan, parse_plan, save_plan
+from ..formats.static import StaticArtifact, save_static
 from ..io import atomic_write_text, sha256_file, write_json
+from ..ir import StaticModel
 from ..models.base import Supernet
+from ..models.checkpoint import load_supernet
 from ..outdir import check_output_dir, output_set
-from ..train.checkpoint import load_supernet
-from .artifact import StaticArtifact, save_static
-from .families import Surgeon, approximation_links, surgeon
-from .graph import GraphBuilder, StaticModel
-from .plan import Plan, PlanOptions, PlanSource, check_plan, load_plan, make_plan, save_plan
+from .base import Cut
+from .builder import GraphBuilder
+from .plan import check_plan, make_plan
 from .verify import ParityResult, RemovalProof, check_parity, proof_tensors, prove_removal, removed_prefixes
 
 REPORT_FORMAT = "deploymtl.prune_report/1"
@@ -43,12 +47,12 @@ PROOF_SAMPLES = 4  # images for the gradient and perturbation checks (the parity
 
 @dataclass
 class Surgery:
-    """A loaded supernet with a checked plan applied: what prune and inspect work on."""
+    """A loaded supernet with its plan prepared (`cut`) and applied: what prune and inspect work on."""
 
     model: Supernet
     recipe: Recipe
     plan: Plan
-    surgeon: Surgeon
+    cut: Cut
     checkpoint: Path
     edited: bool
     warnings: list[str] = field(default_factory=list)
@@ -63,16 +67,17 @@ class Surgery:
 
     @property
     def options(self) -> dict[str, Any]:
-        return self.plan.options.model_dump()
+        """Every surgeon option of the plan, resolved (the family's defaults filled in)."""
+        return self.plan.options.model_dump(mode="json")
 
     def builder(self) -> GraphBuilder:
-        return self.surgeon.build_graph(self.model, self.plan.decisions, self.tasks, self.options)
+        return self.cut.build()
 
     def build_static(self) -> StaticModel:
         return self.builder().build()
 
     def expected_params(self) -> int:
-        return int(self.surgeon.expected_params(self.model, self.plan.decisions, self.tasks, self.options))
+        return int(self.cut.expected_params())
 
     def input_spec(self) -> dict[str, Any]:
         d = self.recipe.data
@@ -91,10 +96,32 @@ def _parse_tasks(tasks: list[str] | str | None) -> list[str] | None:
     return names
 
 
+def family_options(family: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Check `--option KEY=VALUE` overrides against the family's options model; values as given (strings from the
+    CLI are converted by the model when the plan is made). One-line error naming the option and the choices."""
+    model = family_spec(family).surgeon.options_model
+    names = [n for n in model.model_fields if n != "round_channels"]
+    for key, value in (options or {}).items():
+        if key == "round_channels":
+            raise DeploymtlError("--option round_channels: set it with --round-channels",
+                                 hint="--option takes the family's other options")
+        if key not in names:
+            raise DeploymtlError(f"--option {key}: not an option of family {family}",
+                                 hint=f"expected one of {', '.join(names)}" if names else f"{family} has none")
+        try:
+            model.model_validate({key: value})
+        except ValidationError as exc:
+            msg = exc.errors()[0]["msg"].removeprefix("Value error, ")
+            raise DeploymtlError(f"--option {key}={value}: {msg}", hint=model.model_fields[key].description
+                                 ) from None
+    return dict(options or {})
+
+
 def prepare(checkpoint: str | Path, *, plan_path: str | Path | None = None, tasks: list[str] | str | None = None,
-            round_channels: int | None = None) -> Surgery:
-    """Load the checkpoint, make (or read) the plan, resolve the task subset and options, validate the plan against
-    the supernet and apply it. Options resolve as: argument > plan file > recipe's `prune:` section > default."""
+            round_channels: int | None = None, options: Mapping[str, Any] | None = None) -> Surgery:
+    """Load the checkpoint, make (or read) the plan, resolve the task subset and options, prepare the plan against
+    the supernet (validated once, by the family's surgeon) and apply it. Options resolve as: argument (`options`:
+    the family's options besides round_channels) > plan file > recipe's `prune:` section > the family's default."""
     ckpt_path = Path(checkpoint)
     model, ckpt = load_supernet(ckpt_path)
     recipe = parse_recipe(ckpt["recipe"], f"{ckpt_path} (embedded recipe)")
@@ -104,6 +131,7 @@ def prepare(checkpoint: str | Path, *, plan_path: str | Path | None = None, task
     subset = _parse_tasks(tasks)
     if round_channels is not None and (isinstance(round_channels, bool) or int(round_channels) < 1):
         raise DeploymtlError(f"--round-channels {round_channels}", hint="expected an integer >= 1")
+    overrides = family_options(family, options)
     warnings: list[str] = []
     if plan_path is not None:
         plan = load_plan(plan_path)
@@ -111,22 +139,18 @@ def prepare(checkpoint: str | Path, *, plan_path: str | Path | None = None, task
         if plan.source is not None and plan.source.sha256 != source.sha256:
             warnings.append(f"plan {plan_path} was made from another checkpoint ({plan.source.checkpoint}); "
                             "its decisions are applied to this one")
-        update: dict[str, Any] = {"source": source}
-        if subset:
-            update["tasks"] = subset
-        if round_channels is not None:
-            update["options"] = PlanOptions(round_channels=int(round_channels))
-        plan = plan.model_copy(update=update)
-        plan = Plan.model_validate(plan.model_dump())  # re-validate the overridden fields (unique tasks)
+        data = plan.to_dict() | {"source": source.model_dump()}  # re-validated with the overrides (unique tasks)
+        data["tasks"] = subset or data["tasks"]
+        data["options"] |= overrides | ({"round_channels": int(round_channels)} if round_channels is not None else {})
+        plan = parse_plan(data, plan_path)
     else:
         where = f"plan of {ckpt_path}"
         rc = int(round_channels) if round_channels is not None else recipe.prune.round_channels
-        plan = make_plan(model, family, tasks=subset or recipe.prune.tasks, round_channels=rc, source=source)
-    check_plan(plan, model, family, where)
-    fam = surgeon(family)
-    fam.apply_plan(model, plan.decisions)
-    model.eval().set_deployed(True)
-    return Surgery(model=model, recipe=recipe, plan=plan, surgeon=fam, checkpoint=ckpt_path,
+        plan = make_plan(model, family, tasks=subset or recipe.prune.tasks, round_channels=rc,
+                         options=recipe.prune.options | overrides, source=source)
+    cut = check_plan(plan, model, family, where)
+    cut.apply()
+    return Surgery(model=model, recipe=recipe, plan=plan, cut=cut, checkpoint=ckpt_path,
                    edited=plan.decisions != own, warnings=warnings)
 
 
@@ -141,19 +165,6 @@ def verification_images(recipe: Recipe, n: int) -> torch.Tensor:
         raise DeploymtlError(f"recipe {recipe.name}: the validation split is empty; nothing to verify against",
                              hint="set data.val_size >= 1 or add samples under data.root/val")
     return val.images[:n]
-
-
-def _soft_reference(model: Supernet) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
-    """The supernet with its real (soft) link weights: the Aux-NAS model's `soft_links()`."""
-    ctx = getattr(model, "soft_links", None)
-    if ctx is None:
-        raise RuntimeError(f"{type(model).__name__} reports approximate links but has no soft_links()")
-
-    def run(x: torch.Tensor) -> dict[str, torch.Tensor]:
-        with ctx():
-            return model(x)
-
-    return run
 
 
 def _failure_line(parity: ParityResult, proof: RemovalProof, approx: dict[str, Any] | None, report_md: Path) -> str:
@@ -181,75 +192,118 @@ def _failure_line(parity: ParityResult, proof: RemovalProof, approx: dict[str, A
     return "; ".join(parts) + f"; see {report_md}"
 
 
-def prune_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, plan_path: str | Path | None = None,
-                     tasks: list[str] | str | None = None, round_channels: int | None = None,
-                     accept_approximation: bool = False, atol: float | None = None, rtol: float | None = None,
-                     verify_samples: int | None = None) -> tuple[StaticArtifact, dict[str, Any]]:
-    """Prune a supernet checkpoint into `out_dir`; returns (static artifact, report). See the module docstring."""
-    t0 = time.perf_counter()
-    check_output_dir(out_dir)
-    out = Path(out_dir)
-    s = prepare(checkpoint, plan_path=plan_path, tasks=tasks, round_channels=round_channels)
-    cfg = s.recipe.prune
-    atol = cfg.atol if atol is None else float(atol)
-    rtol = cfg.rtol if rtol is None else float(rtol)
-    n_verify = cfg.verify_samples if verify_samples is None else int(verify_samples)
-    accept = bool(accept_approximation or cfg.accept_approximation)
-    if atol <= 0 or rtol < 0 or n_verify < 1:
-        raise DeploymtlError(f"tolerances atol={atol:g} rtol={rtol:g}, verify samples {n_verify}",
-                             hint="expected atol > 0, rtol >= 0, verify samples >= 1")
-    images = verification_images(s.recipe, n_verify)
-    static = s.build_static()
-    links = approximation_links(s.family, s.model, s.plan.decisions)
+@dataclass(frozen=True)
+class _Tolerances:
+    """How the static model is verified: the recipe's `prune:` section, overridden by the arguments."""
 
-    parity = check_parity(static, s.model, images, s.tasks, atol=atol, rtol=rtol)
+    atol: float
+    rtol: float
+    samples: int
+    accept_approximation: bool
+
+
+def _tolerances(recipe: Recipe, atol: float | None, rtol: float | None, samples: int | None, accept: bool
+                ) -> _Tolerances:
+    cfg = recipe.prune
+    tol = _Tolerances(atol=cfg.atol if atol is None else float(atol), rtol=cfg.rtol if rtol is None else float(rtol),
+                      samples=cfg.verify_samples if samples is None else int(samples),
+                      accept_approximation=bool(accept or cfg.accept_approximation))
+    if tol.atol <= 0 or tol.rtol < 0 or tol.samples < 1:
+        raise DeploymtlError(f"tolerances atol={tol.atol:g} rtol={tol.rtol:g}, verify samples {tol.samples}",
+                             hint="expected atol > 0, rtol >= 0, verify samples >= 1")
+    return tol
+
+
+@dataclass
+class _Checks:
+    """What was verified of one static model: parity, the Aux-NAS approximation, the proof of removal, costs."""
+
+    parity: ParityResult
+    approx: dict[str, Any] | None
+    proof: RemovalProof
+    costs: dict[str, Any]
+    prefixes: list[str]
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.parity) and bool(self.proof) and (self.approx is None or self.approx["accepted"])
+
+
+def _verify(s: Surgery, static: StaticModel, images: torch.Tensor, tol: _Tolerances) -> _Checks:
+    parity = check_parity(static.infer, s.model, images, s.tasks, atol=tol.atol, rtol=tol.rtol)
     approx = None
+    links = s.cut.approximation_links()
     if links:
-        err = check_parity(static, _soft_reference(s.model), images, s.tasks, atol=atol, rtol=rtol)
-        approx = {"links": links, "error": err.to_dict(), "within_tolerance": bool(err), "accepted": accept}
+        err = check_parity(static.infer, s.cut.soft_reference, images, s.tasks, atol=tol.atol, rtol=tol.rtol)
+        approx = {"links": links, "error": err.to_dict(), "within_tolerance": bool(err),
+                  "accepted": tol.accept_approximation}
     static_params = sum(p.numel() for p in static.parameters())
     proof = prove_removal(s.model, s.builder, images[:PROOF_SAMPLES], s.tasks, static_params=static_params,
                           expected_params=s.expected_params())
     costs = measure_stages(s.model, static, s.tasks, images[:1])
-    passed = bool(parity) and bool(proof) and (approx is None or approx["accepted"])
+    prefixes = removed_prefixes(proof.removed_tensors, list(proof_tensors(s.model)))
+    return _Checks(parity=parity, approx=approx, proof=proof, costs=costs, prefixes=prefixes)
 
-    all_names = list(proof_tensors(s.model))
-    prefixes = removed_prefixes(proof.removed_tensors, all_names)
-    art = StaticArtifact(model=static, family=s.family, tasks=[t for n in s.tasks for t in s.recipe.tasks
-                                                                 if t.name == n],
-                         plan=s.plan.to_dict(), input=s.input_spec(), recipe=s.recipe.resolved(),
-                         extra={"removed_prefixes": prefixes, "expected_params": proof.expected_params})
-    report: dict[str, Any] = {
-        "format": REPORT_FORMAT, "family": s.family, "tasks": s.tasks, "passed": passed,
+
+def _report(s: Surgery, c: _Checks, art: StaticArtifact, tol: _Tolerances, out: Path,
+            plan_path: str | Path | None) -> dict[str, Any]:
+    costs = c.costs
+    return {
+        "format": REPORT_FORMAT, "family": s.family, "tasks": s.tasks, "passed": c.passed,
         "source": s.plan.source.model_dump() if s.plan.source else None,
         "plan": {"path": str(out / "plan.json"), "hash": art.plan_hash, "rule": s.plan.rule, "edited": s.edited,
                  "from": str(plan_path) if plan_path else None},
         "options": {"tasks": s.tasks, "round_channels": s.plan.options.round_channels,
-                    "accept_approximation": accept, "atol": atol, "rtol": rtol, "verify_samples": n_verify},
+                    "accept_approximation": tol.accept_approximation, "atol": tol.atol, "rtol": tol.rtol,
+                    "verify_samples": tol.samples,
+                    "family_options": {k: v for k, v in s.options.items() if k != "round_channels"}},
         "input": art.input,
-        "summary": s.surgeon.summary(s.model, s.plan.decisions, s.tasks),
+        "summary": s.cut.summary(),
         "params": costs["params"], "flops": costs["flops"],
         "ratios": {k: {"after/masked": ratio(costs[k]["after"]["total"], costs[k]["masked"]["total"]),
                        "after/before": ratio(costs[k]["after"]["total"], costs[k]["before"]["total"])}
                    for k in ("params", "flops")},
-        "parity": parity.to_dict(), "parity_samples": parity.samples,
-        "removal": proof.to_dict() | {"removed_prefixes": prefixes},
-        "approximation": approx, "warnings": s.warnings,
-        "artifact": str(out / "pruned.pt") if passed else None,
+        "parity": c.parity.to_dict(), "parity_samples": c.parity.samples,
+        "removal": c.proof.to_dict() | {"removed_prefixes": c.prefixes},
+        "approximation": c.approx, "warnings": s.warnings,
+        "artifact": str(out / "pruned.pt") if c.passed else None,
         "deploymtl_version": __version__, "seconds": None,
     }
+
+
+def prune_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, plan_path: str | Path | None = None,
+                     tasks: list[str] | str | None = None, round_channels: int | None = None,
+                     accept_approximation: bool = False, atol: float | None = None, rtol: float | None = None,
+                     verify_samples: int | None = None, options: Mapping[str, Any] | None = None
+                     ) -> tuple[StaticArtifact, dict[str, Any]]:
+    """Prune a supernet checkpoint into `out_dir`; returns (static artifact, report). See the module docstring.
+    `options` overrides the family's surgeon options (`--option`). The keyword parameters are `deploymtl prune`'s
+    options, one each (None: the recipe's `prune:` section decides), hence more than eight."""
+    t0 = time.perf_counter()
+    check_output_dir(out_dir)
+    out = Path(out_dir)
+    s = prepare(checkpoint, plan_path=plan_path, tasks=tasks, round_channels=round_channels, options=options)
+    tol = _tolerances(s.recipe, atol, rtol, verify_samples, accept_approximation)
+    images = verification_images(s.recipe, tol.samples)
+    static = s.build_static()
+    checks = _verify(s, static, images, tol)
+    art = StaticArtifact(model=static, family=s.family, tasks=[t for n in s.tasks for t in s.recipe.tasks
+                                                                 if t.name == n],
+                         plan=s.plan.to_dict(), input=s.input_spec(), recipe=s.recipe.resolved(),
+                         extra={"removed_prefixes": checks.prefixes, "expected_params": checks.proof.expected_params})
+    report = _report(s, checks, art, tol, out, plan_path)
     from .inspect import draw_plan  # matplotlib only once the input is known to be good
 
     with output_set(out, owned=PRUNE_FILES) as stage:  # a failing run has no pruned.pt: an old one is dropped
         save_plan(stage / "plan.json", s.plan)
-        draw_plan(s, costs, stage / "plan.png")
-        if passed:
+        draw_plan(s, checks.costs, stage / "plan.png")
+        if checks.passed:
             save_static(stage / "pruned.pt", art)
         report["seconds"] = round(time.perf_counter() - t0, 3)
         write_json(stage / "prune_report.json", report)
         atomic_write_text(stage / "prune_report.md", render_markdown(report))
-    if not passed:
-        err = VerificationError(_failure_line(parity, proof, approx, out / "prune_report.md"))
+    if not checks.passed:
+        err = VerificationError(_failure_line(checks.parity, checks.proof, checks.approx, out / "prune_report.md"))
         err.report = report  # type: ignore[attr-defined]  # the CLI prints the per-task table from it
         raise err
     return art, report
@@ -283,12 +337,13 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
 
 def render_markdown(report: dict[str, Any]) -> str:
     o, r = report["options"], report["removal"]
+    extra = "".join(f", {k} {v}" for k, v in o["family_options"].items())
     lines = [
         f"# Prune report: {report['family']} -> {', '.join(report['tasks'])}",
         "", f"**{'PASSED' if report['passed'] else 'FAILED'}**. Source: `{(report['source'] or {}).get('checkpoint')}`;"
         f" plan rule `{report['plan']['rule']}`{' (edited)' if report['plan']['edited'] else ''}; round_channels "
-        f"{o['round_channels']}; atol {o['atol']:g}, rtol {o['rtol']:g} on {report['parity_samples']} validation "
-        "images.", "",
+        f"{o['round_channels']}{extra}; atol {o['atol']:g}, rtol {o['rtol']:g} on {report['parity_samples']} "
+        "validation images.", "",
         "## Parity: static model vs supernet in deployed mode", "",
         _md_table(["task", "max abs", "max rel", "passed"], parity_rows(report)), "",
         "## Parameters", "", _md_table(["", "before", "masked", "after"], cost_rows(report, "params")), "",

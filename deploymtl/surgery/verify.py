@@ -1,9 +1,10 @@
 """Verification of a static model against the supernet it was cut from: numeric parity and the proof of removal.
 
 Parity (per task, on real batches of the recipe's validation data): the static model against the supernet in
-deployed mode. An element passes when |static - ref| <= atol + rtol * |ref| (numpy's `allclose` rule);
-`max_abs` = max |static - ref|; `max_rel` = max |static - ref| / |ref| over the elements with |ref| > atol (below
-that, the absolute bound is the meaningful one).
+deployed mode, through the comparison core every export check uses (`deploymtl.verify.compare.Accumulator`, batch
+by batch): an element passes when |static - ref| <= atol + rtol * |ref| (numpy's `allclose` rule) and no NaN/Inf
+appears that the supernet does not have; `max_abs`, `mean_abs` and `max_rel` (over the elements with |ref| > atol)
+mean what they mean in `export_report.json`.
 
 Proof of removal: three checks, all on the supernet itself, so that they say something the parity numbers cannot.
 
@@ -38,7 +39,9 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .graph import GraphBuilder
+from ..errors import InternalError
+from ..verify.compare import Accumulator, Tolerance
+from .builder import GraphBuilder
 
 
 # -- parity -----------------------------------------------------------------------------------------------------
@@ -72,29 +75,22 @@ class ParityResult:
 
 
 class _ParityAccumulator:
+    """Per task, the comparison core's streaming statistics over the parity batches."""
+
     def __init__(self, atol: float, rtol: float) -> None:
         self.atol, self.rtol = atol, rtol
-        self.stats: dict[str, dict[str, float]] = {}
+        self.tasks: dict[str, Accumulator] = {}
 
     def update(self, task: str, ours: torch.Tensor, ref: torch.Tensor) -> None:
         if ours.shape != ref.shape:
-            raise RuntimeError(f"static output {task} has shape {tuple(ours.shape)}, supernet {tuple(ref.shape)}")
-        a, b = ours.detach().double(), ref.detach().double()
-        diff = (a - b).abs()
-        big = b.abs() > self.atol
-        rel = (diff[big] / b.abs()[big]).max().item() if big.any() else 0.0
-        ok = bool(torch.all(diff <= self.atol + self.rtol * b.abs())) and bool(torch.isfinite(a).all())
-        s = self.stats.setdefault(task, {"max_abs": 0.0, "max_rel": 0.0, "sum_abs": 0.0, "n": 0, "ok": True})
-        s["max_abs"] = max(s["max_abs"], diff.max().item() if diff.numel() else 0.0)
-        s["max_rel"] = max(s["max_rel"], rel)
-        s["sum_abs"] += diff.sum().item()
-        s["n"] += diff.numel()
-        s["ok"] = s["ok"] and ok
+            raise InternalError(f"static output {task} has shape {tuple(ours.shape)}, supernet {tuple(ref.shape)}")
+        acc = self.tasks.setdefault(task, Accumulator(task, Tolerance(atol=self.atol, rtol=self.rtol)))
+        acc.add(ours.detach().cpu().double().numpy(), ref.detach().cpu().double().numpy())
 
     def result(self, samples: int) -> ParityResult:
-        tasks = {t: TaskParity(max_abs=s["max_abs"], max_rel=s["max_rel"], mean_abs=s["sum_abs"] / max(s["n"], 1),
-                               passed=bool(s["ok"]), elements=int(s["n"]))
-                 for t, s in self.stats.items()}
+        results = {t: (acc.result(), acc.elements) for t, acc in self.tasks.items()}
+        tasks = {t: TaskParity(max_abs=r.max_abs, max_rel=r.max_rel, mean_abs=r.mean_abs, passed=r.passed, elements=n)
+                 for t, (r, n) in results.items()}
         return ParityResult(tasks, self.atol, self.rtol, samples)
 
 

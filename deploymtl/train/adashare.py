@@ -1,4 +1,4 @@
-"""AdaShare's schedule (shared/METHODS.md; public code `train.py` and `re-train.py`): three stages.
+"""AdaShare's schedule (docs/methods.md; public code `train.py` and `re-train.py`): three stages.
 
 1. warm-up: every block executed, weights only, on the whole training split;
 2. policy learning: per iteration a weight step on one half of the training split and a policy step on the

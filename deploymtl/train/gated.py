@@ -1,4 +1,4 @@
-"""GatedMTL schedule (shared/METHODS.md): joint search of weights, gates and betas, then a fine-tune with the
+"""GatedMTL schedule (docs/methods.md): joint search of weights, gates and betas, then a fine-tune with the
 gates fixed.
 
 1. `search` stage: one optimiser step per batch on task losses + the hinge sparsity loss

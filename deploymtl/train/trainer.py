@@ -1,9 +1,9 @@
 """The generic trainer: stages of alternating phases, validation with task metrics, resumable checkpoints.
 
-A family's schedule (`deploymtl/train/<family>.py`, function `search(trainer)`) calls `run_stage` once per
-stage. A stage runs epochs; each iteration takes one batch from every phase in turn (e.g. AdaShare's
-weight step on one split then policy step on the other). Completed (stage, epoch) pairs are recorded in the
-checkpoint, so a resumed run skips them and continues with the same optimiser states. Mutable search state
+A family's schedule (`deploymtl/train/<family>.py`, function `search(trainer)`, named in `deploymtl.families`) calls
+`run_stage` once per stage. A stage runs epochs; each iteration takes one batch from every phase in turn (e.g.
+AdaShare's weight step on one split then policy step on the other). Completed (stage, epoch) pairs are recorded in
+the checkpoint, so a resumed run skips them and continues with the same optimiser states. Mutable search state
 (temperature, curriculum) must live in the supernet's buffers so that it resumes with the weights.
 
 Files: while it trains, the state after each epoch is kept beside the output directory
@@ -14,7 +14,6 @@ directory as one set (`deploymtl.outdir.output_set`).
 
 from __future__ import annotations
 
-import importlib
 import math
 import random
 import time
@@ -33,10 +32,11 @@ from .. import __version__
 from ..config import Recipe
 from ..data import MultiTaskDataset, build_datasets, make_loader
 from ..errors import DeploymtlError
+from ..families import build_supernet, family_spec
+from ..formats.supernet import STATE_FORMAT, write_supernet
 from ..io import save_torch, write_json
 from ..metrics import TaskMeter, delta_mtl
 from ..models.base import Supernet
-from ..models.registry import build_supernet
 from ..outdir import check_output_dir, link_or_copy, output_set
 from ..tasks import TaskSpec, task_loss
 from .distributed import (
@@ -49,8 +49,6 @@ from .distributed import (
     sync_gradients,
 )
 
-SUPERNET_FORMAT = "deploymtl.supernet/1"
-STATE_FORMAT = "deploymtl.train_state/1"
 STATE_NAME = "train_state.pt"
 TRAIN_FILES = ("supernet.pt", "train_report.json", "recipe.resolved.json", STATE_NAME)
 
@@ -262,7 +260,10 @@ class Trainer:
         })
 
     def _load_state(self, path: Path) -> None:
-        from .checkpoint import load_train_state, load_weights  # validated envelope and weights (one-line errors)
+        from ..formats.supernet import (  # validated envelope and weights (one-line errors)
+            load_train_state,
+            load_weights,
+        )
 
         state = load_train_state(path, self.recipe.family)
         load_weights(self.model, state.state_dict, path, "the recipe's model")
@@ -278,8 +279,7 @@ class Trainer:
         untrained = evaluate(build_supernet(self.recipe.family, self.recipe.tasks, self.recipe.model,
                                             self.recipe.search).to(self.device).set_deployed(True),
                              self.recipe.tasks, self.data["val"], self.device) if main else {}
-        schedule = importlib.import_module(f"deploymtl.train.{self.recipe.family}")
-        schedule.search(self)
+        family_spec(self.recipe.family).schedule(self)
         check_in_sync(self.model, self.dist)
         self.model.set_deployed(True)
         final = evaluate(self.model, self.model.tasks, self.data["val"], self.device) if main else {}
@@ -342,14 +342,8 @@ class Trainer:
         return results
 
     def save_supernet(self, report: dict[str, Any], folder: Path) -> Path:
-        path = folder / "supernet.pt"
-        save_torch(path, {
-            "format": SUPERNET_FORMAT, "family": self.recipe.family, "deploymtl_version": __version__,
-            "recipe": self.recipe.resolved(), "tasks": [t.model_dump() for t in self.recipe.tasks],
-            "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-            "decisions": self.model.decisions(), "metrics": report["metrics"],
-        })
-        return path
+        return write_supernet(folder / "supernet.pt", self.recipe, self.model.state_dict(), self.model.decisions(),
+                              report["metrics"])
 
 
 def summarize(model: Supernet) -> dict[str, Any]:

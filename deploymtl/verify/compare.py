@@ -1,4 +1,6 @@
-"""Per-output numeric comparison of an artifact's outputs against reference outputs (shared/STYLE.md #6).
+"""The comparison core: every numeric comparison of outputs against reference outputs in deploymtl (export parity,
+`deploymtl verify`, TensorRT parity, localisation, and the surgeon's static-vs-supernet parity) computes its
+statistics and its verdict here, so each field means one thing in every report.
 
 An element passes when ``|out - ref| <= atol_eff + rtol * |ref|`` with ``atol_eff = atol + range_rel * max|ref|``
 (numpy's `allclose` rule, plus an optional term relative to the output's dynamic range: int8 errors scale with the
@@ -6,16 +8,19 @@ quantisation step, which is a fraction of each tensor's range, not of each eleme
 element passes, no NaN/Inf appears that the reference does not have, and (if set) the cosine similarity of the
 flattened tensors reaches `min_cosine`.
 
-Statistics carried by every result, pass or fail (arrays of shape (N, ...) compared elementwise):
+Statistics carried by every result, pass or fail (arrays of shape (N, ...) compared elementwise, over the elements
+where both are finite):
 - `max_abs` = max |out - ref|; `mean_abs` = mean |out - ref|;
-- `max_rel` = max |out - ref| / |ref| over elements with |ref| > 1e-6 * max|ref| (relative error of near-zero
-  references is meaningless);
+- `max_rel` = max |out - ref| / |ref| over the elements with |ref| > atol_eff, the tolerance's absolute floor:
+  below it the absolute bound is what decides, and relative errors of near-zero references are meaningless (an
+  int8 ReLU output of 1e-5 off by one step reads as 1000x). Elements of a zero reference are never divided by;
 - `cosine` = <out, ref> / (|out| |ref|) over the flattened tensors;
 - `nan_inf` = number of NaN/Inf elements in `out` where `ref` is finite;
 - `atol_needed` = the smallest `atol` that would have passed at the given `rtol` and `range_rel`.
 
-Presets per precision (`PRESETS`, reasoning beside them) bound the errors measured on the project's models with
-margin; any field can be overridden globally (`--atol/--rtol`) or per output (`--tol TASK=ATOL[:RTOL]`).
+`Accumulator` streams these over batches (the surgeon's parity runs both models batch by batch); `compare_arrays`
+is one batch. Presets per precision (`PRESETS`, reasoning beside them) bound the errors measured on the project's
+models with margin; any field can be overridden globally (`--atol/--rtol`) or per output (`--tol TASK=ATOL[:RTOL]`).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-from ..errors import DeploymtlError
+from ..errors import DeploymtlError, InternalError
 
 
 @dataclass(frozen=True)
@@ -36,8 +41,8 @@ class Tolerance:
     range_rel: float = 0.0
     min_cosine: float | None = None
 
-    def effective_atol(self, ref: np.ndarray) -> float:
-        peak = float(np.max(np.abs(ref[np.isfinite(ref)]))) if ref.size and np.isfinite(ref).any() else 0.0
+    def effective_atol(self, peak: float) -> float:
+        """atol_eff = atol + range_rel * max|ref| for an output whose largest finite |ref| is `peak`."""
         return self.atol + self.range_rel * peak
 
     def to_dict(self) -> dict:
@@ -126,44 +131,89 @@ class CompareResult:
                 f"cosine {self.cosine:.6f} nan/inf {self.nan_inf} (atol needed {self.atol_needed:.3g}) {verdict}")
 
 
+class Accumulator:
+    """One output's comparison over chunks of samples (axis 0): `add(out, ref)` per chunk, then `result()`.
+
+    Exact for any number of chunks when `range_rel` is 0; with a range term the floor of `max_rel` needs the
+    whole output's range, so such a tolerance takes a single chunk (`compare_arrays`)."""
+
+    def __init__(self, name: str, tol: Tolerance) -> None:
+        self.name, self.tol = name, tol
+        self.shape: tuple[int, ...] | None = None
+        self.elements = 0  # every element added, finite or not
+        self._finite = 0  # elements where both are finite (the statistics' population)
+        self._max_abs = self._sum_abs = self._max_rel = self._peak = 0.0
+        self._need = 0.0  # max(|out - ref| - rtol * |ref|) over the population
+        self._dot = self._out_sq = self._ref_sq = 0.0
+        self._nan_inf = 0
+        self._mismatch = ""
+
+    def add(self, out: np.ndarray, ref: np.ndarray) -> None:
+        out, ref = np.asarray(out), np.asarray(ref)
+        if self._mismatch:
+            return
+        if out.shape != ref.shape:
+            self._mismatch = f"shape {tuple(out.shape)} != reference {tuple(ref.shape)}"
+            self.shape = tuple(out.shape)
+            return
+        if self.shape is None:
+            self.shape = tuple(out.shape)
+        elif self.tol.range_rel:
+            raise InternalError(f"comparison of {self.name}: a range-relative tolerance is compared in one chunk")
+        elif not out.ndim or out.shape[1:] != self.shape[1:]:
+            self._mismatch = f"chunk shape {tuple(out.shape)} does not continue {self.shape}"
+            return
+        else:
+            self.shape = (self.shape[0] + out.shape[0], *self.shape[1:])
+        o = out.astype(np.float64, copy=False)
+        r = ref.astype(np.float64, copy=False)
+        finite_ref = np.isfinite(r)
+        self._nan_inf += int((~np.isfinite(o) & finite_ref).sum())
+        both = finite_ref & np.isfinite(o)
+        diff = np.abs(o - r)[both]
+        rabs = np.abs(r[both])
+        self.elements += out.size
+        self._finite += diff.size
+        if finite_ref.any():
+            self._peak = max(self._peak, float(np.max(np.abs(r[finite_ref]))))
+        if diff.size:
+            self._max_abs = max(self._max_abs, float(diff.max()))
+            self._sum_abs += float(diff.sum())
+            self._need = max(self._need, float(np.max(diff - self.tol.rtol * rabs)))
+            big = rabs > self.tol.effective_atol(self._peak)  # max_rel's floor (module docstring)
+            if big.any():
+                self._max_rel = max(self._max_rel, float((diff[big] / rabs[big]).max()))
+        of, rf = np.where(both, o, 0.0).ravel(), np.where(both, r, 0.0).ravel()
+        self._dot += float(np.dot(of, rf))
+        self._out_sq += float(of.dot(of))
+        self._ref_sq += float(rf.dot(rf))
+
+    def result(self) -> CompareResult:
+        tol = self.tol
+        if self._mismatch or self.shape is None:
+            return CompareResult(self.name, self.shape or (), math.inf, math.inf, math.inf, 0.0, 0, math.inf, tol,
+                                 False, self._mismatch or "output missing")
+        mean_abs = self._sum_abs / self._finite if self._finite else 0.0
+        norm = math.sqrt(self._out_sq) * math.sqrt(self._ref_sq)
+        cosine = self._dot / norm if norm > 0 else (1.0 if self._max_abs == 0 else 0.0)
+        atol_needed = max(self._need - tol.range_rel * self._peak, 0.0)
+        reasons = []
+        if self._nan_inf:
+            reasons.append(f"{self._nan_inf} NaN/Inf")
+        if atol_needed > tol.atol:
+            reasons.append(f"max_abs {self._max_abs:.3g} exceeds atol {tol.effective_atol(self._peak):.3g} + rtol "
+                           f"{tol.rtol:g}*|ref|")
+        if tol.min_cosine is not None and cosine < tol.min_cosine:
+            reasons.append(f"cosine {cosine:.6f} < {tol.min_cosine}")
+        return CompareResult(self.name, self.shape, self._max_abs, self._max_rel, mean_abs, cosine, self._nan_inf,
+                             atol_needed, tol, not reasons, "; ".join(reasons))
+
+
 def compare_arrays(name: str, out: np.ndarray, ref: np.ndarray, tol: Tolerance) -> CompareResult:
     """Compare one output (any shape; both arrays are cast to float64 for the statistics)."""
-    out = np.asarray(out)
-    ref = np.asarray(ref)
-    if out.shape != ref.shape:
-        return CompareResult(name, tuple(out.shape), math.inf, math.inf, math.inf, 0.0, 0, math.inf, tol, False,
-                             f"shape {tuple(out.shape)} != reference {tuple(ref.shape)}")
-    o = out.astype(np.float64, copy=False)
-    r = ref.astype(np.float64, copy=False)
-    finite_ref = np.isfinite(r)
-    bad = ~np.isfinite(o) & finite_ref
-    nan_inf = int(bad.sum())
-    both = finite_ref & np.isfinite(o)
-    diff = np.abs(o - r)[both]
-    rabs = np.abs(r[both])
-    if diff.size == 0:
-        max_abs = mean_abs = max_rel = 0.0
-    else:
-        max_abs = float(diff.max())
-        mean_abs = float(diff.mean())
-        floor = 1e-6 * float(rabs.max())
-        big = rabs > floor
-        max_rel = float((diff[big] / rabs[big]).max()) if big.any() else 0.0
-    of, rf = np.where(both, o, 0.0).ravel(), np.where(both, r, 0.0).ravel()
-    norm = float(np.linalg.norm(of) * np.linalg.norm(rf))
-    cosine = float(np.dot(of, rf) / norm) if norm > 0 else (1.0 if max_abs == 0 else 0.0)
-    slack = tol.range_rel * (float(rabs.max()) if rabs.size else 0.0) + tol.rtol * rabs
-    atol_needed = float(np.max(diff - slack, initial=0.0)) if diff.size else 0.0
-    atol_needed = max(atol_needed, 0.0)
-    reasons = []
-    if nan_inf:
-        reasons.append(f"{nan_inf} NaN/Inf")
-    if atol_needed > tol.atol:
-        reasons.append(f"max_abs {max_abs:.3g} exceeds atol {tol.effective_atol(r):.3g} + rtol {tol.rtol:g}*|ref|")
-    if tol.min_cosine is not None and cosine < tol.min_cosine:
-        reasons.append(f"cosine {cosine:.6f} < {tol.min_cosine}")
-    return CompareResult(name, tuple(out.shape), max_abs, max_rel, mean_abs, cosine, nan_inf, atol_needed, tol,
-                         not reasons, "; ".join(reasons))
+    acc = Accumulator(name, tol)
+    acc.add(out, ref)
+    return acc.result()
 
 
 @dataclass

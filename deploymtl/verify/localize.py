@@ -24,8 +24,10 @@ import onnx
 import torch
 
 from ..errors import DeploymtlError
-from ..export.onnx import node_scope, static_nodes
-from ..surgery.graph import INPUT, StaticModel
+from ..formats.onnx_metadata import node_scope
+from ..ir import INPUT, StaticModel, static_nodes
+from ..onnxkit.index import GraphIndex, value_types
+from ..onnxkit.session import QUIET, open_session
 from .compare import CompareResult, Tolerance, compare_arrays
 
 _LAYERS = "layers."
@@ -68,21 +70,16 @@ class Localization:
 
 def module_tensors(proto: onnx.ModelProto) -> dict[str, tuple[str, onnx.NodeProto]]:
     """{module path: (its output tensor, the ONNX node producing it)} from the `layers.<n>/<Op>` node names."""
-    nodes = list(proto.graph.node)
-    scopes = [node_scope(n) for n in nodes]  # by index: protobuf hands out new wrapper objects on each access
-    consumers: dict[str, list[int]] = {}
-    for k, n in enumerate(nodes):
-        for i in n.input:
-            consumers.setdefault(i, []).append(k)
-    outputs = {o.name for o in proto.graph.output}
+    g = GraphIndex(proto.graph)
+    scope = {id(n): node_scope(n) for n in g.nodes}
     found: dict[str, tuple[str, onnx.NodeProto]] = {}
-    for k, n in enumerate(nodes):  # topological order: a later hit is the scope's last output
-        scope = scopes[k]
-        if not scope:
+    for n in g.nodes:  # topological order: a later hit is the scope's last output
+        s = scope[id(n)]
+        if not s:
             continue
         for t in n.output:
-            if t in outputs or any(scopes[c] != scope for c in consumers.get(t, [])):
-                found[scope] = (t, n)
+            if t in g.outputs or any(scope[id(c)] != s for c in g.readers(t)):
+                found[s] = (t, n)
     return found
 
 
@@ -117,14 +114,11 @@ class _Prober:
     def __init__(self, proto: onnx.ModelProto, inputs: np.ndarray) -> None:
         self.proto = proto
         self.inputs = np.ascontiguousarray(inputs, dtype=np.float32)
-        inferred = onnx.shape_inference.infer_shapes(proto)
-        self.types = {v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info}
+        self.types = value_types(proto)
         self.runs = 0
         self.cache: dict[str, np.ndarray] = {}
 
     def run(self, tensors: list[str]) -> dict[str, np.ndarray]:
-        import onnxruntime as ort
-
         todo = [t for t in tensors if t not in self.cache]
         if todo:
             probe = onnx.ModelProto()
@@ -134,9 +128,7 @@ class _Prober:
                 if t not in have:
                     elem = self.types.get(t, onnx.TensorProto.FLOAT)
                     probe.graph.output.append(onnx.helper.make_tensor_value_info(t, elem, None))
-            opts = ort.SessionOptions()
-            opts.log_severity_level = 3
-            session = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+            session = open_session(probe, log_severity=QUIET, label="<localisation probe>")
             values = session.run(todo, {"image": self.inputs})
             self.runs += 1
             for t, v in zip(todo, values, strict=True):

@@ -16,8 +16,8 @@ import re
 
 import onnx
 
-from ..export.onnx import node_scope, static_nodes
-from ..surgery.graph import StaticModel
+from ..formats.onnx_metadata import node_scope
+from ..ir import StaticModel, static_nodes
 
 _FLOAT = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)
 

@@ -1,13 +1,12 @@
-"""TensorRT engines from verified ONNX graphs: lint (no GPU needed), profiles, build, manifest.
+"""TensorRT engines from verified ONNX graphs: lint (no GPU needed), profiles, build. The engine's manifest format
+is `deploymtl.formats.trt_manifest`; the engine runner is `deploymtl.backends.trt_runner`.
 
-Importing this package never imports `tensorrt`; only `require_tensorrt()` and the functions that build or run an
-engine do. See docs/tensorrt.md for the GPU workflow.
+Importing this package never imports `tensorrt`; only the functions that build an engine do. See docs/tensorrt.md
+for the GPU workflow.
 """
 
-from .build import export_trt, require_tensorrt
+from .build import export_trt
 from .lint import LintIssue, lint_onnx
-from .manifest import RuntimeInfo, check_compatible, manifest_path, read_manifest
-from .profile import InputProfile, derive_profiles
+from .profile import derive_profiles
 
-__all__ = ["InputProfile", "LintIssue", "RuntimeInfo", "check_compatible", "derive_profiles", "export_trt",
-           "lint_onnx", "manifest_path", "read_manifest", "require_tensorrt"]
+__all__ = ["LintIssue", "derive_profiles", "export_trt", "lint_onnx"]

@@ -1,6 +1,6 @@
 """Build a TensorRT engine from a verified ONNX graph: `model.plan` (raw serialized engine) + `model.plan.json`.
 
-The calls follow the TensorRT 10.x/11.x Python API as documented (shared/TENSORRT.md, "Build from ONNX"):
+The calls follow the TensorRT 10.x/11.x Python API as documented (docs/tensorrt.md, section 7, "Build"):
 Builder -> strongly typed network -> OnnxParser.parse -> builder config (workspace pool limit, optimisation level,
 DETAILED profiling verbosity, timing cache, optional hardware/version compatibility) -> one optimisation profile
 from the batch specification -> build_serialized_network. Precision comes from the graph (the fp16 ONNX or the Q/DQ
@@ -8,8 +8,8 @@ int8 ONNX of the export stage), never from builder flags: TensorRT 11 has none, 
 typing. After the build the engine is deserialised once to record its IO and to inspect which precision its layers
 actually run (`precision.py`); an engine that silently ignored the requested precision is refused.
 
-Only `require_tensorrt`, `runtime_info`, `make_logger` and `export_trt` touch TensorRT; everything they decide on is
-pure and unit-tested (lint, profile, manifest, precision).
+Only `export_trt` touches TensorRT (imported through `deploymtl.backends.trt_env`, shared with the engine runner);
+everything it decides on is pure and unit-tested (lint, profile, manifest, precision).
 """
 
 from __future__ import annotations
@@ -24,71 +24,29 @@ from typing import Any
 
 import onnx
 
+from ...backends.trt_env import make_logger, require_tensorrt, runtime_info
+from ...config import BatchSpec, parse_batch
 from ...errors import DeploymtlError
+from ...formats.onnx_metadata import from_props
+from ...formats.trt_manifest import (
+    HARDWARE_LEVELS,
+    PRECISIONS,
+    InputProfile,
+    dtype_name,
+    make_manifest,
+    profiles_to_dict,
+    write_manifest,
+)
 from ...io import atomic_write_bytes, atomic_write_text, ensure_dir, sha256_file
-from ..batch import BatchSpec, parse_batch
-from ..metadata import from_props
+from ...onnxkit.load import load_onnx
 from .lint import errors, lint_onnx
-from .manifest import HARDWARE_LEVELS, PRECISIONS, RuntimeInfo, dtype_name, make_manifest, version_tuple, write_manifest
 from .precision import graph_precision, parse_engine_layers, precision_report, require_honoured
-from .profile import InputProfile, derive_profiles, profiles_to_dict
+from .profile import derive_profiles
 
 log = logging.getLogger(__name__)
 
-INSTALL = "pip install 'deploymtl[trt]'"
-PLAN_NAME = "model.plan"
+ENGINE_NAME = "model.plan"  # the engine file: Triton's name for a TensorRT model
 _HW_ENUM = {"none": "NONE", "ampere_plus": "AMPERE_PLUS", "same_compute_capability": "SAME_COMPUTE_CAPABILITY"}
-
-
-def require_tensorrt() -> ModuleType:
-    """The `tensorrt` module, or a one-line DeploymtlError (exit 2) saying what to install and where it runs."""
-    try:
-        import tensorrt as trt
-    except (ImportError, OSError) as exc:  # OSError: the wheel is there but libnvinfer cannot load
-        raise DeploymtlError(f"TensorRT is not importable here ({type(exc).__name__}): run {INSTALL} on a machine "
-                             "with an NVIDIA GPU and TensorRT 10/11") from None
-    version = str(getattr(trt, "__version__", "0"))
-    if version_tuple(version)[:1] < (10,):
-        raise DeploymtlError(f"TensorRT {version} is too old: deploymtl builds with TensorRT 10/11; run "
-                             f"pip install -U 'deploymtl[trt]' on a machine with an NVIDIA GPU")
-    import torch
-
-    if not torch.cuda.is_available():
-        raise DeploymtlError(f"TensorRT {version} is installed but no CUDA GPU is visible (torch.cuda is not "
-                             f"available): run {INSTALL} on a machine with an NVIDIA GPU and a CUDA build of torch")
-    return trt
-
-
-def runtime_info(trt: ModuleType) -> RuntimeInfo:
-    """TensorRT version, current GPU, its compute capability, and the CUDA version torch runs."""
-    import torch
-
-    dev = torch.cuda.current_device()
-    major, minor = torch.cuda.get_device_capability(dev)
-    return RuntimeInfo(tensorrt_version=str(trt.__version__), compute_capability=(int(major), int(minor)),
-                       gpu_name=torch.cuda.get_device_name(dev), cuda_version=torch.version.cuda)
-
-
-def make_logger(trt: ModuleType) -> Any:
-    """A `trt.ILogger` that keeps messages (all but VERBOSE) so failures can be reported in one line."""
-
-    class CapturingLogger(trt.ILogger):
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)
-            self.messages: list[tuple[str, str]] = []
-
-        def log(self, severity: Any, msg: str) -> None:
-            name = getattr(severity, "name", str(severity).rsplit(".", 1)[-1])
-            if name == "VERBOSE":
-                return
-            self.messages.append((name, str(msg)))
-            if name in ("INTERNAL_ERROR", "ERROR", "WARNING"):
-                log.log(logging.WARNING if name == "WARNING" else logging.ERROR, "TensorRT: %s", msg)
-
-        def errors(self) -> list[str]:
-            return [m for s, m in self.messages if s in ("INTERNAL_ERROR", "ERROR")]
-
-    return CapturingLogger()
 
 
 @dataclass(frozen=True)
@@ -161,19 +119,20 @@ def export_trt(onnx_path: str | Path, out_dir: str | Path, *, precision: str, ba
                hardware_compatibility: str = "none", version_compatible: bool = False) -> dict[str, Any]:
     """Build `out_dir/model.plan` + `model.plan.json` from `onnx_path`; returns the manifest.
 
+    One sequence in TensorRT's documented build order (parse, configure, profile, build, inspect, write), kept whole:
+    the objects it creates must live together until the build ends (the ONNX parser owns the network's weights).
+    Its keyword parameters are the builder settings the manifest records.
+
     `timing_cache` (default `out_dir/timing.cache`) is read if present and rewritten after the build, so rebuilds
     reuse measured tactics. fp32 engines clear TF32 so they meet fp32 parity tolerances.
     Raises DeploymtlError (exit 2) for unusable input or a failed build, VerificationError (exit 1) when the built
-    engine does not run the requested precision (the plan and manifest are kept for inspection).
+    engine does not run the requested precision (the engine and manifest are kept for inspection).
     """
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
     batch = parse_batch(batch)
     check_build_options(precision, workspace_mb, builder_optimization_level, hardware_compatibility)
     trt = require_tensorrt()
-    try:
-        model = onnx.load(str(onnx_path), load_external_data=False)
-    except FileNotFoundError:
-        raise DeploymtlError(f"ONNX model not found: {onnx_path}", hint="expected a .onnx file") from None
+    model = load_onnx(onnx_path, external_data=False)
     check_graph(model, onnx_path, precision)
     profiles = derive_profiles(model, batch)
     meta = from_props({p.key: p.value for p in model.metadata_props})
@@ -201,25 +160,25 @@ def export_trt(onnx_path: str | Path, out_dir: str | Path, *, precision: str, ba
     _set_compatibility(trt, config, hardware_compatibility, version_compatible)
     _add_profile(builder, config, network, profiles)
     cache = _load_timing_cache(config, cache_path)  # kept alive for the build
-    plan = builder.build_serialized_network(network, config)
-    if plan is None:
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
         last = "; ".join(logger.errors()[-3:]) or "no error was logged"
         raise DeploymtlError(f"TensorRT could not build an engine from {onnx_path}: {last}",
                              hint="check the workspace (--workspace-mb) and run deploymtl lint on the ONNX")
-    data = bytes(plan)
+    data = bytes(serialized)
     atomic_write_bytes(cache_path, bytes(config.get_timing_cache().serialize()))
     del cache
     build_s = time.perf_counter() - t0
 
     io, layers_json = _inspect_engine(trt, logger, data, version_compatible)
     report = precision_report(parse_engine_layers(layers_json), precision)
-    plan_path = out_dir / PLAN_NAME
-    atomic_write_bytes(plan_path, data)  # the raw engine, no header: loadable by trtexec and Triton as is
+    engine_path = out_dir / ENGINE_NAME
+    atomic_write_bytes(engine_path, data)  # the raw engine, no header: loadable by trtexec and Triton as is
     atomic_write_text(out_dir / "model.plan.layers.json", layers_json)
     manifest = make_manifest(
         runtime=info, precision=precision, batch=batch.to_dict(), profile=profiles_to_dict(profiles), io=io,
         tasks=meta.get("tasks") or [o["name"] for o in io if o["mode"] == "output"], onnx_path=str(onnx_path),
-        onnx_sha256=sha256_file(onnx_path), plan_name=PLAN_NAME, plan_sha256=hashlib.sha256(data).hexdigest(),
+        onnx_sha256=sha256_file(onnx_path), engine_name=ENGINE_NAME, engine_sha256=hashlib.sha256(data).hexdigest(),
         hardware_compatibility=hardware_compatibility, version_compatible=version_compatible,
         strongly_typed=strongly_typed, input_meta=meta.get("input"),
         build={"workspace_mb": int(workspace_mb), "builder_optimization_level": int(builder_optimization_level),
@@ -227,7 +186,7 @@ def export_trt(onnx_path: str | Path, out_dir: str | Path, *, precision: str, ba
                "warnings": [m for s, m in logger.messages if s == "WARNING"][-20:]},
         precision_check=report)
     write_manifest(out_dir / "model.plan.json", manifest)
-    require_honoured(report, str(plan_path))
+    require_honoured(report, str(engine_path))
     return manifest
 
 
@@ -274,10 +233,10 @@ def _load_timing_cache(config: Any, path: Path) -> Any:
 
 def _inspect_engine(trt: ModuleType, logger: Any, data: bytes,
                     version_compatible: bool) -> tuple[list[dict[str, Any]], str]:
-    """IO tensors (name, mode, dtype, shape) and the inspector's layer JSON of a freshly built plan."""
+    """IO tensors (name, mode, dtype, shape) and the inspector's layer JSON of a freshly built engine."""
     runtime = trt.Runtime(logger)
     if version_compatible:
-        runtime.engine_host_code_allowed = True  # we built this plan ourselves a moment ago
+        runtime.engine_host_code_allowed = True  # we built this engine ourselves a moment ago
     engine = runtime.deserialize_cuda_engine(data)
     if engine is None:
         last = "; ".join(logger.errors()[-3:]) or "no error was logged"

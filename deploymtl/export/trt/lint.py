@@ -1,6 +1,6 @@
 """TensorRT compatibility lint for ONNX graphs: runs without TensorRT or a GPU.
 
-Checks an ONNX model against what TensorRT 10.x/11.x's ONNX parser accepts (shared/TENSORRT.md; the parser's operator
+Checks an ONNX model against what TensorRT 10.x/11.x's ONNX parser accepts (docs/tensorrt.md; the parser's operator
 support matrix, `ops.py`) so problems surface at export time, not on a GPU machine:
 
 - operators: unsupported ones (QLinearConv, ConvInteger, DynamicQuantizeLinear, Sequence*, custom domains), and the
@@ -9,8 +9,8 @@ support matrix, `ops.py`) so problems surface at export time, not on a GPU machi
   Dropout not training, LayerNormalization output Y only, ...);
 - data types: DOUBLE is cast down to FLOAT, UINT8 only as network IO, INT8/INT4/FP8/FP4 only through Q/DQ, INT64
   weights;
-- explicit quantization: symmetric (constant zero points equal to 0), positive constant scales, per-tensor activations,
-  per-channel weights on the Conv weight's output-channel axis 0, opset >= 13;
+- explicit quantization: the Q/DQ rules of `deploymtl.onnxkit.qdq` (symmetric constant zero points, positive constant
+  scales, per-tensor activations, per-channel weights on the Conv weight's output-channel axis 0, opset >= 13);
 - dynamic shapes: every input needs a dynamic batch axis (a static batch cannot be fixed after parsing), other dynamic
   dims and batch-fixing Reshapes are flagged; the opset must lie in the parsers' range.
 
@@ -23,16 +23,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
-from ...errors import DeploymtlError
+from ...onnxkit import qdq
+from ...onnxkit.index import GraphIndex, attr, opset_version, value_types
+from ...onnxkit.load import load_onnx
 from . import ops
 
-ERROR, WARNING = "error", "warning"
+ERROR, WARNING = qdq.ERROR, qdq.WARNING
 
 
 @dataclass(frozen=True)
@@ -57,115 +57,38 @@ def errors(issues: list[LintIssue]) -> list[LintIssue]:
 
 def lint_onnx(model: onnx.ModelProto | str | Path) -> list[LintIssue]:
     """All TensorRT compatibility issues of `model` (a path or a loaded ModelProto), errors first."""
-    proto = _load(model)
-    g = _Graph(proto.graph, _opset(proto), {(f.domain, f.name): f for f in proto.functions})
+    return lint_with_qdq(model)[0]
+
+
+def lint_with_qdq(model: onnx.ModelProto | str | Path) -> tuple[list[LintIssue], list[qdq.QdqFinding]]:
+    """`lint_onnx`'s issues, and the Q/DQ rule findings among them as such (`onnxkit.qdq`): an int8 export reads
+    its scheme's violations from these instead of running the rules a second time."""
+    proto = load_onnx(model)
+    g = _Graph(proto.graph, opset_version(proto), {(f.domain, f.name): f for f in proto.functions})
     issues = list(_check_opset(g.opset))
     issues += _check_io(proto.graph)
     issues += _check_nodes(g, prefix="")
-    types = _infer_dtypes(proto)
+    types = value_types(proto)
     issues += _check_dtypes(g, types)
-    issues += _check_qdq(g, types)
+    findings = qdq.check(g, g.opset, types)
+    issues += [LintIssue(f.severity, f.node, f.op, f.message) for f in findings]
     unique = list(dict.fromkeys(issues))
-    return sorted(unique, key=lambda i: i.severity != ERROR)
+    return sorted(unique, key=lambda i: i.severity != ERROR), findings
 
 
-def _load(model: onnx.ModelProto | str | Path) -> onnx.ModelProto:
-    if isinstance(model, onnx.ModelProto):
-        return model
-    path = Path(model)
-    if not path.is_file():
-        raise DeploymtlError(f"ONNX model not found: {path}", hint="expected a .onnx file written by deploymtl export")
-    try:
-        proto = onnx.load(str(path))
-    except Exception as exc:  # onnx raises DecodeError / ValueError / OSError depending on the damage
-        raise DeploymtlError(f"{path} is not a readable ONNX model: {str(exc).splitlines()[0][:160]}") from None
-    if not proto.HasField("graph") or not proto.graph.node or not proto.graph.output:
-        # protobuf parses an empty file (and some foreign bytes) as an empty model: that is bad input, not a graph
-        what = "an empty file" if path.stat().st_size == 0 else "a model without a graph, nodes or outputs"
-        raise DeploymtlError(f"{path} is not an ONNX model ({what})", hint="expected a .onnx file written by "
-                             "deploymtl export")
-    return proto
-
-
-def _opset(proto: onnx.ModelProto) -> int:
-    for imp in proto.opset_import:
-        if imp.domain in ("", "ai.onnx"):
-            return int(imp.version)
-    return 1
-
-
-class _Graph:
-    """Indices over one (sub)graph: constants (with values where known), producers, consumers, data tensors."""
+class _Graph(GraphIndex):
+    """The graph index of one (sub)graph plus what the lint needs beside it: the opset, the model's functions,
+    graph IO names and the tensors that carry data (computed from an input, not only from shapes)."""
 
     def __init__(self, graph: onnx.GraphProto, opset: int, functions: dict[tuple[str, str], onnx.FunctionProto],
                  parent: _Graph | None = None) -> None:
-        self.graph, self.opset, self.functions = graph, opset, functions
-        self.nodes = list(graph.node)
-        self.initializers = {t.name: t for t in graph.initializer}
-        self.values: dict[str, np.ndarray | None] = dict(parent.values) if parent else {}
-        for name, t in self.initializers.items():
-            self.values[name] = _array(t)
-        self.inputs = [i for i in graph.input if i.name not in self.initializers]
-        self.io_names = {i.name for i in self.inputs} | {o.name for o in graph.output}
-        self.producer: dict[str, onnx.NodeProto] = {}
-        self.consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+        super().__init__(graph, parent)
+        self.opset, self.functions = opset, functions
+        self.io_names = {i.name for i in self.inputs} | self.outputs
         self.data: set[str] = {i.name for i in self.inputs}
         for node in self.nodes:
-            for pos, name in enumerate(node.input):
-                if name:
-                    self.consumers.setdefault(name, []).append((node, pos))
-            for name in node.output:
-                self.producer[name] = node
-            self._fold(node)
             if node.op_type not in ops.SHAPE_OPS and any(i in self.data for i in node.input):
                 self.data.update(o for o in node.output if o)
-
-    def _fold(self, node: onnx.NodeProto) -> None:
-        """Mark outputs constant when the parser can fold them (a Constant, or every input constant)."""
-        if node.op_type == "Constant":
-            self.values[node.output[0]] = _constant_value(node)
-        elif node.op_type == "Identity" and node.input[0] in self.values:
-            self.values[node.output[0]] = self.values[node.input[0]]
-        elif (node.input and all(i in self.values for i in node.input if i)
-              and not node.op_type.startswith("Random") and node.domain in ("", "ai.onnx")):
-            for out in node.output:
-                self.values[out] = None  # constant, value not computed here
-
-    def is_const(self, name: str) -> bool:
-        return name in self.values
-
-    def value(self, name: str) -> np.ndarray | None:
-        return self.values.get(name)
-
-
-def _array(t: onnx.TensorProto) -> np.ndarray | None:
-    try:
-        return numpy_helper.to_array(t)
-    except Exception:  # external data not loaded or an exotic dtype: constness is still known
-        return None
-
-
-def _constant_value(node: onnx.NodeProto) -> np.ndarray | None:
-    for a in node.attribute:
-        if a.name == "value":
-            return _array(a.t)
-        if a.name == "value_float":
-            return np.asarray(a.f, dtype=np.float32)
-        if a.name == "value_floats":
-            return np.asarray(list(a.floats), dtype=np.float32)
-        if a.name == "value_int":
-            return np.asarray(a.i, dtype=np.int64)
-        if a.name == "value_ints":
-            return np.asarray(list(a.ints), dtype=np.int64)
-    return None
-
-
-def _attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
-    for a in node.attribute:
-        if a.name == name:
-            value = onnx.helper.get_attribute_value(a)
-            return value.decode() if isinstance(value, bytes) else value
-    return default
 
 
 def _name(node: onnx.NodeProto, index: int, prefix: str) -> str:
@@ -268,10 +191,10 @@ def _check_nodes(g: _Graph, prefix: str) -> Iterator[LintIssue]:
 
 @_rule("MaxPool", "AveragePool", "LpPool")
 def _pool(g: _Graph, node: onnx.NodeProto) -> Iterator[tuple[str, str]]:
-    kernel = _attr(node, "kernel_shape", [])
+    kernel = attr(node, "kernel_shape", [])
     if len(kernel) not in (2, 3):
         yield ERROR, f"{len(kernel)}D pooling: TensorRT pools in 2D or 3D only"
-    dilations = _attr(node, "dilations", [])
+    dilations = attr(node, "dilations", [])
     if any(d != 1 for d in dilations):
         yield ERROR, f"dilations {list(dilations)}: TensorRT pooling needs dilations of 1"
     if node.op_type == "MaxPool" and len(node.output) > 1 and node.output[1]:
@@ -280,35 +203,35 @@ def _pool(g: _Graph, node: onnx.NodeProto) -> Iterator[tuple[str, str]]:
 
 @_rule("Resize")
 def _resize(g: _Graph, node: onnx.NodeProto) -> Iterator[tuple[str, str]]:
-    coord = _attr(node, "coordinate_transformation_mode", "half_pixel")
+    coord = attr(node, "coordinate_transformation_mode", "half_pixel")
     if coord not in ops.RESIZE_COORDINATE_MODES:
         yield ERROR, (f"coordinate_transformation_mode '{coord}' is not supported; expected one of "
                       f"{sorted(ops.RESIZE_COORDINATE_MODES)} (F.interpolate align_corners=False gives half_pixel)")
-    mode = _attr(node, "mode", "nearest")
+    mode = attr(node, "mode", "nearest")
     if mode not in ops.RESIZE_MODES:
         yield ERROR, f"mode '{mode}' is not supported; expected one of {sorted(ops.RESIZE_MODES)}"
-    nearest = _attr(node, "nearest_mode", "round_prefer_floor")
+    nearest = attr(node, "nearest_mode", "round_prefer_floor")
     if mode == "nearest" and nearest not in ops.RESIZE_NEAREST_MODES:
         yield ERROR, f"nearest_mode '{nearest}' is not supported; expected one of {sorted(ops.RESIZE_NEAREST_MODES)}"
-    if _attr(node, "antialias", 0):
+    if attr(node, "antialias", 0):
         yield ERROR, "antialias is not supported; resize with antialias=False"
-    policy = _attr(node, "keep_aspect_ratio_policy", "stretch")
+    policy = attr(node, "keep_aspect_ratio_policy", "stretch")
     if policy != "stretch":
         yield ERROR, f"keep_aspect_ratio_policy '{policy}' is not supported; only 'stretch'"
-    axes = _attr(node, "axes", None)
+    axes = attr(node, "axes", None)
     if axes is not None and list(axes) != list(range(len(axes))):
         yield ERROR, f"axes {list(axes)} must be 0..rank-1 in order"
 
 
 @_rule("Upsample")
 def _upsample(g: _Graph, node: onnx.NodeProto) -> Iterator[tuple[str, str]]:
-    mode = _attr(node, "mode", "nearest")
+    mode = attr(node, "mode", "nearest")
     if mode not in ("nearest", "linear", "bilinear"):
         yield ERROR, f"mode '{mode}' is not supported; expected nearest or linear"
 
 
 def _const_input(g: _Graph, node: onnx.NodeProto, pos: int, what: str) -> Iterator[tuple[str, str]]:
-    if len(node.input) > pos and node.input[pos] and not g.is_const(node.input[pos]):
+    if len(node.input) > pos and node.input[pos] and not g.is_constant(node.input[pos]):
         yield ERROR, f"{what} '{node.input[pos]}' is computed at run time; TensorRT needs it constant"
 
 
@@ -330,25 +253,25 @@ def _onehot(g: _Graph, node: onnx.NodeProto) -> Iterator[tuple[str, str]]:
 @_rule("Dropout")
 def _dropout(g: _Graph, node: onnx.NodeProto) -> Iterator[tuple[str, str]]:
     if len(node.input) > 2 and node.input[2]:
-        if not g.is_const(node.input[2]):
+        if not g.is_constant(node.input[2]):
             yield ERROR, "training_mode is computed at run time; TensorRT needs a constant False (export in eval mode)"
         else:
-            value = g.value(node.input[2])
+            value = g.constant_value(node.input[2])
             if value is not None and bool(np.asarray(value).any()):
                 yield ERROR, "training_mode is True: TensorRT runs Dropout in inference mode only (model.eval())"
 
 
 @_rule("TopK")
 def _topk(g: _Graph, node: onnx.NodeProto) -> Iterator[tuple[str, str]]:
-    if int(_attr(node, "sorted", 1)) != 1:
+    if int(attr(node, "sorted", 1)) != 1:
         yield ERROR, "sorted=0 is not supported; TensorRT returns sorted values only"
     if g.opset < 10:
-        k = np.asarray(_attr(node, "k", 1))
-    elif len(node.input) < 2 or not g.is_const(node.input[1]):
+        k = np.asarray(attr(node, "k", 1))
+    elif len(node.input) < 2 or not g.is_constant(node.input[1]):
         yield ERROR, "K is computed at run time; TensorRT needs a constant K"
         return
     else:
-        k = g.value(node.input[1])
+        k = g.constant_value(node.input[1])
     if k is not None and int(np.asarray(k).reshape(-1)[0]) >= ops.TOPK_MAX_K:
         yield ERROR, f"K={int(np.asarray(k).reshape(-1)[0])}: TensorRT needs K < {ops.TOPK_MAX_K}"
 
@@ -361,7 +284,7 @@ def _layernorm(g: _Graph, node: onnx.NodeProto) -> Iterator[tuple[str, str]]:
 
 @_rule("ScatterND")
 def _scatternd(g: _Graph, node: onnx.NodeProto) -> Iterator[tuple[str, str]]:
-    reduction = _attr(node, "reduction", "none")
+    reduction = attr(node, "reduction", "none")
     if reduction != "none":
         yield ERROR, f"reduction '{reduction}' is not supported; only 'none'"
 
@@ -375,7 +298,7 @@ def _constant(g: _Graph, node: onnx.NodeProto) -> Iterator[tuple[str, str]]:
 
 @_rule("Reshape")
 def _reshape(g: _Graph, node: onnx.NodeProto) -> Iterator[tuple[str, str]]:
-    shape = g.value(node.input[1]) if len(node.input) > 1 else None
+    shape = g.constant_value(node.input[1]) if len(node.input) > 1 else None
     if shape is None or node.input[0] not in g.data:
         return
     shape = np.asarray(shape).reshape(-1)
@@ -390,24 +313,6 @@ def _has_dynamic_batch(g: _Graph) -> bool:
 
 # ------------------------------------------------------------------------------------------------------ data types
 _OK_TYPES = frozenset({"FLOAT", "FLOAT16", "BFLOAT16", "INT32", "INT64", "BOOL"})
-_QUANT_TYPES = frozenset({"INT8", "INT4", "FLOAT8E4M3FN", "FLOAT4E2M1"})
-
-
-def _infer_dtypes(proto: onnx.ModelProto) -> dict[str, int]:
-    """Element type of every tensor of the main graph that ONNX shape inference can type."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False)
-    except Exception:  # custom domains or broken graphs: lint what is declared
-        inferred = proto
-    g = inferred.graph
-    types = {t.name: t.data_type for t in g.initializer}
-    for v in [*g.value_info, *g.input, *g.output]:
-        if v.type.HasField("tensor_type") and v.type.tensor_type.elem_type:
-            types[v.name] = v.type.tensor_type.elem_type
-    for node in g.node:
-        if node.op_type == "Cast" and node.output[0] not in types:
-            types[node.output[0]] = int(_attr(node, "to", 0))
-    return types
 
 
 def _qdq_tensors(g: _Graph) -> set[str]:
@@ -427,7 +332,7 @@ def _reported(node: onnx.NodeProto | None) -> bool:
 
 
 def _check_dtypes(g: _Graph, types: dict[str, int]) -> Iterator[LintIssue]:
-    qdq = _qdq_tensors(g)
+    qdq_names = _qdq_tensors(g)
     for tensor, elem in types.items():
         dtype = onnx.TensorProto.DataType.Name(elem) if elem else "UNDEFINED"
         if dtype in _OK_TYPES or dtype == "UNDEFINED":
@@ -441,11 +346,11 @@ def _check_dtypes(g: _Graph, types: dict[str, int]) -> Iterator[LintIssue]:
             yield LintIssue(WARNING, where, op, f"tensor '{tensor}' is DOUBLE: TensorRT casts it to FLOAT "
                             "(clamped to +-FLT_MAX); export in float32")
         elif dtype == "UINT8":
-            if tensor not in g.io_names and tensor not in qdq:
+            if tensor not in g.io_names and tensor not in qdq_names:
                 yield LintIssue(ERROR, where, op, f"tensor '{tensor}' is UINT8 inside the network: TensorRT "
                                 "accepts UINT8 only as network input or output")
-        elif dtype in _QUANT_TYPES:
-            if tensor not in qdq:
+        elif dtype in qdq.QUANT_TYPES:
+            if tensor not in qdq_names:
                 yield LintIssue(ERROR, where, op, f"tensor '{tensor}' is {dtype} outside QuantizeLinear/"
                                 "DequantizeLinear: TensorRT supports quantized types only through Q/DQ")
         else:
@@ -455,7 +360,7 @@ def _check_dtypes(g: _Graph, types: dict[str, int]) -> Iterator[LintIssue]:
 
 def _check_int64_weights(g: _Graph, types: dict[str, int]) -> Iterator[LintIssue]:
     """INT64 constants used as data next to run-time activations (not as shapes, indices or axes)."""
-    for name in g.values:
+    for name in g.constant_names():
         if types.get(name) != onnx.TensorProto.INT64 or name in g.io_names:
             continue
         for node, pos in g.consumers.get(name, []):
@@ -463,84 +368,8 @@ def _check_int64_weights(g: _Graph, types: dict[str, int]) -> Iterator[LintIssue
                 continue
             if not any(i in g.data for i in node.input if i != name):
                 continue  # a shape computation, folded or run on shape tensors
-            value = g.value(name)
+            value = g.constant_value(name)
             shape = list(value.shape) if value is not None else "?"
             yield LintIssue(WARNING, node.name or name, node.op_type, f"INT64 weights '{name}' (shape {shape}) "
                             "enter as data: TensorRT runs INT64 on few layers and never in fp16/int8; store them "
                             "as float32 or int32")
-
-
-# ------------------------------------------------------------------------------------------- explicit quantization
-def _check_qdq(g: _Graph, types: dict[str, int]) -> Iterator[LintIssue]:
-    qnodes = [n for n in g.nodes if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
-    if not qnodes:
-        return
-    if g.opset < 13:
-        yield LintIssue(ERROR, "model", "opset", f"Q/DQ quantization with opset {g.opset}: TensorRT's explicit "
-                        "quantization needs opset >= 13; re-export with opset 13 or newer")
-    for node in qnodes:
-        name = _name(node, g.nodes.index(node), "")
-        for severity, message in _qdq_node(g, node, types):
-            yield LintIssue(severity, name, node.op_type, message)
-
-
-def _qdq_node(g: _Graph, node: onnx.NodeProto, types: dict[str, int]) -> Iterator[tuple[str, str]]:
-    if node.op_type == "DequantizeLinear" and node.input[0] in types:
-        dtype = onnx.TensorProto.DataType.Name(types[node.input[0]])
-        if dtype not in _QUANT_TYPES:
-            hint = " (a quantized bias: quantize with extra_options QuantizeBias=False)" if dtype == "INT32" else ""
-            yield ERROR, f"dequantizes {dtype}: TensorRT dequantizes only INT8, INT4, FP8 and FP4{hint}"
-            return
-    scale_name = node.input[1] if len(node.input) > 1 else ""
-    zp_name = node.input[2] if len(node.input) > 2 else ""
-    scale = g.value(scale_name)
-    if not g.is_const(scale_name):
-        yield ERROR, f"scale '{scale_name}' is computed at run time; TensorRT needs constant scales"
-    elif scale is not None and not (np.all(np.isfinite(scale)) and np.all(np.asarray(scale) > 0)):
-        yield ERROR, f"scale '{scale_name}' has non-positive or non-finite values; scales must be > 0"
-    if zp_name:
-        zp = g.value(zp_name)
-        if not g.is_const(zp_name):
-            yield ERROR, f"zero point '{zp_name}' is computed at run time; TensorRT needs a constant 0"
-        elif zp is not None and np.asarray(zp).dtype == np.uint8:
-            yield ERROR, (f"zero point '{zp_name}' is uint8: TensorRT quantizes to signed int8 only "
-                          "(quantize with QuantType.QInt8)")
-        elif zp is not None and np.any(np.asarray(zp).astype(np.float64) != 0):
-            yield ERROR, (f"zero point '{zp_name}' is not 0 (asymmetric quantization): TensorRT supports symmetric "
-                          "quantization only (ActivationSymmetric=True, WeightSymmetric=True)")
-    elif node.op_type == "QuantizeLinear" and _attr(node, "output_dtype", 0) in (0, onnx.TensorProto.UINT8):
-        yield WARNING, ("no zero point: ONNX then quantizes to uint8 while TensorRT uses int8; add an int8 zero "
-                        "point of 0 so ONNX Runtime and TensorRT agree")
-    if scale is None or np.asarray(scale).size <= 1:
-        return
-    yield from _per_channel(g, node, scale)
-
-
-def _per_channel(g: _Graph, node: onnx.NodeProto, scale: np.ndarray) -> Iterator[tuple[str, str]]:
-    """Per-channel scales: only for constant weights, on their output-channel axis."""
-    x = node.input[0]
-    is_weight = g.is_const(x) or (node.op_type == "DequantizeLinear" and x in g.producer
-                                  and g.producer[x].op_type == "QuantizeLinear" and g.is_const(g.producer[x].input[0]))
-    if not is_weight:
-        yield ERROR, (f"per-channel scale ({np.asarray(scale).size} values) on an activation: TensorRT quantizes "
-                      "activations per tensor only")
-        return
-    value = g.value(x) if g.is_const(x) else g.value(g.producer[x].input[0])
-    rank = value.ndim if value is not None else 4
-    axis = int(_attr(node, "axis", 1))
-    axis = axis + rank if axis < 0 else axis
-    dq_out = node.output[0]
-    if node.op_type == "QuantizeLinear":  # follow Q -> DQ to the consumer of the dequantized weight
-        dqs = [c for c, _ in g.consumers.get(dq_out, []) if c.op_type == "DequantizeLinear"]
-        dq_out = dqs[0].output[0] if dqs else dq_out
-    for consumer, pos in g.consumers.get(dq_out, []):
-        op = consumer.op_type
-        if op == "Conv" and pos == 1:
-            if axis != 0:
-                yield ERROR, f"per-channel axis {axis} on a Conv weight: TensorRT needs axis 0 (output channels)"
-        elif (op == "ConvTranspose" and pos == 1 and axis == 1) or (op in ("Gemm", "MatMul") and pos == 1):
-            yield WARNING, (f"per-channel weights feeding {op} '{consumer.name}': TensorRT documents per-channel "
-                            "weights for Conv (axis 0); confirm the engine's layer precision on the GPU")
-        else:
-            yield ERROR, (f"per-channel scale on axis {axis} of a weight feeding {op} input {pos}: TensorRT "
-                          "supports per-channel weights on the Conv weight's axis 0")

@@ -1,7 +1,7 @@
 """What TensorRT's ONNX parser accepts (10.x/11.x), as data for the lint (`lint.py`).
 
-Sources: shared/TENSORRT.md and the operator support matrix of onnx-tensorrt (`docs/operators.md`, TensorRT 10.15,
-opset 9 to 24). Operator names only; the restrictions on attributes live as rules in `lint.py`.
+Sources: docs/tensorrt.md (section 7) and the operator support matrix of onnx-tensorrt (`docs/operators.md`,
+TensorRT 10.15, opset 9 to 24). Operator names only; the restrictions on attributes live as rules in `lint.py`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Which precision a graph asks for, and which one a built engine actually runs (engine inspector JSON).
 
 TensorRT 11 (and 10.x with a strongly typed network) takes precision from the ONNX graph: an fp16 graph builds fp16
-layers, a Q/DQ graph int8 layers (shared/TENSORRT.md). `graph_precision` reads that intent from the graph;
+layers, a Q/DQ graph int8 layers (docs/tensorrt.md, section 7). `graph_precision` reads that intent from the graph;
 `parse_engine_layers` reads `IEngineInspector.get_engine_information(LayerInformationFormat.JSON)` of an engine built
 with `ProfilingVerbosity.DETAILED`; `precision_report` compares them so a precision that was silently not honoured
 is refused.

@@ -7,48 +7,19 @@ static: deploymtl's models take a fixed image size, and a profile cannot guess a
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import onnx
 
+from ...config import BatchSpec
 from ...errors import DeploymtlError
-from ..batch import BatchSpec
-
-
-@dataclass(frozen=True)
-class InputProfile:
-    """Shapes of one network input for `IOptimizationProfile.set_shape(name, min, opt, max)`."""
-
-    name: str
-    min: tuple[int, ...]
-    opt: tuple[int, ...]
-    max: tuple[int, ...]
-
-    def to_dict(self) -> dict[str, list[int]]:
-        return {"min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
-
-    def batch_range(self) -> tuple[int, int]:
-        return (self.min[0], self.max[0]) if self.min else (1, 1)
-
-    def contains(self, shape: tuple[int, ...]) -> bool:
-        if len(shape) != len(self.min):
-            return False
-        return all(lo <= s <= hi for lo, s, hi in zip(self.min, shape, self.max, strict=True))
+from ...formats.trt_manifest import InputProfile
+from ...onnxkit.load import load_onnx
 
 
 def _load_graph(model: onnx.ModelProto | str | Path) -> tuple[onnx.GraphProto, str]:
-    if isinstance(model, onnx.ModelProto):
-        return model.graph, "the ONNX model"
-    path = Path(model)
-    if not path.is_file():
-        raise DeploymtlError(f"ONNX model not found: {path}", hint="expected a .onnx file written by deploymtl export")
-    try:
-        return onnx.load(str(path), load_external_data=False).graph, str(path)
-    except Exception as exc:  # DecodeError / ValueError depending on the damage
-        raise DeploymtlError(f"{path} is not a readable ONNX model: {str(exc).splitlines()[0][:160]}") from None
+    where = "the ONNX model" if isinstance(model, onnx.ModelProto) else str(model)
+    return load_onnx(model, external_data=False).graph, where
 
 
 def derive_profiles(model: onnx.ModelProto | str | Path, batch: BatchSpec) -> dict[str, InputProfile]:
@@ -80,24 +51,3 @@ def derive_profiles(model: onnx.ModelProto | str | Path, batch: BatchSpec) -> di
     if not profiles:
         raise DeploymtlError(f"{where} has no inputs", hint="expected the image input of a deploymtl export")
     return profiles
-
-
-def profiles_to_dict(profiles: Mapping[str, InputProfile]) -> dict[str, dict[str, list[int]]]:
-    return {name: p.to_dict() for name, p in profiles.items()}
-
-
-def profiles_from_dict(data: Mapping[str, Any], where: str = "manifest") -> dict[str, InputProfile]:
-    """Inverse of `profiles_to_dict`, validating what a (possibly edited) manifest holds."""
-    out: dict[str, InputProfile] = {}
-    if not isinstance(data, Mapping) or not data:
-        raise DeploymtlError(f"{where}: 'profile' must map input names to min/opt/max shapes")
-    for name, shapes in data.items():
-        try:
-            lo, opt, hi = (tuple(int(v) for v in shapes[k]) for k in ("min", "opt", "max"))
-        except (KeyError, TypeError, ValueError):
-            raise DeploymtlError(f"{where}: profile of input '{name}' needs integer lists min, opt, max") from None
-        if not (len(lo) == len(opt) == len(hi)) or not all(a <= b <= c for a, b, c in zip(lo, opt, hi, strict=True)):
-            raise DeploymtlError(f"{where}: profile of input '{name}' needs min <= opt <= max of equal rank, "
-                                 f"got {list(lo)}, {list(opt)}, {list(hi)}")
-        out[str(name)] = InputProfile(str(name), lo, opt, hi)
-    return out

@@ -9,19 +9,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal, TypeVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .. import __version__
-from ..config import _format_validation_error
-from ..errors import DeploymtlError
+from ..errors import DeploymtlError, validation_message
 from ..io import load_torch, save_torch, sha256_json
+from ..ir import StaticModel, build_static
 from ..tasks import TaskSpec
-from .graph import StaticModel, build_static
 
-STATIC_FORMAT = "deploymtl.static/1"
+STATIC_FORMAT: Final = "deploymtl.static/1"
+SectionT = TypeVar("SectionT", bound=BaseModel)
 
 
 @dataclass
@@ -41,6 +41,19 @@ class StaticArtifact:
     @property
     def task_names(self) -> list[str]:
         return [t.name for t in self.tasks]
+
+    @property
+    def removed_prefixes(self) -> list[str]:
+        """Module paths of the supernet the surgeon removed (`load_static` checked their type)."""
+        return list(self.extra.get("removed_prefixes") or [])
+
+    def recipe_section(self, key: str, cls: type[SectionT], where: str | Path) -> SectionT:
+        """The embedded recipe's `key:` section validated as `cls` (defaults where it has none); a one-line
+        DeploymtlError naming `where` (the file) and the field."""
+        try:
+            return cls.model_validate(self.recipe.get(key, {}))
+        except ValidationError as exc:
+            raise DeploymtlError(validation_message(exc, f"{where}: embedded recipe", prefix=(key,))) from None
 
 
 def save_static(path: str | Path, art: StaticArtifact) -> Path:
@@ -73,11 +86,11 @@ class InputInfo(BaseModel):
 
 
 class StaticFile(BaseModel):
-    """The envelope of `pruned.pt` (module docstring); graph and weights are checked by `graph_check`."""
+    """The envelope of `pruned.pt` (module docstring); graph and weights are checked by `deploymtl.ir.check`."""
 
     model_config = ConfigDict(extra="ignore", arbitrary_types_allowed=True)
 
-    format: Literal["deploymtl.static/1"]
+    format: Literal[STATIC_FORMAT]
     family: str = Field(min_length=1)
     tasks: list[TaskSpec] = Field(min_length=1)
     graph: dict[str, Any]
@@ -110,7 +123,7 @@ def load_static(path: str | Path) -> StaticArtifact:
     try:
         env = StaticFile.model_validate(data)
     except ValidationError as exc:
-        raise DeploymtlError(_format_validation_error(exc, path), hint="expected a pruned.pt written by deploymtl "
+        raise DeploymtlError(validation_message(exc, path), hint="expected a pruned.pt written by deploymtl "
                              "prune") from None
     i = env.input
     try:

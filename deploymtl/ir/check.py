@@ -6,7 +6,7 @@ and reported as a one-line `DeploymtlError` naming the node and the field (never
 - structure: `nodes` is a list of mappings with unique plain names (not attributes of `nn.ModuleDict`), known ops,
   inputs that are earlier nodes or the image, `shares` naming an earlier owning node of the same op and attrs;
   `outputs` maps task names to nodes;
-- attrs, per op (`ATTRS`): exact types and ranges (kernel, stride, channels, dilation, groups >= 1; padding >= 0),
+- attrs, per op (`OPS`): exact types and ranges (kernel, stride, channels, dilation, groups >= 1; padding >= 0),
   conv groups dividing both channel counts, max-pool padding at most half the kernel (torch's rule);
 - shapes: ranks (feature maps N,C,H,W vs vectors N,C), channel counts and, given the input size, spatial sizes are
   propagated node by node, so each op gets inputs it can run on (a conv's `cin` is its input's channel count, a
@@ -19,242 +19,25 @@ and reported as a one-line `DeploymtlError` naming the node and the field (never
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Annotated, Any
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ValidationError
 from torch import nn
 
 from ..errors import DeploymtlError
+from .ops import INPUT, OPS, Attrs, OpRule, Shape, ShapeError, dims_agree
 
-INPUT = "image"
 _NAME = re.compile(r"[A-Za-z0-9_]+")
 _RESERVED = frozenset(dir(nn.ModuleDict()))  # a layer of that name would clash with the container's attributes
-
-Pos = Annotated[int, Field(ge=1)]
-NonNeg = Annotated[int, Field(ge=0)]
-
-
-class _Attrs(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-
-class NoAttrs(_Attrs):
-    pass
-
-
-class ConvAttrs(_Attrs):
-    cin: Pos
-    cout: Pos
-    k: Pos
-    stride: Pos = 1
-    padding: NonNeg = 0
-    dilation: Pos = 1
-    groups: Pos = 1
-    bias: bool = True
-
-    @model_validator(mode="after")
-    def _groups_divide(self) -> ConvAttrs:
-        if self.cin % self.groups or self.cout % self.groups:
-            raise ValueError(f"groups {self.groups} must divide cin {self.cin} and cout {self.cout}")
-        return self
-
-
-class MaxPoolAttrs(_Attrs):
-    k: Pos
-    stride: Pos
-    padding: NonNeg = 0
-    ceil_mode: bool = False
-
-    @model_validator(mode="after")
-    def _half_kernel(self) -> MaxPoolAttrs:
-        if self.padding > self.k // 2:
-            raise ValueError(f"padding {self.padding} must be at most half the kernel {self.k}")
-        return self
-
-
-class SelectAttrs(_Attrs):
-    index: list[NonNeg] = Field(min_length=1)
-
-
-class NarrowAttrs(_Attrs):
-    start: NonNeg
-    length: Pos
-
-
-class ScaleAttrs(_Attrs):
-    channels: Pos
-
-
-class WsumAttrs(_Attrs):
-    inputs: Pos
-    channels: Pos
-
-
-class LinearAttrs(_Attrs):
-    cin: Pos
-    cout: Pos
-
-
-@dataclass(frozen=True)
-class Shape:
-    """What flows along an edge: rank 4 (N, C, H, W) or rank 2 (N, C); None = not known without the input size."""
-
-    rank: int
-    c: int | None
-    h: int | None = None
-    w: int | None = None
-
-    def __str__(self) -> str:
-        dims = [self.c, self.h, self.w][: self.rank - 1]
-        return "(N, " + ", ".join("?" if d is None else str(d) for d in dims) + ")"
-
-
-class _Bad(Exception):
-    """A shape rule failed; the caller adds the node's location."""
-
-
-def _same(a: int | None, b: int | None) -> bool:
-    return a is None or b is None or a == b
-
-
-def _map(x: Shape, i: int = 0) -> Shape:
-    if x.rank != 4:
-        raise _Bad(f"input {i} is a vector {x}, expected a feature map (N, C, H, W)")
-    return x
-
-
-def _channels(x: Shape, want: int, field: str) -> None:
-    if not _same(x.c, want):
-        raise _Bad(f"attrs.{field} is {want} but its input has {x.c} channels")
-
-
-def _window(size: int | None, k: int, stride: int, pad: int, dilation: int, ceil: bool) -> int | None:
-    """Output size of a conv/pool window along one axis (torch's formula, ceil mode included)."""
-    if size is None:
-        return None
-    span = size + 2 * pad - dilation * (k - 1) - 1
-    if span < 0:
-        raise _Bad(f"kernel {k} (dilation {dilation}) does not fit its input of size {size} padded by {pad}")
-    out = (span + (stride - 1 if ceil else 0)) // stride + 1
-    if ceil and (out - 1) * stride >= size + pad:
-        out -= 1
-    return out
-
-
-def _conv(a: ConvAttrs, xs: list[Shape]) -> Shape:
-    x = _map(xs[0])
-    _channels(x, a.cin, "cin")
-    return Shape(4, a.cout, _window(x.h, a.k, a.stride, a.padding, a.dilation, False),
-                 _window(x.w, a.k, a.stride, a.padding, a.dilation, False))
-
-
-def _maxpool(a: MaxPoolAttrs, xs: list[Shape]) -> Shape:
-    x = _map(xs[0])
-    return Shape(4, x.c, _window(x.h, a.k, a.stride, a.padding, 1, a.ceil_mode),
-                 _window(x.w, a.k, a.stride, a.padding, 1, a.ceil_mode))
-
-
-def _agree(xs: list[Shape]) -> Shape:
-    """Inputs of an elementwise op: one rank, equal channels and sizes where known."""
-    first = xs[0]
-    for i, x in enumerate(xs[1:], start=1):
-        if x.rank != first.rank or not (_same(x.c, first.c) and _same(x.h, first.h) and _same(x.w, first.w)):
-            raise _Bad(f"input {i} is {x} but input 0 is {first}; elementwise inputs must have one shape")
-    def known(field: str) -> int | None:
-        return next((getattr(x, field) for x in xs if getattr(x, field) is not None), None)
-
-    return Shape(first.rank, known("c"), known("h"), known("w"))
-
-
-def _concat(_a: NoAttrs, xs: list[Shape]) -> Shape:
-    """Along channels, of feature maps or of vectors (dim 1 either way)."""
-    sizes = _agree([Shape(x.rank, None, x.h, x.w) for x in xs])
-    channels = None if any(x.c is None for x in xs) else sum(x.c for x in xs)  # type: ignore[misc]
-    return Shape(sizes.rank, channels, sizes.h, sizes.w)
-
-
-def _select(a: SelectAttrs, xs: list[Shape]) -> Shape:
-    x = xs[0]  # channels of a feature map or entries of a vector (dim 1 either way)
-    if x.c is not None and max(a.index) >= x.c:
-        raise _Bad(f"attrs.index selects channel {max(a.index)} but its input has {x.c} channels")
-    return Shape(x.rank, len(a.index), x.h, x.w)
-
-
-def _narrow(a: NarrowAttrs, xs: list[Shape]) -> Shape:
-    x = xs[0]
-    if x.c is not None and a.start + a.length > x.c:
-        raise _Bad(f"attrs.start + attrs.length = {a.start + a.length} exceeds its input's {x.c} channels")
-    return Shape(x.rank, a.length, x.h, x.w)
-
-
-def _scale(a: ScaleAttrs, xs: list[Shape]) -> Shape:
-    x = _map(xs[0])
-    _channels(x, a.channels, "channels")
-    return Shape(4, a.channels, x.h, x.w)
-
-
-def _wsum(a: WsumAttrs, xs: list[Shape]) -> Shape:
-    if len(xs) != a.inputs:
-        raise _Bad(f"attrs.inputs is {a.inputs} but the node has {len(xs)} inputs")
-    for i, x in enumerate(xs):
-        _map(x, i)
-    out = _agree(xs)
-    _channels(out, a.channels, "channels")
-    return Shape(4, a.channels, out.h, out.w)
-
-
-def _resize_to(_a: NoAttrs, xs: list[Shape]) -> Shape:
-    x, ref = _map(xs[0], 0), _map(xs[1], 1)
-    return Shape(4, x.c, ref.h, ref.w)
-
-
-def _gap(_a: NoAttrs, xs: list[Shape]) -> Shape:
-    return Shape(2, _map(xs[0]).c)
-
-
-def _linear(a: LinearAttrs, xs: list[Shape]) -> Shape:
-    x = xs[0]
-    if x.rank != 2:
-        raise _Bad(f"input 0 is a feature map {x}, expected a vector (N, C) (global-pool it first)")
-    _channels(x, a.cin, "cin")
-    return Shape(2, a.cout)
-
-
-@dataclass(frozen=True)
-class OpRule:
-    """What an op accepts: its attrs model, how many inputs (max None = any), its output shape, its weights."""
-
-    attrs: type[_Attrs]
-    inputs: tuple[int, int | None]
-    shape: Callable[[Any, list[Shape]], Shape]
-    params: Callable[[Any], dict[str, tuple[int, ...]]] = lambda a: {}
-
-
-ATTRS: dict[str, OpRule] = {
-    "conv": OpRule(ConvAttrs, (1, 1), _conv, lambda a: {"weight": (a.cout, a.cin // a.groups, a.k, a.k)}
-                   | ({"bias": (a.cout,)} if a.bias else {})),
-    "relu": OpRule(NoAttrs, (1, 1), lambda a, xs: xs[0]),
-    "add": OpRule(NoAttrs, (1, None), lambda a, xs: _agree(xs)),
-    "concat": OpRule(NoAttrs, (1, None), _concat),
-    "maxpool": OpRule(MaxPoolAttrs, (1, 1), _maxpool),
-    "select": OpRule(SelectAttrs, (1, 1), _select),
-    "narrow": OpRule(NarrowAttrs, (1, 1), _narrow),
-    "scale": OpRule(ScaleAttrs, (1, 1), _scale, lambda a: {"scale": (a.channels,)}),
-    "wsum": OpRule(WsumAttrs, (1, None), _wsum, lambda a: {"weight": (a.inputs, a.channels)}),
-    "resize_to": OpRule(NoAttrs, (2, 2), _resize_to),
-    "gap": OpRule(NoAttrs, (1, 1), _gap),
-    "linear": OpRule(LinearAttrs, (1, 1), _linear, lambda a: {"weight": (a.cout, a.cin), "bias": (a.cout,)}),
-}
 
 
 def _fail(where: str, message: str, hint: str | None = None) -> DeploymtlError:
     return DeploymtlError(f"{where}: {message}", hint=hint)
 
 
-def _attrs(rule: OpRule, raw: Any, where: str) -> _Attrs:
+def _attrs(rule: OpRule, raw: Any, where: str) -> Attrs:
     if not isinstance(raw, Mapping):
         raise _fail(where, f"attrs is a {type(raw).__name__}, expected a mapping")
     try:
@@ -294,7 +77,7 @@ def check_spec(spec: Any, image: tuple[int, int, int] | None = None,
     TaskSpecs its outputs must serve. Returns the weights it needs: state-dict key -> (node, op, shape)."""
     nodes, outputs = _structure(spec)
     shapes: dict[str, Shape] = {INPUT: Shape(4, *image) if image else Shape(4, None)}
-    owners: dict[str, tuple[str, _Attrs]] = {}  # owning node -> (op, attrs)
+    owners: dict[str, tuple[str, Attrs]] = {}  # owning node -> (op, attrs)
     weights: dict[str, tuple[str, str, tuple[int, ...]]] = {}
     for i, node in enumerate(nodes):
         name, op = node.get("name"), node.get("op")
@@ -302,9 +85,9 @@ def check_spec(spec: Any, image: tuple[int, int, int] | None = None,
             raise DeploymtlError(f"graph: nodes[{i}]: name {name!r} is missing, repeated, reserved or not made of "
                                  "letters, digits and _")
         where = f"graph: node '{name}'"
-        if op not in ATTRS:
-            raise _fail(where, f"unknown op {op!r}", hint=f"expected one of {', '.join(sorted(ATTRS))}")
-        rule = ATTRS[op]
+        if op not in OPS:
+            raise _fail(where, f"unknown op {op!r}", hint=f"expected one of {', '.join(sorted(OPS))}")
+        rule = OPS[op]
         where = f"graph: node '{name}' ({op})"
         attrs = _node_attrs(node, rule, owners, where)
         inputs = node.get("inputs", [])
@@ -318,7 +101,7 @@ def check_spec(spec: Any, image: tuple[int, int, int] | None = None,
                 raise _fail(where, f"input '{x}' is not defined before it")
         try:
             shapes[name] = rule.shape(attrs, [shapes[x] for x in inputs])
-        except _Bad as exc:
+        except ShapeError as exc:
             raise _fail(where, str(exc)) from None
         if node.get("shares") is None:
             owners[name] = (op, attrs)
@@ -328,8 +111,8 @@ def check_spec(spec: Any, image: tuple[int, int, int] | None = None,
     return weights
 
 
-def _node_attrs(node: Mapping[str, Any], rule: OpRule, owners: dict[str, tuple[str, _Attrs]],
-                where: str) -> _Attrs:
+def _node_attrs(node: Mapping[str, Any], rule: OpRule, owners: dict[str, tuple[str, Attrs]],
+                where: str) -> Attrs:
     """The node's attrs; a node that `shares` an earlier owner's layer runs the owner's attrs (its own must agree)."""
     owner, raw = node.get("shares"), node.get("attrs", {})
     if owner is None:
@@ -358,7 +141,7 @@ def _check_outputs(outputs: Mapping[str, Any], shapes: dict[str, Shape], image: 
         got = shapes[outputs[t.name]]
         want = Shape(4, t.out_channels, *(image[1:] if image else (None, None))) if t.dense \
             else Shape(2, t.out_channels)
-        if got.rank != want.rank or not all(_same(g, w) for g, w in ((got.c, want.c), (got.h, want.h),
+        if got.rank != want.rank or not all(dims_agree(g, w) for g, w in ((got.c, want.c), (got.h, want.h),
                                                                      (got.w, want.w))):
             raise DeploymtlError(f"graph: outputs.{t.name}: node '{outputs[t.name]}' gives {got} but a {t.kind} "
                                  f"task needs {want}")

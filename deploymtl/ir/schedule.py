@@ -1,8 +1,8 @@
-"""A lower-overhead eager execution plan for `StaticModel`: the same node list, the same values, less per-node cost.
+"""The compiled eager schedule of a `StaticModel`: the same node list, the same values, less per-node cost.
 
 The pruned models of the tiny recipes run a hundred convolutions of a few channels at 12x16 pixels; on CPU their
 latency is per-op overhead, not FLOPs, so an interpreter that pays more per node than the masked supernet eats
-the pruning gain. `Plan` compiles the spec once into a list of steps and runs them without `Module.__call__`:
+the pruning gain. `Schedule` compiles the spec once into a list of steps and runs them without `Module.__call__`:
 
 - a ReLU whose input has no other reader (and is no output) runs in place, fused into the producing step;
 - an `add` accumulates into an input that nothing else reads (inputs 0 or 1 only: a + b == b + a exactly in
@@ -16,9 +16,10 @@ the pruning gain. `Plan` compiles the spec once into a list of steps and runs th
   The masked supernet's convolutions have no bias (BN follows), so it never pays this; the folded BN of the
   static model would.
 
-Every other op runs its layer's bound `forward`. The plan is only used where it cannot be observed
-(`StaticModel._plan_usable`): no autograd (in-place ops), no tracing or export (torch.export names ONNX nodes after
-the module calls), no forward hooks (they would see tensors that a later in-place op changes).
+Every other op runs its layer's bound `forward`. The schedule is only run where nothing can observe it, and only when
+asked for: `StaticModel.infer` runs it under `torch.inference_mode` (in-place ops would break autograd), while
+`StaticModel.forward` stays the node-by-node interpreter that tracing and export (torch.export names ONNX nodes after
+the module calls) and forward hooks (they would see tensors a later in-place op changes) rely on.
 """
 
 from __future__ import annotations
@@ -29,17 +30,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.modules import module as _module
 
 if TYPE_CHECKING:
-    from .graph import StaticModel
+    from .model import StaticModel
 
 _NATIVE_MAX_NUMEL = 20480  # ATen's batch-1 size limit below which the native kernel runs (see module docstring)
-
-
-def global_hooks() -> bool:
-    """Are global module hooks registered (`torch.nn.modules.module.register_module_forward_hook`)?"""
-    return bool(_module._global_forward_hooks or _module._global_forward_pre_hooks)
 
 
 def _conv(m: nn.Conv2d, relu: bool) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -97,7 +92,7 @@ class _Step:
         return _with_relu(fn) if self.relu else fn
 
 
-class Plan:
+class Schedule:
     """The compiled steps of one StaticModel; `run(image)` returns what `StaticModel.forward` returns."""
 
     def __init__(self, model: StaticModel) -> None:

@@ -1,27 +1,30 @@
-"""Loading the torch files `deploymtl train` writes, validated where they enter (weights only, one-line errors).
+"""The torch files `deploymtl train` writes, validated where they enter (weights only, one-line errors).
 
 - `supernet.pt` (`deploymtl.supernet/1`): family, resolved recipe, tasks, state dict, hard decisions, metrics;
 - `train_state.pt` (`deploymtl.train_state/1`, or a supernet.pt to continue from): family, recipe, state dict,
   optimizer states, the (stage, epoch) pairs done, per-stage records.
 
-Each envelope is a pydantic model; the embedded recipe is validated as a recipe, the weights against the model the
-recipe builds, the decisions by the family's own `set_decisions`.
+Each envelope is a pydantic model and its embedded recipe is validated as a recipe (`read_supernet`); the weights
+are checked against the model that recipe builds (`load_weights`). Building that model and fixing its decisions is
+the family's (`deploymtl.models.checkpoint.load_supernet`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from ..config import Family, _format_validation_error, parse_recipe
-from ..errors import DeploymtlError
-from ..io import load_torch
-from ..models.base import Supernet
-from ..models.registry import FAMILY_MODULES, build_supernet
-from .trainer import STATE_FORMAT, SUPERNET_FORMAT
+from .. import __version__
+from ..config import Family, Recipe, parse_recipe
+from ..errors import DeploymtlError, validation_message
+from ..families import FAMILY_NAMES
+from ..io import load_torch, save_torch
+
+SUPERNET_FORMAT: Final = "deploymtl.supernet/1"
+STATE_FORMAT: Final = "deploymtl.train_state/1"
 
 
 class _Envelope(BaseModel):
@@ -33,13 +36,13 @@ class _Envelope(BaseModel):
 
 
 class SupernetFile(_Envelope):
-    format: Literal["deploymtl.supernet/1"]
+    format: Literal[SUPERNET_FORMAT]
     decisions: dict[str, Any]
     metrics: dict[str, Any] = {}
 
 
 class TrainStateFile(_Envelope):
-    format: Literal["deploymtl.train_state/1", "deploymtl.supernet/1"]
+    format: Literal[STATE_FORMAT, SUPERNET_FORMAT]
     optimizers: dict[str, dict[str, Any]] = {}
     done: list[tuple[str, int]] = []
     stages: list[dict[str, Any]] = []
@@ -50,16 +53,16 @@ def _envelope(cls: type[_Envelope], data: Any, path: Path, what: str, hint: str)
     allowed = cls.model_fields["format"].annotation.__args__  # type: ignore[union-attr]
     if fmt not in allowed:
         raise DeploymtlError(f"{path} is not a deploymtl {what}", hint=hint)
-    if data.get("family") not in FAMILY_MODULES:
+    if data.get("family") not in FAMILY_NAMES:
         raise DeploymtlError(f"{path}: unknown family '{data.get('family')}'",
-                             hint=f"expected one of {', '.join(FAMILY_MODULES)}")
+                             hint=f"expected one of {', '.join(FAMILY_NAMES)}")
     missing = [k for k, f in cls.model_fields.items() if f.is_required() and k not in data]
     if missing:
         raise DeploymtlError(f"{path}: missing {', '.join(missing)}", hint=hint)
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
-        raise DeploymtlError(_format_validation_error(exc, path), hint=hint) from None
+        raise DeploymtlError(validation_message(exc, path), hint=hint) from None
 
 
 def load_weights(model: torch.nn.Module, state: dict[str, Any], path: Path, what: str) -> None:
@@ -84,8 +87,8 @@ def load_weights(model: torch.nn.Module, state: dict[str, Any], path: Path, what
     model.load_state_dict(state, strict=True)
 
 
-def load_supernet(path: str | Path) -> tuple[Supernet, dict[str, Any]]:
-    """(supernet in eval mode with its saved decisions fixed, raw checkpoint dict)."""
+def read_supernet(path: str | Path) -> tuple[SupernetFile, Recipe, dict[str, Any]]:
+    """The validated envelope of `supernet.pt`, its embedded recipe (validated as a recipe) and the raw dict."""
     p = Path(path)
     ckpt = load_torch(p, what="supernet checkpoint")
     env = _envelope(SupernetFile, ckpt, p, "supernet checkpoint",
@@ -93,16 +96,17 @@ def load_supernet(path: str | Path) -> tuple[Supernet, dict[str, Any]]:
     recipe = parse_recipe(env.recipe, f"{p} (embedded recipe)")
     if recipe.family != env.family:
         raise DeploymtlError(f"{p}: family is '{env.family}' but its embedded recipe is for '{recipe.family}'")
-    model = build_supernet(env.family, recipe.tasks, recipe.model, recipe.search)
-    load_weights(model, env.state_dict, p, "the model of its embedded recipe")
-    try:
-        model.set_decisions(env.decisions)
-    except DeploymtlError as exc:
-        raise DeploymtlError(f"{p}: decisions: {exc}", hint=exc.hint) from None
-    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:  # a family without full checks
-        raise DeploymtlError(f"{p}: decisions: malformed ({type(exc).__name__}: {str(exc)[:120]})",
-                             hint="expected the decisions deploymtl train wrote") from None
-    return model.eval(), ckpt
+    return env, recipe, ckpt
+
+
+def write_supernet(path: str | Path, recipe: Recipe, state_dict: dict[str, torch.Tensor], decisions: dict[str, Any],
+                   metrics: dict[str, Any]) -> Path:
+    """Write `supernet.pt` (module docstring) for a model trained from `recipe`."""
+    return save_torch(path, {
+        "format": SUPERNET_FORMAT, "family": recipe.family, "deploymtl_version": __version__,
+        "recipe": recipe.resolved(), "tasks": [t.model_dump() for t in recipe.tasks],
+        "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()}, "decisions": decisions, "metrics": metrics,
+    })
 
 
 def load_train_state(path: str | Path, family: str) -> TrainStateFile:

@@ -1,15 +1,16 @@
-"""The StaticModel's eager fast path (`surgery.fastpath.Plan`): same values as the node-by-node interpreter,
-fewer steps (ReLUs fused in place, sums accumulated into dead tensors), and never used where it could be seen
-(autograd, hooks, tracing)."""
+"""The StaticModel's explicit fast path (`StaticModel.infer`, running `ir.schedule.Schedule`): same values as the
+node-by-node interpreter, fewer steps (ReLUs fused in place, sums accumulated into dead tensors); `forward` is always
+the interpreter (autograd, hooks, tracing see every node)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from surgery_helpers import cut_of
 from test_gated_surgery import NAMES, make, plan_of
 
-from deploymtl.surgery import gated as surgeon
-from deploymtl.surgery.graph import GraphBuilder, StaticModel
+from deploymtl.ir import StaticModel
+from deploymtl.surgery.builder import GraphBuilder
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -33,16 +34,15 @@ def _block(dilation: int = 1) -> StaticModel:
 
 
 def _reference(model: StaticModel, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    with torch.enable_grad():  # autograd on: the interpreter runs, one module call per node
-        return {k: v.detach() for k, v in model(x).items()}
+    with torch.no_grad():  # forward: the interpreter, one module call per node
+        return dict(model(x))
 
 
-def test_plan_fuses_relus_and_accumulates_in_place() -> None:
+def test_schedule_fuses_relus_and_accumulates_in_place() -> None:
     model = _block()
     x = torch.randn(2, 3, 12, 16)
-    with torch.inference_mode():
-        got = model(x)
-    plan = model._plan
+    got = model.infer(x)
+    plan = model._schedule
     assert plan is not None
     # 8 nodes -> 5 steps: stem+relu, conv1+relu, conv2, ds, add(into conv2)+relu. The stem's relu is an output
     # read by two convs, so it is a value of its own; nothing writes into it.
@@ -59,8 +59,7 @@ def test_input_is_not_modified() -> None:
     model = _block()
     x = torch.randn(1, 3, 12, 16)
     before = x.clone()
-    with torch.inference_mode():
-        model(x)
+    model.infer(x)
     assert torch.equal(x, before)
 
 
@@ -68,8 +67,7 @@ def test_dilated_batch1_bias_added_after_the_conv_matches() -> None:
     model = _block(dilation=2)
     for batch in (1, 3):
         x = torch.randn(batch, 3, 7, 9, generator=torch.Generator().manual_seed(batch))
-        with torch.inference_mode():
-            got = model(x)
+        got = model.infer(x)
         want = _reference(model, x)
         for k in want:
             # batch 1: bias added after the native dilated kernel (rounding may differ); batch 3: the same call
@@ -78,17 +76,28 @@ def test_dilated_batch1_bias_added_after_the_conv_matches() -> None:
                 assert torch.equal(got[k], want[k]), k
 
 
-def test_hooks_autograd_and_export_see_the_interpreter() -> None:
+def test_forward_is_always_the_interpreter() -> None:
+    """Inference mode, hooks, autograd, torch.export: `forward` calls every node's module and never compiles the
+    schedule; `infer` runs the schedule and fires no hook."""
     model = _block()
     x = torch.randn(1, 3, 12, 16)
     seen: list[torch.Tensor] = []
-    handle = model.layers["conv2"].register_forward_hook(lambda _m, _i, out: seen.append(out))
+    calls: list[str] = []
+    handles = [layer.register_forward_hook(lambda _m, _i, _o, n=name: calls.append(n))
+               for name, layer in model.layers.items()]
+    handles.append(model.layers["conv2"].register_forward_hook(lambda _m, _i, out: seen.append(out)))
     try:
         with torch.inference_mode():
-            model(x)
+            out = model(x)
+        assert calls == [layer for _, layer, _ in model._order] and model._schedule is None
+        calls.clear()
+        fast = model.infer(x)
+        assert calls == [] and len(seen) == 1  # the schedule skips Module.__call__: hooks do not fire
     finally:
-        handle.remove()
-    assert model._plan is None  # the hook made forward interpret node by node
+        for h in handles:
+            h.remove()
+    for k in out:
+        assert torch.equal(fast[k], out[k]), k
     # The hooked conv2 output is the interpreter's own tensor: no later add/relu wrote into it.
     h = torch.relu(torch.nn.functional.conv2d(torch.relu(torch.nn.functional.conv2d(
         x, model.layers["stem"].weight, model.layers["stem"].bias, padding=1)), model.layers["conv1"].weight,
@@ -97,11 +106,11 @@ def test_hooks_autograd_and_export_see_the_interpreter() -> None:
                                                               model.layers["conv2"].bias, padding=1), atol=1e-5)
     out = model(x.requires_grad_())  # autograd: the interpreter, and a gradient flows
     out["y"].sum().backward()
-    assert model._plan is None and x.grad is not None and x.grad.abs().sum() > 0
+    assert x.grad is not None and x.grad.abs().sum() > 0
     program = torch.export.export(model, (torch.randn(2, 3, 12, 16),), strict=False)
-    calls = [n for n in program.graph.nodes if n.op == "call_function" and "relu" in str(n.target)]
-    assert len(calls) == 3 and model._plan is None  # traced: one relu per relu node, module scopes intact
-    assert all(n.meta.get("nn_module_stack") for n in calls)
+    relus = [n for n in program.graph.nodes if n.op == "call_function" and "relu" in str(n.target)]
+    assert len(relus) == 3  # traced: one relu per relu node, module scopes intact
+    assert all(n.meta.get("nn_module_stack") for n in relus)
 
 
 @pytest.mark.parametrize(("fold", "merge"), [("auto", True), ("auto", False), ("never", False), ("always", True)])
@@ -109,17 +118,17 @@ def test_gated_graph_same_values_fewer_steps(fold: str, merge: bool) -> None:
     """Merged, branches read `narrow` views of one conv's output: the plan must never write into a view."""
     model = make()
     plan = plan_of(model, seed=3)
-    surgeon.apply_plan(model, plan)
-    static = surgeon.build_graph(model, plan, NAMES, {"fold_blends": fold, "merge_convs": merge}).build()
+    cut = cut_of(model, plan, NAMES, {"fold_blends": fold, "merge_convs": merge})
+    cut.apply()
+    static = cut.build().build()
     x = torch.randn(2, 3, 32, 40, generator=torch.Generator().manual_seed(5))
-    with torch.no_grad():
-        got = static(x)
+    got = static.infer(x)
     want = _reference(static, x)
     for t in NAMES:
         assert torch.equal(got[t], want[t]), t
     relus = sum(1 for n in static.spec["nodes"] if n["op"] == "relu")
     # Every relu of the gated graph reads a conv or add output read by nothing else: all fused.
-    assert len(static._plan.steps) == len(static._order) - relus
+    assert len(static._schedule.steps) == len(static._order) - relus
 
 
 def test_a_copy_runs_its_own_weights() -> None:
@@ -127,13 +136,13 @@ def test_a_copy_runs_its_own_weights() -> None:
 
     model = _block()
     x = torch.randn(2, 3, 12, 16)
-    with torch.inference_mode():
-        model(x)  # builds the plan
-        twin = copy.deepcopy(model)
+    model.infer(x)  # compiles the schedule
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
         twin.layers["conv2"].bias.add_(1.0)
-        assert twin._plan is None
-        assert not torch.equal(twin(x)["y"], model(x)["y"])
-        assert torch.equal(twin(x)["y"], _reference(twin, x)["y"])
+    assert twin._schedule is None
+    assert not torch.equal(twin.infer(x)["y"], model.infer(x)["y"])
+    assert torch.equal(twin.infer(x)["y"], _reference(twin, x)["y"])
 
 
 def test_views_are_never_written_in_place() -> None:
@@ -146,7 +155,6 @@ def test_views_are_never_written_in_place() -> None:
     b.output("y", b.add("add", r, b.narrow("again", h, 0, 4)))
     model = b.build()
     x = torch.randn(2, 3, 6, 8)
-    with torch.inference_mode():
-        got = model(x)["y"]
+    got = model.infer(x)["y"]
     want = _reference(model, x)["y"]
     assert torch.equal(got, want) and bool((want < 0).any())  # negatives survive: the second view saw no ReLU

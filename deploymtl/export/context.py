@@ -1,0 +1,42 @@
+"""`ExportContext`: what every export stage reads (the artifact, its options and samples, the tolerances, where files
+go) and where each stage records its time."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..formats.static import StaticArtifact
+from ..verify.compare import Tolerance
+from .options import ExportOptions
+from .samples import ExportSamples
+
+
+@dataclass
+class ExportContext:
+    art: StaticArtifact
+    options: ExportOptions  # complete: the model recipe's defaults filled in
+    samples: ExportSamples
+    tolerances: dict[str, Tolerance]  # per output, for the final parity at the export's precision
+    staging: Path  # the output set being made
+    where: str  # the model file, for messages
+    log: Callable[[str], None]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def names(self) -> list[str]:
+        return self.art.task_names
+
+    @property
+    def chw(self) -> dict[str, int]:
+        i = self.art.input
+        return {"channels": i["channels"], "height": i["height"], "width": i["width"]}
+
+    @contextlib.contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        yield
+        self.timings[name] = round(time.perf_counter() - t0, 3)

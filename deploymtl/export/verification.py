@@ -1,0 +1,88 @@
+"""The checks of the final graph: the TensorRT lint with the Q/DQ scheme (`lint_graph`), then on the written file
+(`verify_onnx`) the interface, parity on ONNX Runtime at batch 1 and MAX against the PyTorch static model (the
+parity set is saved beside the file), the first diverging layer named when parity fails (`verify.localize`), and
+the task-metric gate for fp16/int8 (`verify.metrics_gate`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from ..backends.base import InputSpec, Runner
+from ..backends.torch_runner import TorchRunner
+from ..formats.parity import parity_path, save_parity
+from ..onnxkit.index import GraphIndex
+from ..onnxkit.qdq import scheme_for, violations
+from ..verify.localize import localize
+from ..verify.metrics_gate import evaluate, metric_gate
+from ..verify.parity import compare_runner
+from .context import ExportContext
+from .onnx import check_structure
+from .report import LintSection, VerificationSection
+
+
+def verify_onnx(ctx: ExportContext, proto: onnx.ModelProto, onnx_path: Path) -> VerificationSection:
+    """Check the graph written at `onnx_path` (`proto` is its content)."""
+    from ..backends.load import open_runner
+
+    o, s = ctx.options, ctx.samples
+    structure = check_structure(proto, outputs=ctx.names, **ctx.chw)
+    failures = [f"final graph: {structure[0]}"] if structure else []
+    with ctx.timed("parity"):
+        runner = open_runner(onnx_path, threads=o.threads)
+        lowering = getattr(runner, "lowering", {})  # what ONNX Runtime CPU runs (backends.ort_lowering)
+        parity, sizes = compare_runner(runner, s.inputs, s.reference, ctx.tolerances)
+    try:
+        for line in parity.summary().splitlines():
+            ctx.log(f"parity ({o.precision}, onnxruntime): {line}")
+        save_parity(ctx.staging / parity_path(onnx_path).name, s.inputs, s.reference,
+                    {"precision": o.precision, "tolerances": {k: v.to_dict() for k, v in ctx.tolerances.items()},
+                     "batch": o.batch.to_dict(), "split": "val", "reference": "pytorch static model",
+                     "plan_hash": ctx.art.plan_hash})
+        localization = None
+        if not parity:
+            failures.append(f"ONNX parity failed for {', '.join(parity.failed)}")
+            with ctx.timed("localize"):
+                loc = localize(proto, ctx.art.model, s.check_inputs, parity.failed[0], ctx.tolerances)
+                localization = loc.to_dict()
+                ctx.log(f"localise: {loc.summary()}")
+        metrics = None
+        if o.precision != "fp32":
+            with ctx.timed("metrics"):
+                metrics = _metric_gate(ctx, runner, failures)
+    finally:
+        runner.close()
+    return VerificationSection(structure, parity, sizes, lowering, localization, metrics, failures)
+
+
+def lint_graph(ctx: ExportContext, proto: onnx.ModelProto) -> LintSection:
+    """The TensorRT lint of the final graph (each issue logged as a warning); for int8, the violations of the export's
+    Q/DQ scheme among its findings: the rules run once, inside the lint (`onnxkit.qdq`), with one wording."""
+    from .trt.lint import lint_with_qdq
+
+    issues, findings = lint_with_qdq(proto)
+    for issue in issues:
+        ctx.log(f"warning: TensorRT lint: {issue}")
+    qdq_issues, failures = None, []
+    if ctx.options.precision == "int8":
+        qdq_issues = violations(findings, scheme_for(ctx.options.symmetric), GraphIndex(proto.graph))
+        if qdq_issues:
+            failures.append(f"Q/DQ graph violates its quantisation scheme: {qdq_issues[0]}")
+    return LintSection([i.to_dict() for i in issues], qdq_issues, failures)
+
+
+def _metric_gate(ctx: ExportContext, runner: Runner, failures: list[str]) -> dict[str, Any]:
+    """Each task's primary metric on the whole validation split: the candidate against the fp32 static model."""
+    o, art, val = ctx.options, ctx.art, ctx.samples.sets["val"]
+    reference = TorchRunner(art.model, InputSpec(**ctx.chw, max_batch=o.batch.max), ctx.names, "static model")
+    ref_metrics = evaluate(reference, val.images, val.targets, art.tasks, o.batch.max)
+    cand_metrics = evaluate(runner, val.images, val.targets, art.tasks, o.batch.max)
+    gate = metric_gate(art.tasks, ref_metrics, cand_metrics, precision=o.precision, max_drop=o.max_metric_drop)
+    for line in gate.summary().splitlines():
+        ctx.log(f"metrics: {line}")
+    if not gate:
+        failures.append(f"{o.precision} loses more than {o.max_metric_drop:.2%} of "
+                        f"{', '.join(k for k, t in gate.tasks.items() if not t.passed)} (metric gate)")
+    return gate.to_dict() | {"samples": len(val), "split": "val"}

@@ -1,0 +1,336 @@
+"""The static graph's ops: one registry entry per op holds everything the IR knows about it.
+
+An entry (`OpRule`) gives the op's attrs (a strict pydantic model: exact types and ranges), how many inputs it
+takes, the shape of its output given its inputs' shapes, the weights it owns (name -> shape, from its attrs) and the
+layer that runs it (`build(attrs) -> nn.Module`). `check.py` walks a spec with these rules before anything is
+built, `model.py` builds the layers; adding an op is one entry here.
+
+Shapes (`Shape`) are what flows along an edge: rank 4 (N, C, H, W) feature maps or rank 2 (N, C) vectors, with
+sizes left unknown (None) where they depend on an input size not given. A rule that cannot hold raises
+`ShapeError`; the caller adds the node's location.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
+
+INPUT = "image"  # the graph's one input
+
+Pos = Annotated[int, Field(ge=1)]
+NonNeg = Annotated[int, Field(ge=0)]
+
+
+class Attrs(BaseModel):
+    """Base of every op's attrs: exact types, no unknown keys."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class NoAttrs(Attrs):
+    pass
+
+
+class ConvAttrs(Attrs):
+    cin: Pos
+    cout: Pos
+    k: Pos
+    stride: Pos = 1
+    padding: NonNeg = 0
+    dilation: Pos = 1
+    groups: Pos = 1
+    bias: bool = True
+
+    @model_validator(mode="after")
+    def _groups_divide(self) -> ConvAttrs:
+        if self.cin % self.groups or self.cout % self.groups:
+            raise ValueError(f"groups {self.groups} must divide cin {self.cin} and cout {self.cout}")
+        return self
+
+
+class MaxPoolAttrs(Attrs):
+    k: Pos
+    stride: Pos
+    padding: NonNeg = 0
+    ceil_mode: bool = False
+
+    @model_validator(mode="after")
+    def _half_kernel(self) -> MaxPoolAttrs:
+        if self.padding > self.k // 2:
+            raise ValueError(f"padding {self.padding} must be at most half the kernel {self.k}")
+        return self
+
+
+class SelectAttrs(Attrs):
+    index: list[NonNeg] = Field(min_length=1)
+
+
+class NarrowAttrs(Attrs):
+    start: NonNeg
+    length: Pos
+
+
+class ScaleAttrs(Attrs):
+    channels: Pos
+
+
+class WsumAttrs(Attrs):
+    inputs: Pos
+    channels: Pos
+
+
+class LinearAttrs(Attrs):
+    cin: Pos
+    cout: Pos
+
+
+# -- shapes ---------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Shape:
+    """What flows along an edge: rank 4 (N, C, H, W) or rank 2 (N, C); None = not known without the input size."""
+
+    rank: int
+    c: int | None
+    h: int | None = None
+    w: int | None = None
+
+    def __str__(self) -> str:
+        dims = [self.c, self.h, self.w][: self.rank - 1]
+        return "(N, " + ", ".join("?" if d is None else str(d) for d in dims) + ")"
+
+
+class ShapeError(Exception):
+    """A shape rule failed; the caller adds the node's location."""
+
+
+def dims_agree(a: int | None, b: int | None) -> bool:
+    """Two sizes agree when equal or when either is unknown."""
+    return a is None or b is None or a == b
+
+
+def _map(x: Shape, i: int = 0) -> Shape:
+    if x.rank != 4:
+        raise ShapeError(f"input {i} is a vector {x}, expected a feature map (N, C, H, W)")
+    return x
+
+
+def _channels(x: Shape, want: int, field: str) -> None:
+    if not dims_agree(x.c, want):
+        raise ShapeError(f"attrs.{field} is {want} but its input has {x.c} channels")
+
+
+def _window(size: int | None, k: int, stride: int, pad: int, dilation: int, ceil: bool) -> int | None:
+    """Output size of a conv/pool window along one axis (torch's formula, ceil mode included)."""
+    if size is None:
+        return None
+    span = size + 2 * pad - dilation * (k - 1) - 1
+    if span < 0:
+        raise ShapeError(f"kernel {k} (dilation {dilation}) does not fit its input of size {size} padded by {pad}")
+    out = (span + (stride - 1 if ceil else 0)) // stride + 1
+    if ceil and (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
+
+
+def _conv(a: ConvAttrs, xs: list[Shape]) -> Shape:
+    x = _map(xs[0])
+    _channels(x, a.cin, "cin")
+    return Shape(4, a.cout, _window(x.h, a.k, a.stride, a.padding, a.dilation, False),
+                 _window(x.w, a.k, a.stride, a.padding, a.dilation, False))
+
+
+def _maxpool(a: MaxPoolAttrs, xs: list[Shape]) -> Shape:
+    x = _map(xs[0])
+    return Shape(4, x.c, _window(x.h, a.k, a.stride, a.padding, 1, a.ceil_mode),
+                 _window(x.w, a.k, a.stride, a.padding, 1, a.ceil_mode))
+
+
+def _agree(xs: list[Shape]) -> Shape:
+    """Inputs of an elementwise op: one rank, equal channels and sizes where known."""
+    first = xs[0]
+    for i, x in enumerate(xs[1:], start=1):
+        if x.rank != first.rank or not all(dims_agree(a, b) for a, b in ((x.c, first.c), (x.h, first.h),
+                                                                         (x.w, first.w))):
+            raise ShapeError(f"input {i} is {x} but input 0 is {first}; elementwise inputs must have one shape")
+    def known(field: str) -> int | None:
+        return next((getattr(x, field) for x in xs if getattr(x, field) is not None), None)
+
+    return Shape(first.rank, known("c"), known("h"), known("w"))
+
+
+def _concat(_a: NoAttrs, xs: list[Shape]) -> Shape:
+    """Along channels, of feature maps or of vectors (dim 1 either way)."""
+    sizes = _agree([Shape(x.rank, None, x.h, x.w) for x in xs])
+    channels = None if any(x.c is None for x in xs) else sum(x.c for x in xs)  # type: ignore[misc]
+    return Shape(sizes.rank, channels, sizes.h, sizes.w)
+
+
+def _select(a: SelectAttrs, xs: list[Shape]) -> Shape:
+    x = xs[0]  # channels of a feature map or entries of a vector (dim 1 either way)
+    if x.c is not None and max(a.index) >= x.c:
+        raise ShapeError(f"attrs.index selects channel {max(a.index)} but its input has {x.c} channels")
+    return Shape(x.rank, len(a.index), x.h, x.w)
+
+
+def _narrow(a: NarrowAttrs, xs: list[Shape]) -> Shape:
+    x = xs[0]
+    if x.c is not None and a.start + a.length > x.c:
+        raise ShapeError(f"attrs.start + attrs.length = {a.start + a.length} exceeds its input's {x.c} channels")
+    return Shape(x.rank, a.length, x.h, x.w)
+
+
+def _scale(a: ScaleAttrs, xs: list[Shape]) -> Shape:
+    x = _map(xs[0])
+    _channels(x, a.channels, "channels")
+    return Shape(4, a.channels, x.h, x.w)
+
+
+def _wsum(a: WsumAttrs, xs: list[Shape]) -> Shape:
+    if len(xs) != a.inputs:
+        raise ShapeError(f"attrs.inputs is {a.inputs} but the node has {len(xs)} inputs")
+    for i, x in enumerate(xs):
+        _map(x, i)
+    out = _agree(xs)
+    _channels(out, a.channels, "channels")
+    return Shape(4, a.channels, out.h, out.w)
+
+
+def _resize_to(_a: NoAttrs, xs: list[Shape]) -> Shape:
+    x, ref = _map(xs[0], 0), _map(xs[1], 1)
+    return Shape(4, x.c, ref.h, ref.w)
+
+
+def _gap(_a: NoAttrs, xs: list[Shape]) -> Shape:
+    return Shape(2, _map(xs[0]).c)
+
+
+def _linear(a: LinearAttrs, xs: list[Shape]) -> Shape:
+    x = xs[0]
+    if x.rank != 2:
+        raise ShapeError(f"input 0 is a feature map {x}, expected a vector (N, C) (global-pool it first)")
+    _channels(x, a.cin, "cin")
+    return Shape(2, a.cout)
+
+
+
+# -- layers ---------------------------------------------------------------------------------------------------
+class Relu(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x)
+
+
+class Add(nn.Module):
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        out = xs[0]
+        for x in xs[1:]:
+            out = out + x
+        return out
+
+
+class Concat(nn.Module):
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        return torch.cat(xs, dim=1)
+
+
+class Select(nn.Module):
+    """Fixed channel selection (a permutation/subset of channels)."""
+
+    def __init__(self, index: list[int]) -> None:
+        super().__init__()
+        self.register_buffer("index", torch.tensor(index, dtype=torch.int64), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.index_select(1, self.index)
+
+
+class Narrow(nn.Module):
+    """Channels [start, start + length) of the input, as a view (one branch's part of a merged convolution)."""
+
+    def __init__(self, start: int, length: int) -> None:
+        super().__init__()
+        self.start, self.length = start, length
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.narrow(1, self.start, self.length)
+
+
+class ChannelScale(nn.Module):
+    """Constant per-channel scale (folded mixing weights that could not go into a conv)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(channels), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale.view(1, -1, 1, 1)
+
+
+class WeightedSum(nn.Module):
+    """sum_i w_i * x_i with constant per-input, per-channel weights (GatedMTL's beta mixing)."""
+
+    def __init__(self, inputs: int, channels: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(inputs, channels), requires_grad=False)
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        out = xs[0] * self.weight[0].view(1, -1, 1, 1)
+        for i, x in enumerate(xs[1:], start=1):
+            out = out + x * self.weight[i].view(1, -1, 1, 1)
+        return out
+
+
+class ResizeTo(nn.Module):
+    """Bilinear upsampling of input 0 to the spatial size of input 1 (the image)."""
+
+    def forward(self, x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(x, size=ref.shape[-2:], mode="bilinear", align_corners=False)
+
+
+class GlobalAvgPool(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3))
+
+
+
+@dataclass(frozen=True)
+class OpRule:
+    """One op: its attrs model, how many inputs (max None = any), its output shape, its weights, its layer."""
+
+    attrs: type[Attrs]
+    inputs: tuple[int, int | None]
+    shape: Callable[[Any, list[Shape]], Shape]
+    build: Callable[[Any], nn.Module]
+    params: Callable[[Any], dict[str, tuple[int, ...]]] = lambda a: {}
+
+
+def _conv_layer(a: ConvAttrs) -> nn.Module:
+    return nn.Conv2d(a.cin, a.cout, a.k, a.stride, a.padding, dilation=a.dilation, groups=a.groups, bias=a.bias)
+
+
+def _conv_params(a: ConvAttrs) -> dict[str, tuple[int, ...]]:
+    return {"weight": (a.cout, a.cin // a.groups, a.k, a.k)} | ({"bias": (a.cout,)} if a.bias else {})
+
+
+OPS: dict[str, OpRule] = {
+    "conv": OpRule(ConvAttrs, (1, 1), _conv, _conv_layer, _conv_params),
+    "relu": OpRule(NoAttrs, (1, 1), lambda a, xs: xs[0], lambda a: Relu()),
+    "add": OpRule(NoAttrs, (1, None), lambda a, xs: _agree(xs), lambda a: Add()),
+    "concat": OpRule(NoAttrs, (1, None), _concat, lambda a: Concat()),
+    "maxpool": OpRule(MaxPoolAttrs, (1, 1), _maxpool,
+                      lambda a: nn.MaxPool2d(a.k, a.stride, a.padding, ceil_mode=a.ceil_mode)),
+    "select": OpRule(SelectAttrs, (1, 1), _select, lambda a: Select(a.index)),
+    "narrow": OpRule(NarrowAttrs, (1, 1), _narrow, lambda a: Narrow(a.start, a.length)),
+    "scale": OpRule(ScaleAttrs, (1, 1), _scale, lambda a: ChannelScale(a.channels), lambda a: {"scale": (a.channels,)}),
+    "wsum": OpRule(WsumAttrs, (1, None), _wsum, lambda a: WeightedSum(a.inputs, a.channels),
+                   lambda a: {"weight": (a.inputs, a.channels)}),
+    "resize_to": OpRule(NoAttrs, (2, 2), _resize_to, lambda a: ResizeTo()),
+    "gap": OpRule(NoAttrs, (1, 1), _gap, lambda a: GlobalAvgPool()),
+    "linear": OpRule(LinearAttrs, (1, 1), _linear, lambda a: nn.Linear(a.cin, a.cout),
+                     lambda a: {"weight": (a.cout, a.cin), "bias": (a.cout,)}),
+}
