@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from deploymtl.cli.main import main
-from deploymtl.verify.parity import load_parity
+from deploymtl.formats.parity import load_parity
 
 pytest.importorskip("tritonclient.grpc", reason="needs the [triton] extra (tritonclient[grpc])")
 from google.protobuf import text_format  # noqa: E402  (installed with tritonclient)
@@ -121,7 +121,7 @@ def test_profiled_setting_and_instances_reach_the_config(onnx_model, tmp_path, c
 
 def test_a_tensorrt_plan_is_packaged_from_its_manifest(onnx_model, tmp_path, capsys):
     """No TensorRT needed: the manifest describes the engine's IO and batch range."""
-    from deploymtl.export.trt.manifest import RuntimeInfo, make_manifest, write_manifest
+    from deploymtl.formats.trt_manifest import RuntimeInfo, make_manifest, write_manifest
 
     src = tmp_path / "trt"
     src.mkdir()
@@ -132,7 +132,7 @@ def test_a_tensorrt_plan_is_packaged_from_its_manifest(onnx_model, tmp_path, cap
     write_manifest(src / "model.plan.json", make_manifest(
         runtime=RuntimeInfo("10.3.0", (8, 6), "A10"), precision="fp16", batch={"min": 1, "opt": 2, "max": 4},
         profile={"image": {"min": [1, 3, 48, 64], "opt": [2, 3, 48, 64], "max": [4, 3, 48, 64]}}, io=io,
-        tasks=["seg"], onnx_path="model.onnx", onnx_sha256="0", plan_name="model.plan", plan_sha256="0"))
+        tasks=["seg"], onnx_path="model.onnx", onnx_sha256="0", engine_name="model.plan", engine_sha256="0"))
     (src / "export_report.json").write_text(json.dumps({"artifact": "model.plan", "passed": True, "tasks": ["seg"]}))
     rc, _out, err = _run(capsys, "export", src / "model.plan", "--target", "triton", "-o", tmp_path / "r",
                          "--name", "eng", "-q")

@@ -110,9 +110,11 @@ def export_repository(model: Path, out: Path | None, *, name: str | None, instan
         source = model
         if model.suffix.lower() == ".pt":
             from ..export.exporter import export_model
+            from ..export.options import ExportOptions
 
-            export_model(model, Path(tmp) / "export", target="onnx", precision=precision, batch=batch,
-                         threads=threads, log=log)
+            options_ = ExportOptions.parse({"target": "onnx", "precision": precision, "batch": batch,
+                                            "threads": threads})
+            export_model(model, Path(tmp) / "export", options_, log=log)
             source = Path(tmp) / "export" / "model.onnx"
         elif batch is not None or precision != "fp32":
             raise DeploymtlError(f"--batch and --precision apply when exporting a pruned.pt; {model.name} is already "

@@ -71,7 +71,7 @@ def _onnx_interface(path: Path) -> ModelInterface:
     import onnx
     from onnx.helper import tensor_dtype_to_np_dtype
 
-    from ..export.metadata import from_props
+    from ..formats.onnx_metadata import from_props
 
     try:
         proto = onnx.load(str(path), load_external_data=False)
@@ -100,7 +100,7 @@ def _onnx_interface(path: Path) -> ModelInterface:
 
 
 def _plan_interface(path: Path) -> ModelInterface:
-    from ..export.trt.manifest import manifest_path, read_manifest
+    from ..formats.trt_manifest import manifest_path, read_manifest
 
     manifest = read_manifest(manifest_path(path))
     try:

@@ -159,7 +159,7 @@ def _package(src: Path, out: Path, options: RepositoryOptions, name: str,
 
 def _warmup_sample(parity: Path, interface: ModelInterface) -> np.ndarray:
     """The first parity input, in the model input's dtype: what Triton sends at load to warm the model up."""
-    from ..verify.parity import load_parity
+    from ..formats.parity import load_parity
 
     inp = interface.inputs[0]
     if len(interface.inputs) != 1:
