@@ -10,7 +10,8 @@ Served (remote.py, loadgen.py), one-image requests like camera frames:
 
 In-process, when ARTIFACT is given: the artifact's `Session` behind a `Batcher` with the served model's batching
 (max_batch_size, preferred sizes, queue delay, read from the server's model config), under the same closed-loop
-levels (threads calling `Batcher.infer`) and the same frames in real time (`edge.replay`). The ratio of the two
+levels (threads calling `Batcher.infer`) and the same frames in real time (`edge.replay`). The two sides take
+turns level by level, so a machine whose load drifts (a shared CPU) weighs on both alike. The ratio of the two
 throughputs is what serving through Triton costs (protocol, copies, PyTriton's proxy) at equal batching.
 
 Statistics need the `statistics` endpoint; when the server refuses it (a token), the client-side figures are
@@ -19,6 +20,7 @@ still measured and a warning says so.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -74,28 +76,51 @@ class _Stats:
         return stats_delta(before, after) if before is not None and after is not None else None
 
 
+@dataclass
+class _Side:
+    """One side of the comparison: how a worker makes its caller, where batch counters come from, the rate mode."""
+
+    label: str
+    factory: Callable[[], Any]
+    stats: Any  # snapshot() and delta(before): Triton's statistics or the Batcher's counters
+    rate: Callable[[EdgeScenario], dict[str, Any]]
+
+
 def profile_served(served: ServedOptions, options: ProfileOptions, artifact: Path | None = None,
                    log: Callable[[str], None] = lambda _msg: None) -> dict[str, Any]:
-    """Measure the served model, and the artifact in-process when given; returns the JSON-able profile."""
+    """Measure the served model, and the artifact in-process when given, level by level (so a drifting machine
+    load hits both sides alike); returns the JSON-able profile."""
     remote = RemoteModel.connect(served.url, served.model, served.headers)
     warnings: list[str] = []
     batching = remote.batching()
     scenario = _scenario(options, batching) if options.edge else None
     stats = _Stats(remote, warnings)
     factory = remote.make_call(remote.example(options.seed))
+    sides = [_Side("served", factory, stats, lambda scn: _served_rate(factory, scn, stats))]
     result: dict[str, Any] = {
         "format": SERVED_FORMAT, "deploymtl_version": __version__, "options": options.model_dump() | asdict(served),
         "environment": environment(),
         "server": {"url": served.url, "protocol": remote.protocol, "model": remote.model, "input": {
             "name": remote.input_name, "datatype": remote.datatype, "dims": list(remote.dims)},
             "outputs": remote.outputs, "batching": batching},
-        "served": {"sweep": _sweep(factory, served.concurrency, options, "served", log, warnings, stats)},
-        "in_process": None, "warnings": warnings}
-    if scenario is not None:
-        log(f"served: {scenario.streams} streams x {scenario.fps:g} fps for {scenario.duration_s:g} s")
-        result["served"]["rate"] = _served_rate(factory, scenario, stats)
-    if artifact is not None:
-        result["in_process"] = _in_process(artifact, remote, batching, served, options, scenario, log, warnings)
+        "served": {}, "in_process": None, "warnings": warnings}
+    with contextlib.ExitStack() as stack:
+        if artifact is not None:
+            local = stack.enter_context(_InProcess(artifact, remote, batching, served, options))
+            sides.append(_Side("in-process", local.factory, _BatcherStats(local.batcher), local.replay))
+            result["in_process"] = local.describe()
+        rows: dict[str, list[dict[str, Any]]] = {side.label: [] for side in sides}
+        for c in served.concurrency:
+            for side in sides:
+                log(f"{side.label}: concurrency {c}")
+                rows[side.label].append(_level(side, c, options, warnings))
+        rates: dict[str, Any] = {}
+        for side in sides if scenario is not None else []:
+            log(f"{side.label}: {scenario.streams} streams x {scenario.fps:g} fps for {scenario.duration_s:g} s")
+            rates[side.label] = side.rate(scenario) | {"scenario": scenario.to_dict()}
+    result["served"] = {"sweep": rows["served"], "rate": rates.get("served")}
+    if result["in_process"] is not None:
+        result["in_process"] |= {"sweep": rows["in-process"], "rate": rates.get("in-process")}
     result["comparison"] = compare_served(result)
     return result
 
@@ -109,24 +134,19 @@ def _scenario(options: ProfileOptions, batching: dict[str, Any]) -> EdgeScenario
                         preferred=tuple(p for p in batching["preferred"] if p <= mbs), seed=options.seed)
 
 
-def _sweep(factory: Callable[[], Any], levels: tuple[int, ...], options: ProfileOptions, label: str,
-           log: Callable[[str], None], warnings: list[str], stats: Any) -> list[dict[str, Any]]:
-    """Closed-loop levels; `stats` has snapshot() and delta(before) (Triton's statistics or the Batcher's)."""
+def _level(side: _Side, c: int, options: ProfileOptions, warnings: list[str]) -> dict[str, Any]:
+    """One closed-loop level on one side, with the batch counters of the same window."""
     settings = options.sweep_settings()
-    rows = []
-    for c in levels:
-        log(f"{label}: concurrency {c}")
-        before: dict[str, Any] = {}
-        row = closed_loop(factory, c, settings, on_start=lambda b=before: b.update(snap=stats.snapshot()))
-        row["throughput_ips"] = row["throughput_rps"]  # one image per request
-        row["server"] = stats.delta(before.get("snap"))
-        if not row["stable"]:
-            warnings.append(f"{label} concurrency {c}: latency not stable after {row['windows']} windows of "
-                            f"{settings.duration_s:g} s (coefficient of variation of window medians {row['cv']:.1%})")
-        if row["errors"]:
-            warnings.append(f"{label} concurrency {c}: {row['errors']} request(s) failed, e.g. {row['error_sample']}")
-        rows.append(row)
-    return rows
+    before: dict[str, Any] = {}
+    row = closed_loop(side.factory, c, settings, on_start=lambda: before.update(snap=side.stats.snapshot()))
+    row["throughput_ips"] = row["throughput_rps"]  # one image per request
+    row["server"] = side.stats.delta(before.get("snap"))
+    if not row["stable"]:
+        warnings.append(f"{side.label} concurrency {c}: latency not stable after {row['windows']} windows of "
+                        f"{settings.duration_s:g} s (coefficient of variation of window medians {row['cv']:.1%})")
+    if row["errors"]:
+        warnings.append(f"{side.label} concurrency {c}: {row['errors']} request(s) failed, e.g. {row['error_sample']}")
+    return row
 
 
 def _served_rate(factory: Callable[[], Any], scn: EdgeScenario, stats: _Stats) -> dict[str, Any]:
@@ -139,11 +159,11 @@ def _served_rate(factory: Callable[[], Any], scn: EdgeScenario, stats: _Stats) -
                     batch_sizes=(server or {}).get("batch_histogram", {}),
                     busy_s=(server or {}).get("busy_s", 0.0))
     return out | {"mode": "real-time, open loop", "failed": len(errors), "error_sample": errors[0] if errors else None,
-                  "scenario": scn.to_dict(), "server": server}
+                  "server": server}
 
 
 class _BatcherStats:
-    """The Batcher's batch-size counters as a stats source for `_sweep`."""
+    """The Batcher's batch-size counters as a stats source for `_level`."""
 
     def __init__(self, batcher: Batcher) -> None:
         self.batcher = batcher
@@ -162,35 +182,52 @@ class _BatcherStats:
                 "batch_histogram": hist}
 
 
-def _in_process(artifact: Path, remote: RemoteModel, batching: dict[str, Any], served: ServedOptions,
-                options: ProfileOptions, scenario: EdgeScenario | None, log: Callable[[str], None],
-                warnings: list[str]) -> dict[str, Any]:
-    mbs = max(1, batching["max_batch_size"])
-    with load(artifact, provider=options.provider if artifact.suffix.lower() == ".onnx" else "cpu",
-              device=options.torch_device, threads=options.threads,
-              max_batch=mbs if artifact.suffix.lower() == ".pt" else None) as session:
-        s = session.input_spec
+class _InProcess:
+    """The artifact's session behind a Batcher with the served model's batching, for the in-process side."""
+
+    def __init__(self, artifact: Path, remote: RemoteModel, batching: dict[str, Any], served: ServedOptions,
+                 options: ProfileOptions) -> None:
+        self.artifact = artifact
+        self.mbs = max(1, batching["max_batch_size"])
+        torch_file = artifact.suffix.lower() == ".pt"
+        self.session = load(artifact, provider=options.provider if artifact.suffix.lower() == ".onnx" else "cpu",
+                            device=options.torch_device, threads=options.threads,
+                            max_batch=self.mbs if torch_file else None)
+        s = self.session.input_spec
         if (s.channels, s.height, s.width) != remote.dims:
+            self.session.close()
             raise DeploymtlError(f"{artifact} takes images {s.channels}x{s.height}x{s.width}, the served model "
                                  f"'{remote.model}' takes {'x'.join(map(str, remote.dims))}",
                                  hint="pass the artifact the server serves")
-        delay_ms = batching["max_queue_delay_us"] / 1000.0
-        preferred = tuple(p for p in batching["preferred"] if p <= mbs)
-        batcher = Batcher(session, max_batch=mbs, max_delay_ms=delay_ms, preferred_batch_sizes=preferred,
-                          max_queue=max(8 * mbs, 2 * max(served.concurrency)))
-        image = session.example(1, seed=options.seed)
+        self.delay_ms = batching["max_queue_delay_us"] / 1000.0
+        self.preferred = tuple(p for p in batching["preferred"] if p <= self.mbs)
         try:
-            rows = _sweep(lambda: (lambda: batcher.infer(image)), served.concurrency, options, "in-process", log,
-                          warnings, _BatcherStats(batcher))
+            self.batcher = Batcher(self.session, max_batch=self.mbs, max_delay_ms=self.delay_ms,
+                                   preferred_batch_sizes=self.preferred,
+                                   max_queue=max(8 * self.mbs, 2 * max(served.concurrency)))
+        except BaseException:
+            self.session.close()
+            raise
+        self.image = self.session.example(1, seed=options.seed)
+
+    def factory(self) -> Any:
+        return lambda: self.batcher.infer(self.image)
+
+    def replay(self, scn: EdgeScenario) -> dict[str, Any]:
+        return replay(self.session, scn)
+
+    def describe(self) -> dict[str, Any]:
+        return {"artifact": str(self.artifact), **self.session.info(),
+                "batcher": {"max_batch": self.mbs, "max_delay_ms": self.delay_ms, "preferred": list(self.preferred)}}
+
+    def __enter__(self) -> _InProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.batcher.close(drain=True)
         finally:
-            batcher.close(drain=True)
-        rate = None
-        if scenario is not None:
-            log(f"in-process: {scenario.streams} streams x {scenario.fps:g} fps for {scenario.duration_s:g} s")
-            rate = replay(session, scenario) | {"scenario": scenario.to_dict()}
-        return {"artifact": str(artifact), **session.info(),
-                "batcher": {"max_batch": mbs, "max_delay_ms": delay_ms, "preferred": list(preferred)},
-                "sweep": rows, "rate": rate}
+            self.session.close()
 
 
 def compare_served(result: dict[str, Any]) -> dict[str, Any]:
