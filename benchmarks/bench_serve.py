@@ -166,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=1.0)
     ap.add_argument("--edge-duration", type=float, default=10.0)
     ap.add_argument("--protocol", choices=["http", "grpc"], default="http")
+    ap.add_argument("--preferred", default=None, help="override the packaged batcher setting, e.g. 4")
+    ap.add_argument("--max-delay-ms", type=float, default=None, help="override the packaged queue delay")
     ap.add_argument("--out", type=Path, default=ROOT / "artifacts" / "bench" / "serve.json")
     args = ap.parse_args(argv)
 
@@ -178,7 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     repo = ROOT / "artifacts" / "bench" / "serve_repo"
     sources = {f: demo_model(args.demo, f, args.precision) for f in families}
     for family, src in sources.items():
-        write_repository(src, repo, RepositoryOptions(name=family, threads=args.threads))
+        preferred = [int(p) for p in args.preferred.split(",")] if args.preferred else None
+        write_repository(src, repo, RepositoryOptions(name=family, threads=args.threads, preferred=preferred,
+                                                      max_delay_ms=args.max_delay_ms))
     options = ProfileOptions.parse({"threads": args.threads, "duration_s": args.duration, "streams": 4, "fps": 30.0,
                                     "edge_duration_s": args.edge_duration})
     levels = tuple(int(c) for c in args.concurrency.split(","))
@@ -203,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
                                                             if own is not None else None)
             results.append(summary | {"source": str(sources[family]), "direct_ms": direct})
     out = {"benchmark": "serve", "protocol": args.protocol, "threads": args.threads, "instances": args.instances,
+           "batching_override": {"preferred": args.preferred, "max_delay_ms": args.max_delay_ms},
            "duration_s": args.duration, "edge_duration_s": args.edge_duration, "target_throughput_ratio": TARGET_RATIO,
            "models": results, "machine_load": load.to_dict()}
     write_json(args.out, out)
