@@ -82,7 +82,8 @@ class Surgery:
     def input_spec(self) -> dict[str, Any]:
         d = self.recipe.data
         channels = int(getattr(self.recipe.model_cfg(), "in_channels", 3))
-        return {"channels": channels, "height": d.height, "width": d.width, "mean": list(d.mean), "std": list(d.std)}
+        return {"channels": channels, "height": d.height, "width": d.width, "mean": list(d.mean), "std": list(d.std),
+                "channel_order": d.channel_order, "scale": d.scale, "dtype": "float32"}
 
 
 def _parse_tasks(tasks: list[str] | str | None) -> list[str] | None:
