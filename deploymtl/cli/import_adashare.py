@@ -20,13 +20,13 @@ def _print(report: dict[str, Any]) -> None:
     console = Console()
     a, p, c = report["architecture"], report["policy"], report["cost"]
     tasks = ", ".join(f"{t['name']} ({t['kind']}, {t['channels']})" for t in a["tasks"])
-    console.print(f"AdaShare {a['backbone']} {a['layers']}, width {a['width']}, ASPP hidden {a['head_hidden']}; "
-                  f"tasks {tasks}; input {a['input']['height']}x{a['input']['width']} {a['input']['channel_order']}")
-    console.print(f"policy (rule {p['rule']}; # run, . skip, * has ds):", markup=False)
+    typer.echo(f"AdaShare {a['backbone']} {a['layers']}, width {a['width']}, ASPP hidden {a['head_hidden']}; "
+               f"tasks {tasks}; input {a['input']['height']}x{a['input']['width']} {a['input']['channel_order']}")
+    typer.echo(f"policy (rule {p['rule']}; # run, . skip, * has ds):")
     for line in p["picture"]:
-        console.print("  " + line, markup=False, highlight=False)
+        typer.echo("  " + line)
     for note in p["notes"]:
-        console.print(f"note: {note}")
+        typer.echo(f"note: {note}")
     table = Table(title=f"Public inference vs deployed tree (batch 1, {c['input'][2]}x{c['input'][3]})",
                   title_justify="left")
     for i, h in enumerate(["", "public", "deployed", "ratio"]):

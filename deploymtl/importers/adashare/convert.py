@@ -111,9 +111,8 @@ def map_keys(model: AdaShareSupernet, arch: PublicArchitecture, ckpt: PublicChec
     return mapping
 
 
-def build_model(arch: PublicArchitecture, ckpt: PublicCheckpoint, policy: PublicPolicy
-                ) -> tuple[AdaShareSupernet, KeyMap]:
-    """The supernet with the public weights and the policy file's decisions (rule "imported"), in eval mode."""
+def build_model(arch: PublicArchitecture, ckpt: PublicCheckpoint) -> tuple[AdaShareSupernet, KeyMap]:
+    """The supernet with the public weights, in eval mode (its decisions are fixed by `apply_policy`)."""
     model = build_supernet("adashare", arch.task_specs(), model_section(arch, ckpt), {})
     if not isinstance(model, AdaShareSupernet):
         raise InternalError(f"the family registry's adashare supernet is a {type(model).__name__}")
@@ -123,8 +122,13 @@ def build_model(arch: PublicArchitecture, ckpt: PublicCheckpoint, policy: Public
         value = ckpt.state[pub]
         state[key] = value.to(state[key].dtype) if value.is_floating_point() else value.to(torch.int64)
     load_weights(model, state, ckpt.path, "the public AdaShare layout")
+    return model.eval(), mapping
+
+
+def apply_policy(model: AdaShareSupernet, policy: PublicPolicy) -> AdaShareSupernet:
+    """Fix the policy file's decisions (rule "imported"); the model is then in deployed mode."""
     model.set_decisions(decisions(model, policy))
-    return model.eval().set_deployed(True), mapping
+    return model.set_deployed(True)
 
 
 def decisions(model: AdaShareSupernet, policy: PublicPolicy) -> dict[str, Any]:

@@ -1,10 +1,10 @@
 """`deploymtl import adashare`: the public code's checkpoint + policy file + architecture -> a deploymtl
 `supernet.pt` whose decisions are the policy file's (rule "imported"), with `import_report.json` / `.md`.
 
-Order of work: the output directory, then every input (architecture, checkpoint, policy, their agreement, the
-options) is read and checked before anything is written, so bad input writes nothing (exit 2, one line). Then the
-static tree `deploymtl prune` will build is made once to measure what deploying saves against the public inference
-(`cost.py`), and the set {supernet.pt, import_report.json, import_report.md} is written as one
+Order of work: the output directory, then every input (options, architecture, checkpoint and its agreement with the
+architecture, policy) is read and checked before anything is written, so bad input writes nothing (exit 2, one line).
+Then the static tree `deploymtl prune` will build is made once to measure what deploying saves against the public
+inference (`cost.py`), and the set {supernet.pt, import_report.json, import_report.md} is written as one
 (`deploymtl.outdir.output_set`). `deploymtl prune`, `export`, `verify`, `profile` and `inspect` then work on
 supernet.pt as on a trained one; its recipe says the data is synthetic images without targets (`convert.recipe`).
 """
@@ -25,7 +25,7 @@ from ...io import atomic_write_text, sha256_file, write_json
 from ...outdir import check_output_dir, output_set
 from .architecture import PublicArchitecture, from_flags, from_yaml
 from .checkpoint import ignored_entries, read_checkpoint
-from .convert import KeyMap, build_model, decisions, recipe
+from .convert import KeyMap, apply_policy, build_model, decisions, recipe
 from .cost import deployed_tree, measure_savings
 from .policy import read_policy
 from .report import REPORT_FORMAT, policy_section, render_markdown
@@ -117,8 +117,9 @@ def import_adashare(checkpoint: str | Path, policy_path: str | Path, out_dir: st
     _check_options(o)
     arch = _architecture(o)
     ckpt = read_checkpoint(checkpoint)
+    model, keymap = build_model(arch, ckpt)  # the checkpoint against the architecture first: its errors say more
     policy = read_policy(policy_path, len(arch.tasks), arch.blocks, arch.skip_layer)
-    model, keymap = build_model(arch, ckpt, policy)
+    apply_policy(model, policy)
     size = o.input_size or arch.test_size()
     name = out.name if _NAME.fullmatch(out.name) else "adashare_import"
     rec = parse_recipe(recipe(name, arch, ckpt, size, bake_preprocessing=o.bake_preprocessing,

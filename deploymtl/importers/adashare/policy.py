@@ -75,8 +75,8 @@ def unpickle_policy(path: Path) -> Any:
     try:
         return _PolicyUnpickler(io.BytesIO(raw)).load()
     except _Refused as exc:
-        raise DeploymtlError(f"policy file {path}: {exc}, which a policy file never holds; refused without "
-                             "unpickling it (nothing it names was run)", hint=POLICY_HINT) from None
+        raise DeploymtlError(f"policy file {path}: {exc}, which a policy file never holds; refused, nothing it "
+                             "names was run", hint=POLICY_HINT) from None
     except pickle.UnpicklingError as exc:
         first = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
         if "weights only" in str(exc).lower() or "global" in str(exc).lower():
