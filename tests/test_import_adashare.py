@@ -235,6 +235,28 @@ def test_reduced_precision_says_the_metric_gate_was_skipped(r18, tmp_path, capsy
     assert code == (0 if report["passed"] else 1), err
 
 
+@pytest.mark.parametrize("tag, layout, tasks", [("r18_2task", "resnet18", [("seg", 40), ("sn", 3)]),
+                                                ("r34_3task", "resnet34", [("seg", 40), ("sn", 3), ("depth", 1)])])
+def test_tiny_public_reference(tag, layout, tasks, tmp_path) -> None:
+    """Files written by the public code itself (tests/data/adashare_public/README.md): the imported and pruned model
+    reproduces the public code's outputs to fp32 tolerance, raw pixels fed through the recorded preprocessing."""
+    yml = write_yaml(tmp_path / "config.yml", layout, tasks)
+    import_adashare(DATA / f"{tag}_model.pth.tar", DATA / f"{tag}_policy.pickle", tmp_path / "imp",
+                    ImportOptions(config=yml, input_size=(H, W), latency_repeats=0))
+    assert main(["prune", str(tmp_path / "imp" / "supernet.pt"), "-o", str(tmp_path / "pruned")]) == 0
+    ref = np.load(DATA / f"{tag}_reference.npz", allow_pickle=False)
+    art = load_static(tmp_path / "pruned" / "pruned.pt")
+    i = art.input
+    x = (ref["pixels_bgr"].astype(np.float32) * i["scale"] - np.float32(i["mean"]).reshape(1, 3, 1, 1)) \
+        / np.float32(i["std"]).reshape(1, 3, 1, 1)
+    with torch.inference_mode():
+        out = art.model.infer(torch.from_numpy(x.astype(np.float32)))
+    for t, (name, _) in enumerate(tasks, start=1):
+        public = ref[f"out_task{t}_{name}"].astype(np.float64)
+        assert out[name].shape == public.shape
+        assert _rel_err(out[name].numpy(), public) <= 1e-4
+
+
 # -- the policy pickle: only tensors, read without running anything -------------------------------------------------
 def _evil_storage(marker: Path) -> bytes:
     """A policy pickle whose storage bytes are a legacy torch file holding a command: the inner load must refuse."""
