@@ -1,7 +1,8 @@
 """Exactness of imported public AdaShare checkpoints against the public code's own outputs. Writes one JSON document.
 
     python benchmarks/adashare_exactness.py CASE_DIR --config nyu_v2_2task.yml [--sizes 64x96,321x321]
-        [-o artifacts/bench/adashare_exactness.json] [--variants] [--latency-repeats 3] [--keep DIR]
+        [-o artifacts/bench/adashare_exactness.json] [--variants] [--latency-repeats 3]
+    python benchmarks/adashare_exactness.py CASE_DIR --config Y --sizes 480x640 --pruned pruned.pt --onnx model.onnx
 
 CASE_DIR holds what a user of the public code has -- `*_model.pth.tar` (and optionally its `.legacy` / `.cudatag`
 forms) and `policy*.pickle` -- plus `reference.npz`: per input size S the public-preprocessed input `input_{S}` (BGR,
@@ -14,7 +15,8 @@ it reads those files, then for each size S runs what a user runs -- `deploymtl i
     error = max |ours - public| / max |public|     (pass: <= 1e-4)
 
 `--variants` also imports every checkpoint form found (zip, legacy, cuda-tagged) and checks that each gives the
-same supernet weights bit for bit.
+same supernet weights bit for bit. `--pruned` / `--onnx` compare artifacts made already (by the commands of the
+README, say) at the one size given, instead of running the pipeline.
 """
 
 from __future__ import annotations
@@ -63,6 +65,17 @@ def _compare(ours: dict[str, np.ndarray], ref: np.lib.npyio.NpzFile, size: str, 
     return out
 
 
+def _outputs(pruned: Path, onnx_path: Path, x: np.ndarray) -> tuple[dict, dict]:
+    static = load_static(pruned).model
+    with torch.inference_mode():
+        static_out = {k: v.numpy() for k, v in static.infer(torch.from_numpy(x)).items()}
+    runner = open_runner(onnx_path)
+    try:
+        return static_out, runner.infer(x)
+    finally:
+        runner.close()
+
+
 def _size_case(ckpt: Path, policy: Path, config: Path, size: str, ref: np.lib.npyio.NpzFile, work: Path,
                repeats: int) -> dict:
     h, w = parse_size(size)
@@ -75,18 +88,20 @@ def _size_case(ckpt: Path, policy: Path, config: Path, size: str, ref: np.lib.np
     export_model(work / "pruned" / "pruned.pt", work / "onnx",
                  ExportOptions.parse({"batch": f"1:{batch}:{max(batch, 2)}"}))
     x = np.ascontiguousarray(ref[f"input_{size}"], dtype=np.float32)
-    static = load_static(work / "pruned" / "pruned.pt").model
-    with torch.inference_mode():
-        static_out = {k: v.numpy() for k, v in static.infer(torch.from_numpy(x)).items()}
-    runner = open_runner(work / "onnx" / "model.onnx")
-    try:
-        onnx_out = runner.infer(x)
-    finally:
-        runner.close()
+    static_out, onnx_out = _outputs(work / "pruned" / "pruned.pt", work / "onnx" / "model.onnx", x)
     return {"batch": batch, "static": _compare(static_out, ref, size, tasks),
             "onnx": _compare(onnx_out, ref, size, tasks), "prune_parity": prune_report["parity"],
             "cost": report["cost"], "policy": report["policy"]["tasks"],
             "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def _given_case(pruned: Path, onnx_path: Path, size: str, ref: np.lib.npyio.NpzFile) -> dict:
+    """Artifacts made already: compare them at `size`."""
+    tasks = load_static(pruned).task_names
+    x = np.ascontiguousarray(ref[f"input_{size}"], dtype=np.float32)
+    static_out, onnx_out = _outputs(pruned, onnx_path, x)
+    return {"batch": int(x.shape[0]), "static": _compare(static_out, ref, size, tasks),
+            "onnx": _compare(onnx_out, ref, size, tasks), "artifacts": {"pruned": str(pruned), "onnx": str(onnx_path)}}
 
 
 def _variants(case: Path, policy: Path, config: Path, work: Path) -> dict:
@@ -112,6 +127,8 @@ def main() -> None:
     ap.add_argument("--variants", action="store_true")
     ap.add_argument("--latency-repeats", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--pruned", type=Path, help="compare this pruned.pt (with --onnx) instead of running the pipeline")
+    ap.add_argument("--onnx", type=Path)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     ckpt, policy = _files(args.case)
@@ -120,8 +137,8 @@ def main() -> None:
               "limit": LIMIT, "torch": torch.__version__, "deploymtl": __version__, "sizes": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for size in [s.strip() for s in args.sizes.split(",") if s.strip()]:
-            result["sizes"][size] = _size_case(ckpt, policy, args.config, size, ref, Path(tmp) / size,
-                                               args.latency_repeats)
+            result["sizes"][size] = _given_case(args.pruned, args.onnx, size, ref) if args.pruned else \
+                _size_case(ckpt, policy, args.config, size, ref, Path(tmp) / size, args.latency_repeats)
             print(json.dumps({size: {k: result["sizes"][size][k] for k in ("static", "onnx")}}, indent=1))
         if args.variants:
             result["variants"] = _variants(args.case, policy, args.config, Path(tmp))
