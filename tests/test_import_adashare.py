@@ -156,6 +156,20 @@ def test_inspect_shows_the_savings_against_the_public_inference(r18, tmp_path, c
     assert data["imported"]["cost"]["flops"] == c["flops"]
 
 
+def test_run_starts_from_an_imported_supernet(r18, tmp_path) -> None:
+    """`deploymtl run supernet.pt`: no train stage; the embedded recipe drives prune (and the stages after it)."""
+    from deploymtl.formats.supernet import read_supernet
+    from deploymtl.pipeline import run_pipeline
+
+    import_adashare(r18["ckpt"], r18["policy"], tmp_path / "imp",
+                    ImportOptions(config=r18["yaml"], input_size=(H, W), latency_repeats=0))
+    supernet = tmp_path / "imp" / "supernet.pt"
+    result = run_pipeline(read_supernet(supernet)[1], tmp_path / "run", stages=("train", "prune"), supernet=supernet,
+                          log=lambda _: None)
+    assert [s.name for s in result.stages] == ["prune"] and not (tmp_path / "run" / "train").exists()
+    assert result.stages[0].report["passed"] is True and (tmp_path / "run" / "prune" / "pruned.pt").is_file()
+
+
 def test_checkpoint_forms_import_to_the_same_weights(r18, tmp_path) -> None:
     """Zip and legacy torch formats, CPU and cuda-tagged storages (files saved on a GPU): one supernet."""
     state = public_state(r18["model"], "resnet18")

@@ -158,6 +158,8 @@ CASES: list[Case] = [
         "prune.rtol", "finite"),
     cli("recipe", "tiny-image", lambda i, o: ["train", R(i, "h", set_key("data.height", 0)), "-o", o],
         "data.height", "greater than or equal to 8"),
+    cli("recipe", "no-targets", lambda i, o: ["train", R(i, "notargets", set_key("data.targets", False)), "-o", o],
+        "data.targets is false", "nothing to train on"),
     cli("recipe", "nyuv2-without-root", lambda i, o: ["train", R(i, "nyu", set_key("data.source", "nyuv2")), "-o", o],
         "data.root is required"),
     cli("recipe", "run-not-utf8", lambda i, o: ["run", i.file("latin.yaml", LATIN1), "-o", o], "is not UTF-8 text"),
