@@ -128,7 +128,8 @@ def from_yaml(path: str | Path) -> PublicArchitecture:
     tasks = _unique([_task(n, c, f"config {p}") for n, c in zip(names, classes, strict=True)], f"config {p}")
     used = {"backbone": backbone, "tasks": names, "tasks_num_class": classes, "skip_layer": skip,
             "policy_model": policy_model, "dataload.dataset": dataset}
-    ignored = [k for k in data if k not in ("backbone", "tasks", "tasks_num_class", "skip_layer", "policy_model")]
+    ignored = [("dataload (all but dataset)" if k == "dataload" else str(k)) for k in data
+               if k not in ("backbone", "tasks", "tasks_num_class", "skip_layer", "policy_model")]
     return PublicArchitecture(BACKBONES[backbone], tasks, skip, dataset if isinstance(dataset, str) else None,
                               str(p), used, ignored)
 
