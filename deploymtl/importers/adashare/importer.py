@@ -144,7 +144,7 @@ def import_adashare(checkpoint: str | Path, policy_path: str | Path, out_dir: st
         "policy": policy_section(model),
         "cost": savings,
         "artifact": str(out / "supernet.pt"),
-        "next": f"deploymtl prune {out / 'supernet.pt'} -o {out.parent / (out.name + '-pruned')}",
+        "next": f"deploymtl prune {out / 'supernet.pt'}",
         "deploymtl_version": __version__, "seconds": None,
     }
     imported = {k: report[k] for k in ("importer", "public_code", "source", "cost")}
