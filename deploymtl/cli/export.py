@@ -48,6 +48,10 @@ def export(
     int8_output_layers: str = typer.Option("fp32", "--int8-output-layers",
                                            help="fp32 (default: each task head's last layer stays fp32, the "
                                                 "accuracy-sensitive one) or int8 (every layer quantised)."),
+    bake_preprocessing: bool | None = typer.Option(
+        None, "--bake-preprocessing/--no-bake-preprocessing",
+        help="The graph takes raw uint8 pixels (N, C, H, W) in the model's channel order and normalises them "
+             "itself (default: recipe export.bake_preprocessing; set by 'deploymtl import ... --bake-preprocessing')."),
     quiet: bool = Quiet,
     # --target triton only (deploymtl.serve.repository)
     name: str | None = typer.Option(None, "--name", help="triton: model name (default: the recipe's)."),
@@ -76,7 +80,7 @@ def export(
         "per_output": per_output, "simplify": not no_simplify, "opset": opset,
         "calibration_samples": calibration_samples, "max_metric_drop": max_metric_drop, "workspace_mb": workspace_mb,
         "timing_cache": timing_cache, "threads": threads, "int8_activations": int8_activations,
-        "int8_output_layers": int8_output_layers,
+        "int8_output_layers": int8_output_layers, "bake_preprocessing": bake_preprocessing,
     })
     out_dir = out or default_out("export", f"{model.stem}-{target}-{precision}")
     log = (lambda _: None) if quiet else typer.echo
