@@ -51,6 +51,7 @@ def test_train_help_shows_its_options(capsys: pytest.CaptureFixture[str]) -> Non
     ("export", "deploymtl.cli.export", "EXPORT_HELP"),
     ("profile", "deploymtl.cli.profile", "PROFILE_HELP"),
     ("prune", "deploymtl.cli.prune", "PRUNE_HELP"),
+    ("serve", "deploymtl.cli.serve", "SERVE_HELP"),
 ])
 def test_help_text_is_not_the_docstring(capsys: pytest.CaptureFixture[str], command: str, module: str,
                                         constant: str) -> None:

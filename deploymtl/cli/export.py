@@ -62,7 +62,7 @@ def export(
     profile: Path | None = typer.Option(None, "--profile", help="triton: profile.json with the batcher setting."),
 ) -> None:
     """`deploymtl export` (help: `EXPORT_HELP`). One parameter per flag: typer builds the command from this
-    signature."""
+    signature, which is also most of the function's length."""
     if target == "triton":  # a Triton model repository: cli/serve.py composes export and packaging
         from .serve import export_repository
 

@@ -63,7 +63,7 @@ def profile(
                                             "request (an access token), repeatable."),
 ) -> None:
     """`deploymtl profile` (help: `PROFILE_HELP`). One parameter per command-line option (typer builds the command
-    from this signature), hence more than eight."""
+    from this signature), hence more than eight, and a signature that is almost half the function's length."""
     from ..profile.profiler import ProfileOptions, profile_artifacts
     from ..profile.report import write_report
 

@@ -10,6 +10,8 @@ import typer
 from ..errors import DeploymtlError
 from .common import check_finite, default_out
 
+SERVE_HELP = "Serve PATH on Triton (HTTP and gRPC, KServe v2; Prometheus metrics) until SIGINT or SIGTERM."
+
 
 def _sizes(text: str | None) -> list[int] | None:
     from .profile import _int_list
@@ -37,7 +39,8 @@ def serve(
     log_file: Path | None = typer.Option(None, "--log-file", help="Keep tritonserver's log in this file."),
     check: bool = typer.Option(False, "--check", help="Validate REPO offline and exit, without serving."),
 ) -> None:
-    """Serve PATH on Triton (HTTP and gRPC, KServe v2; Prometheus metrics) until SIGINT or SIGTERM."""
+    """`deploymtl serve` (help: `SERVE_HELP`). One parameter per command-line option (typer builds the command
+    from this signature), hence more than eight."""
     from ..serve.binding import ServeOptions, load_served
 
     if check:
@@ -95,7 +98,8 @@ def export_repository(model: Path, out: Path | None, *, name: str | None, instan
                       ort_trt: str | None, profile: Path | None, threads: int | None, precision: str,
                       batch: str | None, quiet: bool) -> None:
     """`deploymtl export MODEL --target triton` (its flags, passed on by cli/export.py): an exported model.onnx /
-    model.plan is packaged as it is; a pruned.pt is exported to ONNX into a temporary folder first."""
+    model.plan is packaged as it is; a pruned.pt is exported to ONNX into a temporary folder first. One keyword
+    parameter per flag that `--target triton` reads, hence more than eight."""
     import tempfile
 
     from ..outdir import check_output_dir
@@ -124,4 +128,4 @@ def export_repository(model: Path, out: Path | None, *, name: str | None, instan
 
 
 def register(app: typer.Typer) -> None:
-    app.command("serve")(serve)
+    app.command("serve", help=SERVE_HELP)(serve)

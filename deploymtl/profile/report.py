@@ -11,6 +11,7 @@ to them unconditionally.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -136,17 +137,20 @@ def save_figure(fig: Any, path: Path) -> None:
     plt.close(fig)
 
 
-def _plot_latency(path: Path, profile: dict[str, Any]) -> None:
+def plot_sweep(path: Path, curves: list[tuple[str, list[dict[str, Any]]]], x_key: str, x_label: str,
+               what: str) -> None:
+    """Two panels per sweep: p50 latency (bar up to p99) and throughput against each row's `x_key` (log2 axis),
+    one line per (label, rows) curve; `what` names the x axis in the titles."""
     plt = pyplot()
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    for a in profile["artifacts"]:
-        b = [r["batch"] for r in a["sweep"]]
-        p50 = [r["latency_ms"]["p50_ms"] for r in a["sweep"]]
-        up = [r["latency_ms"]["p99_ms"] - p for p, r in zip(p50, a["sweep"], strict=True)]
-        ax.errorbar(b, p50, yerr=[[0.0] * len(up), up], marker="o", capsize=3, label=a["name"])
-        ax2.plot(b, [r["throughput_ips"] for r in a["sweep"]], marker="o", label=a["name"])
-    ax.set(xlabel="batch size", ylabel="latency ms (p50, bar to p99)", title="Latency vs batch")
-    ax2.set(xlabel="batch size", ylabel="images / s", title="Throughput vs batch")
+    for label, rows in curves:
+        xs = [r[x_key] for r in rows]
+        p50 = [r["latency_ms"]["p50_ms"] for r in rows]
+        up = [r["latency_ms"]["p99_ms"] - p for p, r in zip(p50, rows, strict=True)]
+        ax.errorbar(xs, p50, yerr=[[0.0] * len(up), up], marker="o", capsize=3, label=label)
+        ax2.plot(xs, [r["throughput_ips"] for r in rows], marker="o", label=label)
+    ax.set(xlabel=x_label, ylabel="latency ms (p50, bar to p99)", title=f"Latency vs {what}")
+    ax2.set(xlabel=x_label, ylabel="images / s", title=f"Throughput vs {what}")
     for x in (ax, ax2):
         x.set_xscale("log", base=2)
         x.grid(alpha=0.3)
@@ -154,26 +158,41 @@ def _plot_latency(path: Path, profile: dict[str, Any]) -> None:
     save_figure(fig, path)
 
 
-def _plot_cdf(path: Path, profile: dict[str, Any]) -> None:
+def plot_cdfs(path: Path, curves: list[tuple[str, list[float]]], x_label: str, missing: str,
+              annotate: Callable[[Any], None]) -> None:
+    """The latency CDF of each (label, `cdf_ms` quantiles) curve; where there is a curve, `annotate(ax)` adds the
+    reference lines and the title before the legend is drawn, otherwise the plot says `missing`."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
+    for label, cdf in curves:
+        ax.plot(cdf, [i / (len(cdf) - 1) for i in range(len(cdf))], label=label)
+    if curves:
+        annotate(ax)
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, missing, ha="center", va="center", transform=ax.transAxes)
+    ax.set(xlabel=x_label, ylabel="fraction of frames")
+    ax.grid(alpha=0.3)
+    save_figure(fig, path)
+
+
+def _plot_latency(path: Path, profile: dict[str, Any]) -> None:
+    plot_sweep(path, [(a["name"], a["sweep"]) for a in profile["artifacts"]], "batch", "batch size", "batch")
+
+
+def _plot_cdf(path: Path, profile: dict[str, Any]) -> None:
     edge = [a for a in profile["artifacts"] if "edge" in a]
-    for a in edge:
-        cdf = a["edge"]["result"]["cdf_ms"]
-        ax.plot(cdf, [i / (len(cdf) - 1) for i in range(len(cdf))], label=a["name"])
-    if edge:
+
+    def annotate(ax: Any) -> None:
         e = edge[0]["edge"]
         ax.axvline(e["result"]["deadline_ms"], color="red", ls="--", lw=1, label="deadline")
         ax.axvline(e["settings"]["budget_ms"], color="gray", ls=":", lw=1, label="budget (p99)")
         s = e["scenario"]
         ax.set_title(f"Edge: {s['streams']} streams x {s['fps']:g} fps, max batch {s['max_batch']}, "
                      f"delay {s['max_delay_ms']:g} ms", fontsize=9)
-        ax.legend(fontsize=8)
-    else:
-        ax.text(0.5, 0.5, "edge scenario not run (--no-edge)", ha="center", va="center", transform=ax.transAxes)
-    ax.set(xlabel="end-to-end latency ms (queueing + compute)", ylabel="fraction of frames")
-    ax.grid(alpha=0.3)
-    save_figure(fig, path)
+
+    plot_cdfs(path, [(a["name"], a["edge"]["result"]["cdf_ms"]) for a in edge],
+              "end-to-end latency ms (queueing + compute)", "edge scenario not run (--no-edge)", annotate)
 
 
 def _plot_ratios(path: Path, profile: dict[str, Any]) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..io import atomic_write_text, write_json
 from ..outdir import output_set
-from .report import FILES, fmt, pyplot, save_figure, table
+from .report import FILES, fmt, plot_cdfs, plot_sweep, table
 
 SERVED_FILES = ("profile.json", "profile.md", "served_latency_vs_concurrency.png", "served_rate_cdf.png")
 
@@ -100,38 +100,18 @@ def summary_lines(profile: dict[str, Any]) -> list[str]:
 
 
 def _plot_sweep(path: Path, profile: dict[str, Any]) -> None:
-    plt = pyplot()
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    for label, side in _sides(profile):
-        c = [r["concurrency"] for r in side["sweep"]]
-        p50 = [r["latency_ms"]["p50_ms"] for r in side["sweep"]]
-        up = [r["latency_ms"]["p99_ms"] - p for p, r in zip(p50, side["sweep"], strict=True)]
-        ax.errorbar(c, p50, yerr=[[0.0] * len(up), up], marker="o", capsize=3, label=label)
-        ax2.plot(c, [r["throughput_ips"] for r in side["sweep"]], marker="o", label=label)
-    ax.set(xlabel="concurrent clients", ylabel="latency ms (p50, bar to p99)", title="Latency vs concurrency")
-    ax2.set(xlabel="concurrent clients", ylabel="images / s", title="Throughput vs concurrency")
-    for x in (ax, ax2):
-        x.set_xscale("log", base=2)
-        x.grid(alpha=0.3)
-        x.legend(fontsize=8)
-    save_figure(fig, path)
+    plot_sweep(path, [(label, side["sweep"]) for label, side in _sides(profile)], "concurrency",
+               "concurrent clients", "concurrency")
 
 
 def _plot_rate(path: Path, profile: dict[str, Any]) -> None:
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 4))
     rates = [(label, side["rate"]) for label, side in _sides(profile) if side.get("rate")]
-    for label, e in rates:
-        cdf = e["cdf_ms"]
-        ax.plot(cdf, [i / (len(cdf) - 1) for i in range(len(cdf))], label=label)
-    if rates:
+
+    def annotate(ax: Any) -> None:
         e = rates[0][1]
         ax.axvline(e["deadline_ms"], color="red", ls="--", lw=1, label="deadline")
         s = e["scenario"]
         ax.set_title(f"{s['streams']} streams x {s['fps']:g} fps", fontsize=9)
-        ax.legend(fontsize=8)
-    else:
-        ax.text(0.5, 0.5, "request-rate mode not run (--no-edge)", ha="center", va="center", transform=ax.transAxes)
-    ax.set(xlabel="per-frame latency ms (arrival to answer)", ylabel="fraction of frames")
-    ax.grid(alpha=0.3)
-    save_figure(fig, path)
+
+    plot_cdfs(path, [(label, e["cdf_ms"]) for label, e in rates], "per-frame latency ms (arrival to answer)",
+              "request-rate mode not run (--no-edge)", annotate)
