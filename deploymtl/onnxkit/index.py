@@ -1,7 +1,7 @@
 """One index over an ONNX graph: who produces and who reads each tensor, the initializers, the constants, and the
 element type of every tensor shape inference can type.
 
-Every pass that walks an ONNX graph by its edges (the ONNX Runtime CPU lowering, the int8 quantizer's clean-ups,
+Every pass that walks an ONNX graph by its edges (the ONNX Runtime CPU shaping, the int8 quantizer's clean-ups,
 the TensorRT lint, the localisation of a diverging layer) reads this index instead of building its own maps.
 
 Why a small class over the protobuf rather than `onnx_ir`: the rewrites edit the `ModelProto` in place and their

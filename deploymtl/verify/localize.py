@@ -197,7 +197,8 @@ def localize(proto: onnx.ModelProto, model: StaticModel, inputs: np.ndarray, out
         for n in names:
             if n not in verdicts:
                 t = tensors[_LAYERS + n][0]
-                verdicts[n] = compare_arrays(n, values[t], reference[_LAYERS + n], tol)
+                verdicts[n] = compare_arrays(n, _unpadded(values[t], reference[_LAYERS + n]),
+                                             reference[_LAYERS + n], tol)
             bad = bad or not verdicts[n]
         loc.trail.append({"k": k, "layer": _LAYERS + cands[k], "frontier": [_LAYERS + n for n in names],
                           "diverges": bad})
@@ -218,8 +219,8 @@ def localize(proto: onnx.ModelProto, model: StaticModel, inputs: np.ndarray, out
     culprit = cands[lo]
     tensor, node = tensors[_LAYERS + culprit]
     module = model.layers[layer_of[culprit]]
-    result = verdicts.get(culprit) or compare_arrays(culprit, prober.run([tensor])[tensor],
-                                                     reference[_LAYERS + culprit], tol)
+    ref = reference[_LAYERS + culprit]
+    result = verdicts.get(culprit) or compare_arrays(culprit, _unpadded(prober.run([tensor])[tensor], ref), ref, tol)
     feeds = [i for i in spec_inputs[culprit] if i != INPUT and i in verdicts]
     loc.found = True
     loc.onnx_node, loc.onnx_op, loc.onnx_tensor = node.name, node.op_type, tensor
@@ -230,3 +231,11 @@ def localize(proto: onnx.ModelProto, model: StaticModel, inputs: np.ndarray, out
     loc.inputs_match = all(bool(verdicts[i]) for i in feeds)
     loc.probes = prober.runs
     return loc
+
+
+def _unpadded(value: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """An ONNX tensor with the reference's channels: a graph shaped for ONNX Runtime CPU (`export.lowering`) pads
+    a convolution's output channels with trailing zeros, which the PyTorch layer does not have."""
+    if value.ndim == ref.ndim >= 2 and value.shape[1] > ref.shape[1] and value.shape[2:] == ref.shape[2:]:
+        return value[:, :ref.shape[1]]
+    return value

@@ -1,39 +1,42 @@
-"""ONNX Runtime CPU lowering: the exported graph rewritten, in memory, into the form ORT's CPU kernels run fastest.
-
-The exported file stays what every runtime reads (TensorRT included); `lower_for_cpu` applies two rewrites for
-the CPU session only, each keeping what the graph computes (see each for the exact numerical effect):
+"""The ONNX Runtime CPU form of a graph (`--for ort-cpu`): rewrites that make ONNX Runtime's CPU kernels fast, written
+into the exported file itself, so that a plain `onnxruntime.InferenceSession(path)` (a user's service, Triton's
+onnxruntime backend) runs it at the speed deploymtl measures. Each rewrite keeps what the graph computes (see each
+for the exact numerical effect); `shape_for_ort_cpu` applies them in order to an fp32 graph or to any Q/DQ int8 one
+(the export's stage `shaping.py` calls it on the whole graph; a caller that quantises layer groups its own way
+reuses it as is):
 
 1. `fold_relu_into_uint8` (int8), below.
 2. `pad_conv_channels` (fp32 and int8): pruning leaves odd channel counts (23, 45, ...). ORT's blocked NCHWc fp32
    convolutions (MLAS) keep a tensor in the blocked layout only when its channel count is a multiple of the SIMD
-   block (16 floats with AVX-512, 8 with AVX2); any other count is reordered back to NCHW and read by the slower
-   NCHW-input kernel, and the u8s8 int8 kernels lose too. Zero filters pad such a convolution's output to the next
-   multiple and zero input columns pad its readers: the padded channels are exactly 0 (bias 0, ReLU(0) = 0) and
-   contribute exact zeros, so the outputs are unchanged up to summation order. On the benchmark's pruned ResNet-18
-   (`benchmarks/bench_export.py`) this makes fp32 1.2-1.5x faster.
+   block (16 floats with AVX-512, 8 with AVX2: `onnxkit.cpu.simd_block`); any other count is reordered back to NCHW
+   and read by the slower NCHW-input kernel, and the u8s8 int8 kernels lose too. Zero filters pad such a
+   convolution's output to the next multiple and zero input columns pad its readers: the padded channels are
+   exactly 0 (bias 0, ReLU(0) = 0) and contribute exact zeros, so the outputs are unchanged up to summation order.
+   On the benchmark's pruned ResNet-18 (`benchmarks/bench_export.py`) this makes fp32 1.2-1.5x faster.
 
 The int8 rewrite:
 
-The exported int8 graph is symmetric (every zero point 0, int8) so that TensorRT can read it
-(docs/tensorrt.md). TensorRT fuses Conv+ReLU+Q itself; ONNX Runtime's CPU provider cannot: its x86 kernels
-are uint8 x int8, it rewrites each int8 pair to uint8 with zero point 128, and a ReLU between a DQ and a Q is
-absorbed (`ReluQuantFusion`) only when the zero point is the type's minimum. So every ReLU of the file runs in
-fp32 as DQ -> Relu -> Q, three elementwise passes per activation (on the benchmark's pruned ResNet-18 that is
-what kept int8 near 2x instead of 3x faster than fp32 at batch 8).
+The default int8 graph is symmetric (every zero point 0, int8) so that TensorRT can read it (docs/tensorrt.md):
+that is the `--for trt` / `generic` form. TensorRT fuses Conv+ReLU+Q itself; ONNX Runtime's CPU provider cannot:
+its x86 kernels are uint8 x int8, it rewrites each int8 pair to uint8 with zero point 128, and a ReLU between a DQ
+and a Q is absorbed (`ReluQuantFusion`) only when the zero point is the type's minimum. So every ReLU of the
+symmetric graph runs in fp32 there as DQ -> Relu -> Q, three elementwise passes per activation (on the benchmark's
+pruned ResNet-18 that is what kept int8 near 2x instead of 3x faster than fp32 at batch 8).
 
-`fold_relu_into_uint8` rewrites, in memory and for the CPU session only,
+`fold_relu_into_uint8` rewrites
 
     X -> Q1(int8, s1) -> DQ1 -> Relu -> Q2(int8, s2) -> DQ2 ... (one Q2 per reader, same s2)
     into
     X -> Relu -> Q(uint8, zero point 0, s2) -> DQ ...
 
 which ONNX Runtime turns into a QLinearConv / QLinearAdd with the ReLU gone into the quantisation range. The
-values differ from the file's by the dropped first rounding (one rounding instead of two) and in saturation:
-values above the calibrated range clip at 255*s2 instead of 127*s2. That is what a fused Conv+ReLU+Q computes on
-TensorRT too, and the export verifies (parity and the task-metric gate) through this same lowering, so the
-figures in export_report.json are the figures of what ONNX Runtime runs. The file on disk is never changed.
-The asymmetric (uint8) graph keeps its ReLUs in the file too (`quantize_int8`); there Q1 has a real zero point
-and Q2 already a uint8 zero point 0, and the same rewrite drops the requantisation between them.
+values differ from the symmetric graph's by the dropped first rounding (one rounding instead of two) and in
+saturation: values above the calibrated range clip at 255*s2 instead of 127*s2. That is what a fused Conv+ReLU+Q
+computes on TensorRT too; the export verifies (parity and the task-metric gate) the written file, so the figures
+in export_report.json are those of this form. A uint8 zero point is not TensorRT's (the lint says so): the
+ort-cpu int8 file is for ONNX Runtime. The asymmetric (uint8) graph keeps its ReLUs too (`quantize_int8`); there
+Q1 has a real zero point and Q2 already a uint8 zero point 0, and the same rewrite drops the requantisation
+between them.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from ..onnxkit.cpu import simd_block
 from ..onnxkit.index import GraphIndex, drop_unused_initializers
 
 
@@ -147,15 +151,6 @@ def fold_relu_into_uint8(model: onnx.ModelProto) -> int:
     return g.apply()
 
 
-def simd_block() -> int:
-    """Channel block of ORT's NCHWc kernels on this CPU: 16 with AVX-512F, else 8 (AVX2 and others)."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            return 16 if " avx512f" in f.read(1 << 16) else 8
-    except OSError:
-        return 8
-
-
 def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
     return next((int(onnx.helper.get_attribute_value(a)) for a in node.attribute if a.name == name), default)
 
@@ -250,11 +245,15 @@ def pad_conv_channels(model: onnx.ModelProto, multiple: int) -> int:
     return padded
 
 
-def lower_for_cpu(model: onnx.ModelProto, block: int | None = None) -> tuple[onnx.ModelProto, dict[str, int]]:
-    """A copy of `model` as the ONNX Runtime CPU session should run it, and what was rewritten:
-    {"padded_convs": n, "uint8_tensors": m}; with nothing to rewrite, `model` itself (not a copy)."""
-    lowered = onnx.ModelProto()
-    lowered.CopyFrom(model)
-    folded = fold_relu_into_uint8(lowered)  # first: padding then sees Conv -> Relu -> Q -> DQ -> Conv
-    counts = {"padded_convs": pad_conv_channels(lowered, block or simd_block()), "uint8_tensors": folded}
-    return (lowered, counts) if any(counts.values()) else (model, counts)
+REWRITES = ("padded_convs", "uint8_tensors")  # what `shape_for_ort_cpu` counts, in its report's order
+
+
+def shape_for_ort_cpu(model: onnx.ModelProto, block: int | None = None) -> tuple[onnx.ModelProto, dict[str, int]]:
+    """A copy of `model` (fp32, or int8 Q/DQ) in the ONNX Runtime CPU form, and what was rewritten:
+    {"padded_convs": n, "uint8_tensors": m}. `block` is the SIMD block to pad to (default: this CPU's,
+    `onnxkit.cpu.simd_block`); with nothing to rewrite, `model` itself (not a copy)."""
+    shaped = onnx.ModelProto()
+    shaped.CopyFrom(model)
+    folded = fold_relu_into_uint8(shaped)  # first: padding then sees Conv -> Relu -> Q -> DQ -> Conv
+    counts = {"padded_convs": pad_conv_channels(shaped, block or simd_block()), "uint8_tensors": folded}
+    return (shaped, counts) if any(counts.values()) else (model, counts)
