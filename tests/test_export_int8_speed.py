@@ -232,7 +232,7 @@ def test_cpu_lowering_pads_odd_channel_counts(fp32: onnx.ModelProto, tmp_path: P
     from deploymtl.export.lowering import shape_for_ort_cpu
 
     lowered, counts = shape_for_ort_cpu(fp32, block=8)  # AVX2's block; 11 -> 16, 13 -> 16
-    assert counts == {"padded_convs": 2, "uint8_tensors": 0}
+    assert counts == {"padded_convs": 2, "uint8_tensors": 0, "matmul_resizes": 0}
     shapes = {i.name: tuple(i.dims) for i in lowered.graph.initializer}
     convs = {n.name: shapes[n.input[1]] for n in lowered.graph.node if n.op_type == "Conv"}
     assert convs["layers.b0_conv1/Conv"][0] == 16 and convs["layers.b0_conv2/Conv"][1] == 16
@@ -246,9 +246,9 @@ def test_cpu_lowering_pads_odd_channel_counts(fp32: onnx.ModelProto, tmp_path: P
     for a, b in zip(_run(fp32, x, ort.GraphOptimizationLevel.ORT_ENABLE_ALL),
                     _run(lowered, x, ort.GraphOptimizationLevel.ORT_ENABLE_ALL), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    assert shape_for_ort_cpu(fp32, block=1) == (fp32, {"padded_convs": 0, "uint8_tensors": 0})
+    assert shape_for_ort_cpu(fp32, block=1) == (fp32, {"padded_convs": 0, "uint8_tensors": 0, "matmul_resizes": 0})
     # narrower than AVX-512's block of 16: padding would add more than half the work again, so it is left alone
-    assert shape_for_ort_cpu(fp32, block=16) == (fp32, {"padded_convs": 0, "uint8_tensors": 0})
+    assert shape_for_ort_cpu(fp32, block=16) == (fp32, {"padded_convs": 0, "uint8_tensors": 0, "matmul_resizes": 0})
 
 
 def test_cpu_lowering_pads_int8_convolutions_through_their_qdq(fp32: onnx.ModelProto, tmp_path: Path) -> None:
@@ -259,7 +259,7 @@ def test_cpu_lowering_pads_int8_convolutions_through_their_qdq(fp32: onnx.ModelP
     q8 = quantize.quantize_int8(fp32, _calibration())
     plain, _ = shape_for_ort_cpu(q8, block=16)
     padded, counts = shape_for_ort_cpu(q8, block=8)
-    assert counts == {"padded_convs": 2, "uint8_tensors": 4}
+    assert counts == {"padded_convs": 2, "uint8_tensors": 4, "matmul_resizes": 0}
     inits = {i.name: onnx.numpy_helper.to_array(i) for i in padded.graph.initializer}
     producer = {o: n for n in padded.graph.node for o in n.output}
     conv1 = next(n for n in padded.graph.node if n.name == "layers.b0_conv1/Conv")
@@ -275,3 +275,30 @@ def test_cpu_lowering_pads_int8_convolutions_through_their_qdq(fp32: onnx.ModelP
     for a, b in zip(_run(plain, x, ort.GraphOptimizationLevel.ORT_ENABLE_ALL),
                     _run(padded, x, ort.GraphOptimizationLevel.ORT_ENABLE_ALL), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_cpu_form_runs_the_head_upsampling_as_two_matmuls(tmp_path: Path) -> None:
+    """A bilinear resize of a small head output to the image size becomes MatMul(R_h, MatMul(X, R_w^T)) with
+    ONNX Runtime's own interpolation weights: the same values to float rounding, no Resize left; a larger input
+    (beyond `MATMUL_RESIZE_MAX`) keeps its Resize."""
+    from deploymtl.export.lowering import resize_as_matmul, shape_for_ort_cpu
+
+    torch.manual_seed(0)
+    b = GraphBuilder()
+    x = b.relu("stem_relu", _conv(b, "stem", "image", 3, C, k=5, stride=4))  # 8 x 8 (of 32 x 32)
+    b.output("out", b.resize_to_input("up", _conv(b, "head", x, C, 3, k=1)))
+    proto = export_onnx(b.build().eval(), channels=3, height=H, width=W, outputs=["out"])
+    shaped, counts = shape_for_ort_cpu(proto, block=16)
+    assert counts["matmul_resizes"] == 1
+    ops = collections.Counter(n.op_type for n in shaped.graph.node)
+    assert ops["Resize"] == 0 and ops["MatMul"] == 2
+    assert [n.name for n in shaped.graph.node if n.op_type == "MatMul"] == ["layers.up/Resize/MatMul",
+                                                                              "layers.up/Resize/MatMul_1"]
+    x = np.random.default_rng(5).standard_normal((3, 3, H, W)).astype(np.float32)
+    (ref,), (got,) = (_run(m, x, ort.GraphOptimizationLevel.ORT_ENABLE_ALL) for m in (proto, shaped))
+    assert got.shape == ref.shape == (3, 3, H, W)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * float(np.abs(ref).max()))
+    assert not np.array_equal(got[:, :, :, 2], got[:, :, :, 3])  # really interpolated, not a copy
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    assert resize_as_matmul(copy, max_input=4) == 0  # the 8 x 8 input is above this limit: left alone

@@ -6,7 +6,15 @@ for the exact numerical effect); `shape_for_ort_cpu` applies them in order to an
 reuses it as is):
 
 1. `fold_relu_into_uint8` (int8), below.
-2. `pad_conv_channels` (fp32 and int8): pruning leaves odd channel counts (23, 45, ...). ORT's blocked NCHWc fp32
+2. `resize_as_matmul` (fp32 and int8): a bilinear Resize of a small feature map to the image size (each task
+   head's upsampling) runs in ONNX Runtime's plain NCHW kernel, about 2 ns per output value: on the tiny models
+   more than a tenth of the whole latency, a cost the FLOPs of a pruned model do not show and pruning cannot
+   reduce. Bilinear interpolation is separable, out = R_h X R_w^T per channel with two constant interpolation
+   matrices, so the Resize becomes two MatMuls (SGEMM kernels). The matrices are computed by ONNX Runtime's own
+   Resize on basis vectors, so the weights are exactly the ones the Resize used; the outputs agree to float
+   rounding (the sums run in another order). Only where the input is small (`MATMUL_RESIZE_MAX` rows and
+   columns): a dense interpolation matrix multiplies every output by all input rows, which stops paying beyond.
+3. `pad_conv_channels` (fp32 and int8): pruning leaves odd channel counts (23, 45, ...). ORT's blocked NCHWc fp32
    convolutions (MLAS) keep a tensor in the blocked layout only when its channel count is a multiple of the SIMD
    block (16 floats with AVX-512, 8 with AVX2: `onnxkit.cpu.simd_block`); any other count is reordered back to NCHW
    and read by the slower NCHW-input kernel, and the u8s8 int8 kernels lose too. Zero filters pad such a
@@ -46,7 +54,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..onnxkit.cpu import simd_block
-from ..onnxkit.index import GraphIndex, drop_unused_initializers
+from ..onnxkit.index import GraphIndex, attr, drop_unused_initializers, value_shapes
 
 
 def _activation_q(node: onnx.NodeProto | None, g: GraphIndex) -> bool:
@@ -245,15 +253,61 @@ def pad_conv_channels(model: onnx.ModelProto, multiple: int) -> int:
     return padded
 
 
-REWRITES = ("padded_convs", "uint8_tensors")  # what `shape_for_ort_cpu` counts, in its report's order
+MATMUL_RESIZE_MAX = 24  # rows and columns of the Resize input up to which two MatMuls are cheaper (module docstring)
+
+
+def _interpolation(resize: onnx.NodeProto, size_in: int, size_out: int) -> np.ndarray:
+    """(size_out, size_in): the node's 1D resize of each basis vector, computed by ONNX Runtime's Resize."""
+    from ..onnxkit.session import QUIET, open_session
+
+    sizes = numpy_helper.from_array(np.array([size_in, 1, 1, size_out], np.int64), "sizes")
+    node = onnx.helper.make_node("Resize", ["x", "", "", "sizes"], ["y"])
+    node.attribute.extend(resize.attribute)
+    graph = onnx.helper.make_graph([node], "basis", [onnx.helper.make_tensor_value_info(
+        "x", onnx.TensorProto.FLOAT, [size_in, 1, 1, size_in])], [onnx.helper.make_tensor_value_info(
+        "y", onnx.TensorProto.FLOAT, None)], [sizes])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)])
+    session = open_session(model, log_severity=QUIET, threads=1)
+    basis = np.eye(size_in, dtype=np.float32).reshape(size_in, 1, 1, size_in)
+    return np.ascontiguousarray(session.run(None, {"x": basis})[0][:, 0, 0, :].T)
+
+
+def resize_as_matmul(model: onnx.ModelProto, max_input: int = MATMUL_RESIZE_MAX) -> int:
+    """Replace every linear, non-antialiased 2D Resize of a float tensor with static spatial sizes (input at most
+    `max_input` rows and columns) by MatMul(R_h, MatMul(X, R_w^T)); in place; returns the number replaced."""
+    shapes = value_shapes(model)
+    nodes, replaced = [], 0
+    for node in model.graph.node:
+        x, y = (shapes.get(node.input[0]), shapes.get(node.output[0])) if node.op_type == "Resize" else (None, None)
+        if (x is None or y is None or len(x) != 4 or len(y) != 4 or None in (*x[2:], *y[2:]) or max(x[2:]) > max_input
+                or attr(node, "mode", "nearest") != "linear" or attr(node, "antialias", 0)):
+            nodes.append(node)
+            continue
+        rh = numpy_helper.from_array(_interpolation(node, x[2], y[2]), f"{node.name}/rows")
+        rw_t = numpy_helper.from_array(_interpolation(node, x[3], y[3]).T.copy(), f"{node.name}/columns")
+        model.graph.initializer.extend([rh, rw_t])
+        mid = f"{node.output[0]}/columns"
+        nodes.append(onnx.helper.make_node("MatMul", [node.input[0], rw_t.name], [mid], name=f"{node.name}/MatMul"))
+        nodes.append(onnx.helper.make_node("MatMul", [rh.name, mid], [node.output[0]], name=f"{node.name}/MatMul_1"))
+        replaced += 1
+    if replaced:
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+        drop_unused_initializers(model.graph)
+    return replaced
+
+
+REWRITES = ("padded_convs", "uint8_tensors", "matmul_resizes")  # what `shape_for_ort_cpu` counts
 
 
 def shape_for_ort_cpu(model: onnx.ModelProto, block: int | None = None) -> tuple[onnx.ModelProto, dict[str, int]]:
     """A copy of `model` (fp32, or int8 Q/DQ) in the ONNX Runtime CPU form, and what was rewritten:
-    {"padded_convs": n, "uint8_tensors": m}. `block` is the SIMD block to pad to (default: this CPU's,
-    `onnxkit.cpu.simd_block`); with nothing to rewrite, `model` itself (not a copy)."""
+    {"padded_convs": n, "uint8_tensors": m, "matmul_resizes": k}. `block` is the SIMD block to pad to (default:
+    this CPU's, `onnxkit.cpu.simd_block`); with nothing to rewrite, `model` itself (not a copy)."""
     shaped = onnx.ModelProto()
     shaped.CopyFrom(model)
     folded = fold_relu_into_uint8(shaped)  # first: padding then sees Conv -> Relu -> Q -> DQ -> Conv
-    counts = {"padded_convs": pad_conv_channels(shaped, block or simd_block()), "uint8_tensors": folded}
+    resized = resize_as_matmul(shaped)
+    counts = {"padded_convs": pad_conv_channels(shaped, block or simd_block()), "uint8_tensors": folded,
+              "matmul_resizes": resized}
     return (shaped, counts) if any(counts.values()) else (model, counts)

@@ -166,6 +166,22 @@ def value_types(model: onnx.ModelProto) -> dict[str, int]:
     return types
 
 
+def value_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
+    """Shape of every tensor of the main graph that ONNX shape inference (with data propagation, so that shapes
+    computed from Shape/Concat resolve) can give: a list of dims, None for a symbolic or unknown dim."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception:  # custom domains or broken graphs: what is declared
+        inferred = model
+    g = inferred.graph
+    shapes: dict[str, list[int | None]] = {t.name: list(t.dims) for t in g.initializer}
+    for v in [*g.value_info, *g.input, *g.output]:
+        t = v.type.tensor_type if v.type.HasField("tensor_type") else None
+        if t is not None and t.HasField("shape"):
+            shapes[v.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+    return shapes
+
+
 def opset_version(model: onnx.ModelProto) -> int:
     """The default-domain opset the model imports (1 when it names none, ONNX's rule)."""
     for imp in model.opset_import:
