@@ -63,5 +63,6 @@ def shape_for_runtime(ctx: ExportContext, proto: onnx.ModelProto) -> tuple[onnx.
     with ctx.timed("shape"):
         proto, counts = shape_for_ort_cpu(proto, block)
     ctx.log(f"shaped for ort-cpu (SIMD block {block}): {counts['padded_convs']} convolution(s) padded, "
-            f"{counts['uint8_tensors']} tensor(s) requantised to uint8")
+            f"{counts['uint8_tensors']} tensor(s) requantised to uint8, {counts['matmul_resizes']} resize(s) as "
+            "MatMuls")
     return proto, RuntimeSection(runtime, block, counts)
