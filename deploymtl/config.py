@@ -90,7 +90,14 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
+PIXEL_SCALE = 1 / 255  # deploymtl's own convention: pixels 0..255 -> [0, 1], then mean/std
+
+
 class DataConfig(_Strict):
+    """The data and the model's input convention: the model takes `(pixel * scale - mean) / std` per channel, where
+    `pixel` is the 0..255 value of the image in `channel_order` (mean and std in that order too). deploymtl's own
+    models: RGB, scale 1/255; an imported public AdaShare model: BGR, scale 1, the Caffe means, std 1."""
+
     source: Literal["synthetic", "nyuv2"] = "synthetic"
     root: str | None = None
     height: int = Field(default=48, ge=8)
@@ -100,6 +107,10 @@ class DataConfig(_Strict):
     seed: int = 0
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[PositiveFloat, PositiveFloat, PositiveFloat] = (0.25, 0.25, 0.25)
+    channel_order: Literal["RGB", "BGR"] = "RGB"
+    scale: PositiveFloat = Field(default=PIXEL_SCALE, description="multiplies the 0..255 pixel before mean/std")
+    targets: bool = Field(default=True, description="false: images only (an imported model, whose tasks have no "
+                                                    "labels in this data); task metrics are then skipped")
 
 
 class TrainConfig(_Strict):
@@ -135,6 +146,8 @@ class ExportConfig(_Strict):
     opset: int = Field(default=17, ge=17)
     calibration_samples: int = Field(default=64, ge=1)
     max_metric_drop: float = Field(default=0.05, ge=0, description="allowed relative loss of a task metric")
+    bake_preprocessing: bool = Field(default=False, description="the exported graph takes raw uint8 pixels (N, C, "
+                                                                "H, W) in data.channel_order and normalises them")
     runtime: Runtime | None = Field(default=None, description="the runtime `onnx` targets are shaped for "
                                     "(default ort-cpu); the `trt` target is always shaped for trt")
 

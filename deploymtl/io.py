@@ -115,19 +115,24 @@ _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default format is a zip archive
 _PICKLE_PROTO = 0x80  # a pickle (protocol >= 2) starts with the PROTO opcode: legacy torch files and plain pickles
 
 
-def load_torch(path: str | os.PathLike[str], what: str = "checkpoint") -> Any:
-    """Load a torch file without executing code from it (`weights_only=True`).
+def load_torch(path: str | os.PathLike[str], what: str = "checkpoint", *, hint: str | None = None,
+               mmap: bool = False) -> Any:
+    """Load a torch file without executing code from it (`weights_only=True`, every storage on the CPU, so files
+    saved from a GPU load anywhere).
 
     A failure is classified for the message: a file that references Python callables or classes (the way a
     malicious pickle runs code) is refused as such; a plain pickle, a file that is no torch file at all, and a
-    truncated or corrupt archive each get their own one-line error."""
+    truncated or corrupt archive each get their own one-line error. `hint` replaces the default "written by
+    deploymtl" hint (public checkpoints); `mmap` maps a zip-format file instead of reading it (a large file of
+    which only some tensors are used; ignored for the legacy format, which cannot be mapped)."""
     import pickle
 
     import torch
 
     p = Path(path)
+    written_by = hint or "expected a file written by deploymtl"
     if not p.is_file():
-        raise DeploymtlError(f"{what} not found: {p}", hint="expected a file written by deploymtl")
+        raise DeploymtlError(f"{what} not found: {p}", hint=written_by)
     try:
         with open(p, "rb") as f:
             head = f.read(4)
@@ -137,18 +142,18 @@ def load_torch(path: str | os.PathLike[str], what: str = "checkpoint") -> Any:
     if not is_zip and (not head or head[0] != _PICKLE_PROTO):
         reason = "an empty file" if not head else "no zip or pickle header: not a torch file"
         raise DeploymtlError(f"{what} {p} is truncated, corrupt or not a weights-only torch file ({reason})",
-                             hint="expected a .pt file written by deploymtl")
+                             hint=hint or "expected a .pt file written by deploymtl")
     try:
-        return torch.load(p, map_location="cpu", weights_only=True)
+        return torch.load(p, map_location="cpu", weights_only=True, mmap=bool(mmap and is_zip))
     except pickle.UnpicklingError as exc:
         if "global" in str(exc).lower() or not is_zip:
             raise DeploymtlError(
                 f"{what} {p} holds pickled Python objects ({_pickled_global(str(exc), is_zip)}), not weights only; "
                 "refusing to load it: deploymtl never unpickles code",
-                hint="expected a file written by deploymtl (tensors, numbers, strings, lists, dicts)") from None
-        raise _corrupt(what, p, exc) from None
+                hint=hint or "expected a file written by deploymtl (tensors, numbers, strings, lists, dicts)") from None
+        raise _corrupt(what, p, exc, hint) from None
     except Exception as exc:  # noqa: BLE001 - any other failure of the reader means damaged bytes, not our bug
-        raise _corrupt(what, p, exc) from None
+        raise _corrupt(what, p, exc, hint) from None
 
 
 def _pickled_global(message: str, is_zip: bool) -> str:
@@ -161,10 +166,10 @@ def _pickled_global(message: str, is_zip: bool) -> str:
     return "a torch file with non-weight objects" if is_zip else "a plain Python pickle, not a torch weights file"
 
 
-def _corrupt(what: str, path: Path, exc: Exception) -> DeploymtlError:
+def _corrupt(what: str, path: Path, exc: Exception, hint: str | None = None) -> DeploymtlError:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return DeploymtlError(f"{what} {path} is truncated, corrupt or not a weights-only torch file ({first[:160]})",
-                          hint="expected a file written by deploymtl")
+                          hint=hint or "expected a file written by deploymtl")
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:

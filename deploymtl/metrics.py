@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .tasks import TaskSpec
+from .tasks import TaskSpec, to_target_size
 
 
 class TaskMeter:
@@ -33,6 +33,7 @@ class TaskMeter:
         """`out` is the model's raw output for the batch, `target` the batch's label for this task."""
         out = out.detach().float().cpu()
         target = target.detach().cpu()
+        out = to_target_size(self.task, out, target)
         kind = self.task.kind
         if kind == "segmentation":
             self._confusion += confusion_matrix(out.argmax(dim=1), target, self.task.out_channels)

@@ -1,4 +1,6 @@
 """`deploymtl run RECIPE`: train -> prune -> export -> verify -> profile, skipping stages that are up to date.
+`deploymtl run supernet.pt` starts from a supernet that exists already (an imported public checkpoint, or a trained
+one): no train stage, the checkpoint's embedded recipe drives the others.
 
 Each stage writes `stage.json` into its folder: a fingerprint of its inputs (the recipe section it uses and the sha256
 of the artifact it consumes) and the sha256 of what it produced. A stage whose fingerprint and outputs still match is
@@ -93,12 +95,15 @@ def _run_stage(name: str, root: Path, folder: Path, fingerprint: str,
 
 
 def run_pipeline(recipe: Recipe, out_dir: str | Path, *, max_steps: int | None = None, force: bool = False,
-                 stages: tuple[str, ...] = STAGES, progress: bool = True,
-                 log: Callable[[str], None] = print) -> PipelineResult:
-    """Run the recipe's pipeline into `out_dir` (train/, prune/, export/<precision>/, profile/)."""
+                 stages: tuple[str, ...] = STAGES, progress: bool = True, log: Callable[[str], None] = print,
+                 supernet: Path | None = None) -> PipelineResult:
+    """Run the recipe's pipeline into `out_dir` (train/, prune/, export/<precision>/, profile/); given `supernet`
+    (whose embedded recipe `recipe` is), there is no train stage. The keyword parameters are the command's options,
+    hence more than eight."""
     out = ensure_dir(check_output_dir(out_dir))  # a folder of stage folders, itself never swapped
     run = _Run(recipe, out, recipe.resolved(), force, log)
-    supernet = run.stage(_train(run, max_steps, progress))["supernet"]
+    if supernet is None:
+        supernet = run.stage(_train(run, max_steps, progress))["supernet"]
     if "prune" not in stages:
         return run.result()
     pruned = run.stage(_prune(run, supernet))["pruned"]

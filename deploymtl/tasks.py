@@ -7,6 +7,11 @@ output layout, loss and metrics (docs/methods.md, evaluation conventions):
 - depth:          (N, 1, H, W);        target (N, 1, H, W) with 0 = invalid;     L1 loss;  abs/rel error.
 - normals:        (N, 3, H, W);        target unit vectors, 0 = invalid;         1-cos;    angle stats.
 - classification: logits (N, C);       target (N,) int64;                         CE loss;  accuracy.
+
+A dense task's `resolution` says where its output lives: "input" (deploymtl's heads upsample bilinearly to the
+input size) or "features" (the head's raw output at the backbone's feature resolution, output stride 8, as the
+public AdaShare code returns it; imported models keep it, docs/methods.md). Losses and metrics bring a "features"
+output to its target's size with nearest-neighbour resizing, the public evaluation's rule (`to_target_size`).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 TaskKind = Literal["segmentation", "depth", "normals", "classification"]
+Resolution = Literal["input", "features"]
 
 # metric name -> lower is better, per kind (the order is the report order).
 METRICS: dict[str, dict[str, bool]] = {
@@ -42,9 +48,13 @@ class TaskSpec(BaseModel):
     kind: TaskKind
     channels: int | None = Field(default=None, ge=1, description="classes for segmentation/classification")
     loss_weight: float = Field(default=1.0, gt=0)
+    resolution: Resolution = Field(default="input", description="dense outputs: 'input' (upsampled to the input "
+                                                                "size) or 'features' (raw, at output stride 8)")
 
     @model_validator(mode="after")
     def _channels(self) -> TaskSpec:
+        if self.kind == "classification" and self.resolution != "input":
+            raise ValueError(f"task '{self.name}': resolution applies to dense tasks, not {self.kind}")
         fixed = {"depth": 1, "normals": 3}
         if self.kind in fixed:
             if self.channels not in (None, fixed[self.kind]):
@@ -80,8 +90,16 @@ def postprocess(task: TaskSpec, out: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def to_target_size(task: TaskSpec, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """A "features"-resolution dense output resized (nearest) to its target's spatial size; others unchanged."""
+    if task.resolution != "features" or not task.dense or out.shape[-2:] == target.shape[-2:]:
+        return out
+    return F.interpolate(out, size=tuple(target.shape[-2:]), mode="nearest")
+
+
 def task_loss(task: TaskSpec, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """The training loss of one task on a batch; invalid pixels do not count."""
+    out = to_target_size(task, out, target)
     if task.kind in ("segmentation", "classification"):
         if not (target >= 0).any():  # all ignored: cross_entropy would return NaN
             return out.sum() * 0.0

@@ -1,4 +1,12 @@
-"""A small inference service: deploymtl's runtime behind the dynamic batcher, on the standard library's HTTP server.
+"""Embedding deploymtl's runtime in a web application you already run: a Session behind the dynamic Batcher.
+
+deploymtl ships one serving path, Triton's (`deploymtl serve`, KServe v2 over HTTP and gRPC, metrics, model
+repositories). This example is for the other case: the model lives inside an existing application, here stood
+in for by the standard library's HTTP server. What carries over to any framework: one `Session` and one
+`Batcher` per process, created at start-up and closed on shutdown; each request handler validates its input,
+calls `Batcher.infer` (or `await batcher.infer_async` in asyncio frameworks) with a timeout, and maps the
+runtime's exceptions to answers (bad input 400, `QueueFullError` / `BatcherClosedError` 503,
+`RequestTimeoutError` 504); and every request gets an answer, however malformed, slow or short it arrives.
 
     python examples/service.py artifacts/export/adashare_tiny/model.onnx --port 8000 --max-batch 8 --max-delay-ms 5
     python examples/service.py --toy            # an untrained toy model, to try it without artifacts

@@ -28,3 +28,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tmp_path_factory):
+    """A verified export (batch 1:2:4) of the tiny test model, shared by the serving tests (read-only)."""
+    from serve_fixtures import exported_tiny
+
+    return exported_tiny(tmp_path_factory.mktemp("tiny_onnx"))

@@ -32,7 +32,7 @@ LAYERS: list[tuple[str, frozenset[str]]] = [
     ("training", frozenset({"train"})),
     ("importers", frozenset({"importers"})),
     ("export", frozenset({"export"})),
-    ("runtime and profiling", frozenset({"runtime", "profile"})),
+    ("runtime, profiling and serving", frozenset({"runtime", "profile", "serve"})),
     ("entry points", frozenset({"pipeline", "demo", "cli"})),
 ]
 RANK = {unit: rank for rank, (_, units) in enumerate(LAYERS) for unit in units}
@@ -206,6 +206,7 @@ def test_pending_edges_still_exist(found: list[Import]) -> None:
 NEVER: dict[str, frozenset[str]] = {
     "backends": frozenset({"export", "surgery"}), "verify": frozenset({"export", "surgery"}),
     "runtime": frozenset({"export"}), "profile": frozenset({"export"}), "export": frozenset({"surgery", "train"}),
+    "serve": frozenset({"export", "surgery", "train"}),
 }
 
 

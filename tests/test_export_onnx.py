@@ -75,7 +75,8 @@ def test_metadata_describes_the_artifact(exported):
     art = exported["art"]
     assert [t["name"] for t in meta["tasks"]] == NAMES and meta["tasks"][0]["kind"] == "segmentation"
     assert meta["input"] == {"name": "image", "layout": "NCHW", "dtype": "float32", "channels": 3, "height": H,
-                             "width": W, "mean": [0.5] * 3, "std": [0.25] * 3}
+                             "width": W, "mean": [0.5] * 3, "std": [0.25] * 3, "channel_order": "RGB",
+                             "scale": 1 / 255, "preprocessing": "caller"}
     assert meta["precision"] == "fp32" and meta["batch"] == {"min": 1, "opt": 2, "max": 4}
     assert meta["plan_hash"] == art.plan_hash and meta["version"] and meta["family"] == "adashare"
 

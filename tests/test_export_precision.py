@@ -58,7 +58,7 @@ def test_report_keys_are_the_contract(fp16):
     assert list(report) == REPORT_KEYS and json.loads((out / "export_report.json").read_text()) == report
     assert list(report["options"]) == ["target", "precision", "batch", "atol", "rtol", "per_output", "simplify",
                                        "opset", "calibration_samples", "max_metric_drop", "workspace_mb",
-                                       "int8_activations", "threads", "runtime"]
+                                       "int8_activations", "threads", "bake_preprocessing", "runtime"]
     assert list(report["source"]) == ["model", "family", "plan_hash", "pruned", "prune_passed"]
     assert list(report["timings"]) == ["load", "export", "simplify", "precision", "parity", "metrics", "total"]
     assert report["options"]["batch"] == "1:2:4" and report["options"]["opset"] == report["requested_opset"] == 17

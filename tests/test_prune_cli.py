@@ -152,7 +152,8 @@ def test_prune(done: dict) -> None:
     # pruned.pt reloads (weights only) into a static model equal to the supernet in deployed mode
     art = load_static(root / "p" / "pruned.pt")
     assert art.family == family and art.task_names == report["tasks"] and art.plan == plan
-    assert art.input == {"channels": 3, "height": 32, "width": 48, "mean": [0.5] * 3, "std": [0.25] * 3}
+    assert art.input == {"channels": 3, "height": 32, "width": 48, "mean": [0.5] * 3, "std": [0.25] * 3,
+                         "channel_order": "RGB", "scale": 1 / 255, "dtype": "float32"}
     assert art.extra["removed_prefixes"] == r["removed_prefixes"]
     model, _ = load_supernet(path)
     model.set_deployed(True)

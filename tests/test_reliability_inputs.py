@@ -10,6 +10,7 @@ pickle would create does not exist. Inputs are built from tiny real artifacts (`
 from __future__ import annotations
 
 import io
+import pickle
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +19,8 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from reliability_inputs_fixtures import Inputs, good_output_dir, node, set_attr, set_key, snapshot
+from adashare_public import public_state, source_supernet, write_checkpoint, write_policy
+from reliability_inputs_fixtures import Inputs, RunsCommand, good_output_dir, node, set_attr, set_key, snapshot
 
 from deploymtl.cli.main import main
 from deploymtl.errors import DeploymtlError
@@ -76,6 +78,20 @@ def _npz(arrays: dict[str, np.ndarray]) -> bytes:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     return buf.getvalue()
+
+
+def _public_ckpt(i: Inputs) -> str:
+    """A checkpoint in the public AdaShare layout (ResNet-18, seg:5, sn:3; tests/adashare_public.py)."""
+    model = source_supernet("resnet18", [("seg", 5), ("sn", 3)])
+    return i._once("public.pth.tar", lambda p: write_checkpoint(p, public_state(model, "resnet18")))
+
+
+def _import(i: Inputs, o: str, ckpt: str, policy: str, tasks: str = "seg:5,sn:3") -> list[str]:
+    return ["import", "adashare", ckpt, "--policy", policy, "--backbone", "resnet18", "--tasks", tasks, "-o", o]
+
+
+def _evil_policy(i: Inputs) -> str:
+    return i.file("evil_policy.pickle", pickle.dumps({"task1_policy": RunsCommand(i.marker)}))
 
 
 def _onnx(i: Inputs, name: str, inputs: list, out_shape: list, meta: dict | None = None) -> str:
@@ -142,6 +158,8 @@ CASES: list[Case] = [
         "prune.rtol", "finite"),
     cli("recipe", "tiny-image", lambda i, o: ["train", R(i, "h", set_key("data.height", 0)), "-o", o],
         "data.height", "greater than or equal to 8"),
+    cli("recipe", "no-targets", lambda i, o: ["train", R(i, "notargets", set_key("data.targets", False)), "-o", o],
+        "data.targets is false", "nothing to train on"),
     cli("recipe", "nyuv2-without-root", lambda i, o: ["train", R(i, "nyu", set_key("data.source", "nyuv2")), "-o", o],
         "data.root is required"),
     cli("recipe", "run-not-utf8", lambda i, o: ["run", i.file("latin.yaml", LATIN1), "-o", o], "is not UTF-8 text"),
@@ -405,6 +423,15 @@ CASES: list[Case] = [
     api("runtime", "session.infer", "list", lambda i: load(i.g("onnx")).infer([[0.0]]), "must be a numpy array"),
     api("runtime", "session.infer", "batch", lambda i: load(i.g("onnx")).infer(np.zeros((5, 3, 48, 64), np.float32)),
         "batch 5 is outside the artifact's range 1..4"),
+    # -- public checkpoints (deploymtl import) ------------------------------------------------------------------------
+    cli("import", "no-mtl-net", lambda i, o: _import(i, o, i.torch_file("nomtl.pth.tar", {"weights": {}}),
+        i.file("p.pickle", b"")), "nomtl.pth.tar", "has no 'mtl-net' entry"),
+    cli("import", "classes-vs-config", lambda i, o: _import(i, o, _public_ckpt(i), i.file("p.pickle", b""),
+        tasks="seg:13,sn:3"), "does not match the architecture", "[5, 8, 1, 1], expected [13, 8, 1, 1]"),
+    cli("import", "policy-rows", lambda i, o: _import(i, o, _public_ckpt(i), i._once("rows.pickle", lambda p:
+        write_policy(p, [[1] * 7, [1] * 7]))), "rows.pickle", "shape [7, 2]", "needs [8, 2]"),
+    cli("import", "no-architecture", lambda i, o: ["import", "adashare", _public_ckpt(i), "--policy",
+        i.file("p.pickle", b""), "-o", o], "no architecture", "--config"),
     # -- malicious pickles: refused, never executed (the marker check runs for every case) -----------------------------
     cli("pickle", "train-resume", lambda i, o: ["train", i.g("recipe"), "--resume", i.evil_torch(), "-o", o],
         "evil_torch.pt", "holds pickled Python objects", "refusing"),
@@ -429,6 +456,10 @@ CASES: list[Case] = [
         "allow_pickle"),
     cli("pickle", "gated-init-from", lambda i, o: ["train", R(i, "init", lambda d: d.update(family="gated", search={
         "init_from": {"seg": i.evil_torch()}})), "-o", o], "search.init_from.seg", "holds pickled Python objects"),
+    cli("pickle", "import-policy", lambda i, o: _import(i, o, _public_ckpt(i), _evil_policy(i)), "evil_policy.pickle",
+        "refers to posix.system", "nothing it names was run"),
+    cli("pickle", "import-checkpoint", lambda i, o: _import(i, o, i.evil_plain(2), _evil_policy(i)),
+        "holds pickled Python objects", "refusing"),
     api("pickle", "runtime.load", "torch-zip", lambda i: load(i.evil_torch()), "holds pickled Python objects"),
     api("pickle", "runtime.load", "plain", lambda i: load(i.evil_plain(2)), "holds pickled Python objects"),
 ]
@@ -472,10 +503,11 @@ def test_the_table_covers_every_command_and_class(inputs: Inputs) -> None:
     kinds = Counter(c.kind for c in CASES)
     assert len(CASES) >= 60
     assert set(commands) == {"train", "run", "prune", "inspect", "export", "verify", "lint", "profile", "runtime.load",
-                             "session.infer"}
-    assert set(pickled) == {"train", "run", "prune", "inspect", "export", "verify", "profile", "runtime.load"}
+                             "session.infer", "import"}
+    assert set(pickled) == {"train", "run", "prune", "inspect", "export", "verify", "profile", "runtime.load",
+                            "import"}
     assert {k for k, n in kinds.items() if n >= 3} == {"recipe", "options", "checkpoint", "static", "plan", "parity",
-                                                       "onnx", "trt", "runtime", "pickle"}
+                                                       "onnx", "trt", "runtime", "pickle", "import"}
 
 
 def test_exit_3_is_for_our_bugs(inputs: Inputs, tmp_path, capsys, monkeypatch) -> None:

@@ -19,7 +19,8 @@ from ..errors import DeploymtlError
 
 @dataclass(frozen=True)
 class InputSpec:
-    """The single image input: NCHW float, batch in [min_batch, max_batch] (None = unbounded)."""
+    """The single image input: NCHW float32 (or uint8 raw pixels when the graph normalises them), batch in
+    [min_batch, max_batch] (None = unbounded)."""
 
     name: str = "image"
     channels: int = 3

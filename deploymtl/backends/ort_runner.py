@@ -75,12 +75,14 @@ def _input_spec(session, meta: dict, path: str | Path) -> InputSpec:  # session:
     shape = list(inp.shape or [])
     if len(shape) != 4 or not all(isinstance(d, int) and d >= 1 for d in shape[1:]):
         raise DeploymtlError(f"ONNX model {path}: input '{inp.name}' has shape {shape}", hint=hint)
-    if inp.type != "tensor(float)":
-        raise DeploymtlError(f"ONNX model {path}: input '{inp.name}' is {inp.type}", hint="expected tensor(float)")
+    dtypes = {"tensor(float)": "float32", "tensor(uint8)": "uint8"}  # uint8: raw pixels, preprocessing in the graph
+    if inp.type not in dtypes:
+        raise DeploymtlError(f"ONNX model {path}: input '{inp.name}' is {inp.type}",
+                             hint="expected tensor(float), or tensor(uint8) for a graph with baked preprocessing")
     batch = meta.get("batch", {})
     lo, hi = (batch.get("min", 1), batch.get("max")) if isinstance(batch, dict) else (None, None)
     if not (isinstance(lo, int) and lo >= 1 and (hi is None or (isinstance(hi, int) and hi >= lo))):
         raise DeploymtlError(f"ONNX model {path}: metadata deploymtl.batch is {batch!r}",
                              hint="expected {\"min\": N, \"opt\": N, \"max\": N} with 1 <= min <= max")
-    return InputSpec(name=inp.name, channels=shape[1], height=shape[2], width=shape[3], min_batch=lo,
-                     max_batch=hi)
+    return InputSpec(name=inp.name, channels=shape[1], height=shape[2], width=shape[3], dtype=dtypes[inp.type],
+                     min_batch=lo, max_batch=hi)

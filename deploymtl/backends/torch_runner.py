@@ -32,7 +32,8 @@ class TorchRunner(Runner):
 
         art = load_static(path)
         i = art.input
-        spec = InputSpec(channels=i["channels"], height=i["height"], width=i["width"], max_batch=max_batch)
+        spec = InputSpec(channels=i["channels"], height=i["height"], width=i["width"], dtype=i["dtype"],
+                         max_batch=max_batch)
         return cls(art.model, spec, art.task_names, str(path), device=device, threads=threads)
 
     @torch.inference_mode()

@@ -18,12 +18,15 @@ if TYPE_CHECKING:
     from ..export.report import ExportReport
 
 
-EXPORT_HELP = "Export MODEL to ONNX or TensorRT, simplify, verify against PyTorch, write export_report.json."
+EXPORT_HELP = ("Export MODEL to ONNX or TensorRT, simplify, verify against PyTorch, write export_report.json; or "
+               "package it as a Triton model repository (--target triton -o REPO).")
 
 
 def export(
-    model: Path = typer.Argument(..., help="pruned.pt (static model) or supernet.pt (pruned on the way)."),
-    target: str = typer.Option("onnx", "--target", help="onnx or trt (TensorRT engine, needs a GPU)."),
+    model: Path = typer.Argument(..., help="pruned.pt (static model) or supernet.pt (pruned on the way); for "
+                                 "--target triton also an exported model.onnx / model.plan."),
+    target: str = typer.Option("onnx", "--target", help="onnx, trt (TensorRT engine, needs a GPU) or triton (a "
+                               "Triton model repository)."),
     runtime: str | None = typer.Option(None, "--for", help="The runtime the ONNX file is shaped for: ort-cpu "
                                        "(default for --target onnx: ONNX Runtime CPU, Triton's onnxruntime backend), "
                                        "trt (TensorRT-ready symmetric Q/DQ; implied by --target trt) or generic "
@@ -49,10 +52,28 @@ def export(
     int8_output_layers: str = typer.Option("fp32", "--int8-output-layers",
                                            help="fp32 (default: each task head's last layer stays fp32, the "
                                                 "accuracy-sensitive one) or int8 (every layer quantised)."),
+    bake_preprocessing: bool | None = typer.Option(
+        None, "--bake-preprocessing/--no-bake-preprocessing",
+        help="The graph takes raw uint8 pixels (N, C, H, W) in the model's channel order and normalises them "
+             "itself (default: recipe export.bake_preprocessing; set by 'deploymtl import ... --bake-preprocessing')."),
     quiet: bool = Quiet,
+    # --target triton only (deploymtl.serve.repository)
+    name: str | None = typer.Option(None, "--name", help="triton: model name (default: the recipe's)."),
+    instance_kind: str | None = typer.Option(None, "--instance-kind", help="triton: cpu or gpu instances."),
+    instances: int = typer.Option(1, "--instances", min=1, help="triton: instance count."),
+    ort_trt: str | None = typer.Option(None, "--ort-trt", help="triton: ONNX Runtime TensorRT accelerator, fp16 "
+                                       "or fp32 (GPU instances)."),
+    profile: Path | None = typer.Option(None, "--profile", help="triton: profile.json with the batcher setting."),
 ) -> None:
     """`deploymtl export` (help: `EXPORT_HELP`). One parameter per flag: typer builds the command from this
     signature."""
+    if target == "triton":  # a Triton model repository: cli/serve.py composes export and packaging
+        from .serve import export_repository
+
+        export_repository(model, out, name=name, instance_kind=instance_kind, instances=instances, ort_trt=ort_trt,
+                          profile=profile, threads=threads, precision=precision, batch=batch, quiet=quiet,
+                          runtime=runtime)
+        return
     from ..export.exporter import export_model
     from ..export.options import ExportOptions
     from ..formats.supernet import SUPERNET_FORMAT
@@ -64,7 +85,7 @@ def export(
         "per_output": per_output, "simplify": not no_simplify, "opset": opset,
         "calibration_samples": calibration_samples, "max_metric_drop": max_metric_drop, "workspace_mb": workspace_mb,
         "timing_cache": timing_cache, "threads": threads, "int8_activations": int8_activations,
-        "int8_output_layers": int8_output_layers, "runtime": runtime,
+        "int8_output_layers": int8_output_layers, "bake_preprocessing": bake_preprocessing, "runtime": runtime,
     })
     out_dir = out or default_out("export", f"{model.stem}-{target}-{precision}")
     log = (lambda _: None) if quiet else typer.echo

@@ -37,9 +37,9 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 def _register() -> None:
-    from . import export, imports, lint, pipeline, profile, prune, train
+    from . import export, imports, lint, pipeline, profile, prune, serve, train
 
-    for module in (train, prune, export, profile, pipeline, lint, imports):
+    for module in (train, prune, export, profile, serve, pipeline, lint, imports):
         module.register(app)
 
 

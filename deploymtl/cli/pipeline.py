@@ -10,21 +10,28 @@ from .common import OutDir, Quiet, default_out
 
 
 def run(
-    recipe: Path = typer.Argument(..., help="YAML recipe."),
+    recipe: Path = typer.Argument(..., help="YAML recipe, or a supernet.pt to start from (e.g. imported)."),
     out: Path | None = OutDir,
     max_steps: int | None = typer.Option(None, "--max-steps", min=1, help="Cap optimizer steps per training stage."),
     force: bool = typer.Option(False, "--force", help="Re-run every stage even if up to date."),
     quiet: bool = Quiet,
 ) -> None:
-    """Run the whole pipeline for one recipe: train -> prune -> export -> verify -> profile."""
+    """Run the whole pipeline for one recipe: train -> prune -> export -> verify -> profile (from a supernet.pt:
+    prune -> export -> verify -> profile, with its embedded recipe)."""
     from ..config import load_recipe
     from ..pipeline import check_passed, run_pipeline
     from .summary import print_pipeline_summary
 
-    rec = load_recipe(recipe)
+    supernet = recipe if recipe.suffix == ".pt" else None
+    if supernet is not None:
+        from ..formats.supernet import read_supernet
+
+        rec = read_supernet(supernet)[1]
+    else:
+        rec = load_recipe(recipe)
     out_dir = out or default_out("run", rec.name)
     result = run_pipeline(rec, out_dir, max_steps=max_steps, force=force, progress=not quiet,
-                          log=lambda m: typer.echo(m, err=True))
+                          log=lambda m: typer.echo(m, err=True), supernet=supernet)
     print_pipeline_summary(result)
     check_passed(result)
 

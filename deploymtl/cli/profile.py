@@ -25,7 +25,8 @@ def _int_list(text: str | None, option: str) -> list[int] | None:
 
 
 def profile(
-    artifacts: list[Path] = typer.Argument(..., help="pruned.pt, supernet.pt, .onnx or .plan files of one model."),
+    artifacts: list[Path] | None = typer.Argument(None, help="pruned.pt, supernet.pt, .onnx or .plan files of one "
+                                                  "model (with --url: the served artifact, run in-process beside it)."),
     out: Path | None = OutDir,
     batch_sizes: str | None = typer.Option(None, "--batch-sizes", help="Batch sweep, e.g. 1,2,4,8."),
     threads: int | None = typer.Option(None, "--threads", help="Intra-op threads (mimic an edge CPU); default 2."),
@@ -47,9 +48,18 @@ def profile(
     edge: bool = typer.Option(True, "--edge/--no-edge", help="Run the edge scenario."),
     seed: int | None = typer.Option(None, "--seed", help="Random seed of inputs and arrivals."),
     quiet: bool = Quiet,
+    # a served model (deploymtl.profile.served)
+    url: str | None = typer.Option(None, "--url", help="Load-test a model on Triton: http://HOST:PORT or "
+                                   "grpc://HOST:PORT."),
+    model: str | None = typer.Option(None, "--model", help="With --url: the model name."),
+    concurrency: str | None = typer.Option(None, "--concurrency", help="With --url: client counts, default "
+                                           "1,2,4,8,16."),
+    header: list[str] | None = typer.Option(None, "--header", help="With --url: KEY=VALUE sent with every "
+                                            "request (an access token), repeatable."),
 ) -> None:
     """Measure latency and throughput per batch size, simulate camera streams through the dynamic batcher,
-    compare artifacts (FLOPs vs latency), and write profile.json, profile.md and PNG plots."""
+    compare artifacts (FLOPs vs latency), and write profile.json, profile.md and PNG plots. With --url: load-test
+    a model on a Triton server (concurrency sweep, request-rate mode), beside the artifact in-process."""
     from ..profile.profiler import ProfileOptions, profile_artifacts
     from ..profile.report import write_report
 
@@ -60,6 +70,11 @@ def profile(
         "preferred_batch_sizes": _int_list(preferred, "--preferred"), "edge_duration_s": edge_duration,
         "provider": provider, "memory": memory, "edge": edge, "seed": seed,
     })
+    if url is not None or model is not None:
+        _served(url, model, concurrency, header, artifacts or [], options, out, quiet)
+        return
+    if not artifacts:
+        raise DeploymtlError("no artifact to profile", hint="expected ARTIFACT..., or --url URL --model NAME")
     first = artifacts[0]
     out_dir = out or default_out("profile", first.parent.name or first.stem)
     check_output_dir(out_dir)  # before minutes of measuring
@@ -83,6 +98,36 @@ def profile(
     for w in result["warnings"]:
         typer.echo(f"warning: {w}", err=True)
     typer.echo(f"wrote {files['profile.json']}, profile.md and {len(files) - 2} plots in {out_dir}")
+
+
+def _served(url: str | None, model: str | None, concurrency: str | None, header: list[str] | None,
+            artifacts: list[Path], options: object, out: Path | None, quiet: bool) -> None:
+    from ..profile.served import ServedOptions, profile_served
+    from ..profile.served_report import summary_lines, write_served_report
+
+    if url is None or model is None:
+        raise DeploymtlError("--url and --model go together", hint="e.g. --url http://127.0.0.1:8000 --model NAME")
+    if len(artifacts) > 1:
+        raise DeploymtlError(f"--url takes at most one artifact (the served one), got {len(artifacts)}")
+    headers = {}
+    for h in header or []:
+        key, sep, value = h.partition("=")
+        if not sep or not key.strip():
+            raise DeploymtlError(f"--header '{h}' is not KEY=VALUE", hint="e.g. --header triton-access-token=...")
+        headers[key.strip()] = value
+    levels = _int_list(concurrency, "--concurrency")
+    served = ServedOptions(url, model, tuple(levels) if levels else ServedOptions.concurrency, headers)
+    out_dir = out or default_out("profile", f"{model}-served")
+    check_output_dir(out_dir)
+    log = (lambda _msg: None) if quiet else (lambda msg: typer.echo(msg, err=True))
+    with untouched(out_dir):
+        result = profile_served(served, options, artifacts[0] if artifacts else None, log=log)
+        files = write_served_report(out_dir, result)
+    for line in summary_lines(result):
+        typer.echo(line)
+    for w in result["warnings"]:
+        typer.echo(f"warning: {w}", err=True)
+    typer.echo(f"wrote {files['profile.json']}, profile.md and 2 plots in {out_dir}")
 
 
 def register(app: typer.Typer) -> None:

@@ -37,6 +37,18 @@ def _print_parity(console: Any, report: dict[str, Any]) -> None:
                          ["task", "max abs", "max rel", "passed"], parity_rows(report)))
 
 
+def _imported_line(imported: dict[str, Any]) -> str:
+    """What deploying saves against the public code's own inference, as `deploymtl import` measured it."""
+    c = imported.get("cost") or {}
+    line = (f"imported from {imported.get('public_code', 'public code')}: 'before' is the public code's inference; "
+            f"the deployed model computes {c.get('flops_ratio', float('nan')):.3f}x the FLOPs")
+    lat = c.get("latency_ms")
+    if lat:
+        line += (f", latency {lat['deployed']:.1f} ms vs {lat['public']:.1f} ms ({c['latency_ratio']:.3f}x, batch 1, "
+                 f"{lat['threads']} threads, measured at import)")
+    return line
+
+
 def _value(v: Any) -> str:
     return str(v).lower() if isinstance(v, bool) else str(v)
 
@@ -119,6 +131,8 @@ def inspect(
     console.print(Pretty(result["summary"]))
     _print_costs(console, result)
     console.print(f"static model: {result['static_params']:,} parameters (plan says {result['expected_params']:,})")
+    if result.get("imported"):
+        typer.echo(_imported_line(result["imported"]))
     typer.echo(f"wrote {result['plan']} and {result['picture']}")
 
 

@@ -1,4 +1,5 @@
 """Datasets keyed by task name: each sample is {"image": (3,H,W) float32 normalised, task: target}.
+With `data.targets: false` the samples hold the image only (an imported model's tasks have no labels here).
 
 Targets follow `deploymtl.tasks`: segmentation (H,W) int64 with -1 ignore; depth (1,H,W) with 0 invalid;
 normals (3,H,W) with 0 invalid; classification () int64.
@@ -60,7 +61,14 @@ def _check_tasks(tasks: list[TaskSpec], source: str, classes: dict[str, int], wh
 
 
 def _normalise(images: np.ndarray, cfg: DataConfig) -> torch.Tensor:
+    """(N, H, W, 3) RGB in [0, 1] -> the model's input (N, 3, H, W): `(pixel * scale - mean) / std` in
+    `cfg.channel_order`, pixel = 255 * image (`config.DataConfig`)."""
     x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
+    if cfg.channel_order == "BGR":
+        x = x.flip(1)
+    factor = 255.0 * cfg.scale
+    if factor != 1.0:  # deploymtl's own 1/255 gives exactly 1: its images stay bit-identical
+        x = x * factor
     mean = torch.tensor(cfg.mean).view(1, 3, 1, 1)
     std = torch.tensor(cfg.std).view(1, 3, 1, 1)
     return (x - mean) / std
@@ -94,6 +102,8 @@ def _resize(ds: MultiTaskDataset, tasks: list[TaskSpec], h: int, w: int) -> Mult
 
 def build_datasets(cfg: DataConfig, tasks: list[TaskSpec], where: str = "recipe") -> dict[str, MultiTaskDataset]:
     """{"train": ..., "val": ...} for the recipe's tasks, from synthetic scenes or an NYUv2 folder."""
+    if not cfg.targets:  # images only: the tasks' targets do not exist in this data
+        tasks = []
     kinds = [t.kind for t in tasks]
     if cfg.source == "synthetic":
         _check_tasks(tasks, "synthetic", _SYNTH_CLASSES, where)

@@ -35,6 +35,11 @@ class ExportContext:
         i = self.art.input
         return {"channels": i["channels"], "height": i["height"], "width": i["width"]}
 
+    @property
+    def input_dtype(self) -> str:
+        """float32, or uint8 when the preprocessing is baked into the graph (`export.preprocess`)."""
+        return str(self.art.input.get("dtype", "float32"))
+
     @contextlib.contextmanager
     def timed(self, name: str) -> Iterator[None]:
         t0 = time.perf_counter()

@@ -1,7 +1,8 @@
 """`export_model`: a static model (`pruned.pt`) -> verified ONNX (fp32/fp16/int8) or TensorRT engine, as stages.
 
 Before any work (`begin`): the output directory can be replaced as a whole, and `--target trt` finds TensorRT.
-Then, on the loaded static artifact (`run_export`), with the options completed from the model's own recipe:
+Then, on the loaded static artifact (`run_export`), with the options completed from the model's own recipe (and,
+with `bake_preprocessing`, the input normalisation put into the graph first: `preprocess.py`):
 1. fp32 (`fp32.py`): torch.onnx export, interface check, removed-parts check;
 2. simplify (`simplify.py`): onnxslim passes, each re-verified on ONNX Runtime;
 3. precision (`precision.py`): fp16, or int8 Q/DQ calibrated on the training split;
@@ -32,7 +33,7 @@ import onnx
 
 from .. import __version__
 from ..backends import trt_env
-from ..config import ExportConfig
+from ..config import PIXEL_SCALE, ExportConfig
 from ..errors import VerificationError
 from ..formats.onnx_metadata import INPUT_NAME, set_metadata
 from ..formats.static import StaticArtifact, load_static
@@ -44,6 +45,7 @@ from .fp32 import export_fp32
 from .onnx import opset_of
 from .options import ExportOptions
 from .precision import convert_precision
+from .preprocess import baked
 from .report import ONNX_NAME, REPORT_NAME, ExportReport, SimplifySection, Source
 from .samples import ExportSamples
 from .shaping import RuntimeSection, shape_for_runtime
@@ -95,6 +97,8 @@ def run_export(art: StaticArtifact, staging: Path, out: Path, options: ExportOpt
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     options = options.with_recipe(art.recipe_section("export", ExportConfig, source.model))
+    if options.bake_preprocessing:
+        art = baked(art, source.model)
     names = art.task_names
     tolerances = resolve_tolerances(options.precision, names, atol=options.atol, rtol=options.rtol,
                                     per_output=options.per_output)
@@ -128,9 +132,11 @@ def onnx_metadata(art: StaticArtifact, options: ExportOptions, runtime: RuntimeS
     """The `deploymtl.*` metadata the ONNX file describes itself with (`formats.onnx_metadata`)."""
     i = art.input
     return {"version": __version__, "family": art.family, "tasks": [t.model_dump() for t in art.tasks],
-            "input": {"name": INPUT_NAME, "layout": "NCHW", "dtype": "float32",
+            "input": {"name": INPUT_NAME, "layout": "NCHW", "dtype": i.get("dtype", "float32"),
                       "channels": i["channels"], "height": i["height"], "width": i["width"],
-                      "mean": list(i.get("mean", [])), "std": list(i.get("std", []))},
+                      "mean": list(i.get("mean") or []), "std": list(i.get("std") or []),
+                      "channel_order": i.get("channel_order", "RGB"), "scale": i.get("scale", PIXEL_SCALE),
+                      "preprocessing": "graph" if i.get("dtype") == "uint8" else "caller"},
             "precision": options.precision, "batch": options.batch.to_dict(), "plan_hash": art.plan_hash,
             "removed_prefixes": art.removed_prefixes, "runtime": runtime.metadata()}
 

@@ -15,7 +15,8 @@ from .report import Fp32Section
 def export_fp32(ctx: ExportContext) -> tuple[onnx.ModelProto, Fp32Section]:
     art, names, chw = ctx.art, ctx.names, ctx.chw
     with ctx.timed("export"):
-        proto = onnx_export.export_onnx(art.model, outputs=names, opset=ctx.options.opset, **chw)
+        proto = onnx_export.export_onnx(art.model, outputs=names, opset=ctx.options.opset, dtype=ctx.input_dtype,
+                                        **chw)
     problems = onnx_export.check_structure(proto, outputs=names, **chw)
     if problems:
         raise InternalError(f"the exported ONNX graph of {ctx.where} is malformed: {problems[0]}")

@@ -68,17 +68,18 @@ class _Null:
 
 
 def export_onnx(model: nn.Module, *, channels: int, height: int, width: int, outputs: list[str],
-                opset: int = MIN_OPSET) -> onnx.ModelProto:
+                opset: int = MIN_OPSET, dtype: str = "float32") -> onnx.ModelProto:
     """Export `model` (forward(image) -> {task: tensor}) to an ONNX ModelProto.
 
-    Input `image` (batch, channels, height, width) float32; outputs named by task, in `outputs` order, each with
+    Input `image` (batch, channels, height, width) of `dtype` (float32, or uint8 for a graph that normalises raw
+    pixels itself); outputs named by task, in `outputs` order, each with
     the symbolic leading dim `batch`. Nodes are renamed `<module path>/<Op>[_k]`. Raises DeploymtlError naming the
     unsupported operator and module path when the exporter cannot translate the model.
     """
     if opset < MIN_OPSET:
         raise DeploymtlError(f"opset {opset} is too old", hint=f"expected >= {MIN_OPSET}")
     model = model.eval()
-    example = torch.zeros(2, channels, height, width)
+    example = torch.zeros(2, channels, height, width, dtype=getattr(torch, dtype))
     dynamic = {INPUT_NAME: {0: torch.export.Dim(BATCH_DIM, min=1)}}
     target = max(opset, NATIVE_OPSET)
     try:

@@ -2,11 +2,11 @@
 
 The CLI's flags (or a caller's values) are parsed once (`ExportOptions.parse`): target and precision are the recipe's
 `config.Target`/`config.Precision`, ranges and choices are pydantic's, and a failure is one line naming the flag.
-Four fields default to the model's own recipe (`export:` section: batch, opset, calibration samples, max metric
-drop): left unset (None) they are filled from it when the model is known (`with_recipe`), so the stages always see
-complete options; so does `runtime` (`--for`), which may stay unset: `shaped_for` then resolves it (ort-cpu for
-`--target onnx`; `--target trt` is always shaped for trt). The pipeline makes complete options from its recipe
-directly (`from_recipe`).
+Five fields default to the model's own recipe (`export:` section: batch, opset, calibration samples, max metric
+drop, bake_preprocessing): left unset (None) they are filled from it when the model is known (`with_recipe`), so the
+stages always see complete options; so does `runtime` (`--for`), which may stay unset: `shaped_for` then resolves
+it (ort-cpu for `--target onnx`; `--target trt` is always shaped for trt). The pipeline makes complete options from
+its recipe directly (`from_recipe`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from ..errors import DeploymtlError, InternalError
 from .onnx import MIN_OPSET
 
 # Fields whose default is the model recipe's `export:` section (the same names there).
-FROM_RECIPE = ("batch", "opset", "calibration_samples", "max_metric_drop")
+FROM_RECIPE = ("batch", "opset", "calibration_samples", "max_metric_drop", "bake_preprocessing")
 # Wording of the one-line errors: the flag of a field where it is not `--<field with dashes>`, what a choice names,
 # what an out-of-range value is and what to use instead, where the plain "--flag value (expected >= N)" says less.
 _FLAGS = {"simplify": "--no-simplify", "runtime": "--for"}
@@ -46,6 +46,7 @@ class ExportOptions(BaseModel):
     opset: int | None = Field(default=None, ge=MIN_OPSET)
     calibration_samples: int | None = Field(default=None, ge=1)
     max_metric_drop: float | None = Field(default=None, ge=0)
+    bake_preprocessing: bool | None = None  # the graph takes raw uint8 pixels (`export.preprocess`)
     atol: float | None = None  # checked with the per-output tolerances (`verify.compare.resolve_tolerances`)
     rtol: float | None = None
     per_output: dict[str, dict[str, float]] = {}

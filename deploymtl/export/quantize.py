@@ -39,7 +39,7 @@ class _Reader:
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         batch = next(self._it, None)
-        return None if batch is None else {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)}
+        return None if batch is None else {INPUT_NAME: np.ascontiguousarray(batch)}  # float32, or raw uint8
 
     def rewind(self) -> None:  # part of the reader protocol; calibration reads once
         pass

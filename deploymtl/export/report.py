@@ -127,7 +127,8 @@ class ExportReport:
             "batch": o.batch.to_dict(), "artifact": self.artifact,
             "onnx": ONNX_NAME, "opset": self.opset, "requested_opset": o.opset,
             "exporter": f"torch.onnx.export(dynamo=True), torch {torch.__version__}",
-            "inputs": {"name": INPUT_NAME, "shape": [BATCH_DIM, f.channels, f.height, f.width]},
+            "inputs": {"name": INPUT_NAME, "shape": [BATCH_DIM, f.channels, f.height, f.width],
+                       "dtype": "uint8" if o.bake_preprocessing else "float32"},
             "tasks": self.tasks, "outputs": outputs_dict(e.parity if e else v.parity),
             "batch_sizes_checked": e.batch_sizes if e else v.batch_sizes,
             "onnx_outputs": outputs_dict(v.parity) if e else None,
@@ -145,7 +146,7 @@ class ExportReport:
                         "rtol": o.rtol, "per_output": dict(o.per_output), "simplify": o.simplify, "opset": o.opset,
                         "calibration_samples": o.calibration_samples, "max_metric_drop": o.max_metric_drop,
                         "workspace_mb": o.workspace_mb, "int8_activations": o.int8_activations,
-                        "threads": o.threads, "runtime": o.runtime},
+                        "threads": o.threads, "bake_preprocessing": o.bake_preprocessing, "runtime": o.runtime},
             "deploymtl_version": __version__, "failures": self.failures, "passed": self.passed,
             "timings": dict(self.timings),
         }

@@ -154,7 +154,8 @@ def simplify_stage(ctx: ExportContext, proto: onnx.ModelProto) -> tuple[onnx.Mod
     fp32_tol = resolve_tolerances("fp32", names, atol=o.atol, rtol=o.rtol)
 
     def verify_candidate(candidate: onnx.ModelProto) -> CompareReport:
-        runner = _SessionRunner(candidate, InputSpec(**ctx.chw, max_batch=len(s.check_inputs)), names, o.threads)
+        spec = InputSpec(**ctx.chw, dtype=ctx.input_dtype, max_batch=len(s.check_inputs))
+        runner = _SessionRunner(candidate, spec, names, o.threads)
         return compare_outputs(runner.infer(s.check_inputs), s.check_reference, fp32_tol)
 
     with ctx.timed("simplify"):

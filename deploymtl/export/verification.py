@@ -77,9 +77,18 @@ def lint_graph(ctx: ExportContext, proto: onnx.ModelProto) -> LintSection:
 
 
 def _metric_gate(ctx: ExportContext, runner: Runner, failures: list[str]) -> dict[str, Any]:
-    """Each task's primary metric on the whole validation split: the candidate against the fp32 static model."""
+    """Each task's primary metric on the whole validation split: the candidate against the fp32 static model.
+    Skipped, and said so, when the data has no targets for the tasks (an imported model's synthetic images): parity
+    is then the only check, and no metric is made up."""
     o, art, val = ctx.options, ctx.art, ctx.samples.sets["val"]
-    reference = TorchRunner(art.model, InputSpec(**ctx.chw, max_batch=o.batch.max), ctx.names, "static model")
+    missing = [t for t in ctx.names if t not in val.targets]
+    if missing:
+        reason = (f"the recipe's data ({ctx.samples.data_source}) has no targets for {', '.join(missing)}: task "
+                  "metrics cannot be computed, parity is the check")
+        ctx.log(f"metrics: skipped: {reason}")
+        return {"skipped": True, "reason": reason, "passed": None, "samples": len(val), "split": "val"}
+    reference = TorchRunner(art.model, InputSpec(**ctx.chw, dtype=ctx.input_dtype, max_batch=o.batch.max), ctx.names,
+                            "static model")
     ref_metrics = evaluate(reference, val.images, val.targets, art.tasks, o.batch.max)
     cand_metrics = evaluate(runner, val.images, val.targets, art.tasks, o.batch.max)
     gate = metric_gate(art.tasks, ref_metrics, cand_metrics, precision=o.precision, max_drop=o.max_metric_drop)

@@ -1,6 +1,7 @@
 """The parity set beside every artifact: `<artifact stem>.parity.npz`.
 
-It holds the verification inputs `image` (N, C, H, W) float32 (N = the batch spec's MAX, real samples of the
+It holds the verification inputs `image` (N, C, H, W) float32 -- uint8 raw pixels for a graph with its
+preprocessing baked in -- (N = the batch spec's MAX, real samples of the
 recipe's validation split), the PyTorch static model's reference output per task (`ref__<task>`), and a JSON header
 `meta` (format, outputs, precision, tolerance per output, batch spec, source). Read with `allow_pickle=False`: an
 object array is refused, never unpickled.
@@ -41,7 +42,8 @@ class ParityData:
 def save_parity(path: str | Path, inputs: np.ndarray, reference: Mapping[str, np.ndarray],
                 meta: dict[str, Any]) -> Path:
     """Write the parity file atomically (`meta` must be JSON-serialisable)."""
-    arrays = {"image": np.ascontiguousarray(inputs, dtype=np.float32)}
+    image_dtype = np.uint8 if np.asarray(inputs).dtype == np.uint8 else np.float32  # raw pixels stay raw
+    arrays = {"image": np.ascontiguousarray(inputs, dtype=image_dtype)}
     arrays.update({_REF + k: np.asarray(v) for k, v in reference.items()})
     header = {"format": PARITY_FORMAT, "outputs": list(reference), **meta}
     arrays["meta"] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
@@ -107,9 +109,10 @@ def load_parity(path: str | Path) -> ParityData:
         first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
         raise DeploymtlError(f"{p} is not a deploymtl parity file ({first})", hint=hint) from None
     inputs = arrays.get("image")
-    if inputs is None or inputs.dtype != np.float32 or inputs.ndim != 4 or not len(inputs):
+    if inputs is None or inputs.dtype not in (np.float32, np.uint8) or inputs.ndim != 4 or not len(inputs):
         got = "missing" if inputs is None else f"{inputs.dtype} {list(inputs.shape)}"
-        raise DeploymtlError(f"{p}: image is {got}", hint="expected float32 images (N, C, H, W), N >= 1")
+        raise DeploymtlError(f"{p}: image is {got}",
+                             hint="expected float32 images (or uint8 raw pixels) (N, C, H, W), N >= 1")
     reference = {}
     for name in meta.outputs:
         ref = arrays.get(_REF + name)

@@ -1,8 +1,13 @@
 """The static model artifact `pruned.pt`: graph spec + weights + metadata, loadable with weights_only=True.
 
     {"format": "deploymtl.static/1", "family", "tasks": [TaskSpec dicts], "graph": spec, "state_dict",
-     "plan": plan, "plan_hash", "input": {"channels", "height", "width", "mean", "std"}, "recipe": resolved,
-     "deploymtl_version"}
+     "plan": plan, "plan_hash", "input": {"channels", "height", "width", "mean", "std", "channel_order", "scale",
+     "dtype"}, "recipe": resolved, "deploymtl_version"}
+
+The input spec (`InputInfo`) says what a caller feeds: with dtype float32, `(pixel * scale - mean) / std` per
+channel, pixel the 0..255 value in `channel_order`; with dtype uint8 the pixels themselves, the graph applying the
+same normalisation (its `preprocess` node). Files written before `channel_order`, `scale` and `dtype` existed read
+as RGB, 1/255, float32: what deploymtl always fed them.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .. import __version__
+from ..config import PIXEL_SCALE
 from ..errors import DeploymtlError, validation_message
 from ..io import load_torch, save_torch, sha256_json
 from ..ir import StaticModel, build_static
@@ -75,6 +81,9 @@ class InputInfo(BaseModel):
     width: int = Field(ge=1)
     mean: list[float] | None = None
     std: list[Annotated[float, Field(gt=0)]] | None = None
+    channel_order: Literal["RGB", "BGR"] = "RGB"
+    scale: float = Field(default=PIXEL_SCALE, gt=0)
+    dtype: Literal["float32", "uint8"] = "float32"
 
     @model_validator(mode="after")
     def _per_channel(self) -> InputInfo:
@@ -133,10 +142,11 @@ def load_static(path: str | Path) -> StaticArtifact:
     removed = env.extra.get("removed_prefixes", [])
     if not isinstance(removed, list) or not all(isinstance(r, str) for r in removed):
         raise DeploymtlError(f"{path}: extra.removed_prefixes: expected a list of module paths, got {removed!r}")
-    return StaticArtifact(model=model, family=env.family, tasks=env.tasks, plan=env.plan, input=dict(data["input"]),
-                          recipe=env.recipe, extra=env.extra)
+    return StaticArtifact(model=model, family=env.family, tasks=env.tasks, plan=env.plan,
+                          input=env.input.model_dump(mode="json"), recipe=env.recipe, extra=env.extra)
 
 
 def example_input(art: StaticArtifact, batch: int = 1) -> torch.Tensor:
     i = art.input
-    return torch.zeros(batch, i["channels"], i["height"], i["width"])
+    dtype = torch.uint8 if i.get("dtype") == "uint8" else torch.float32
+    return torch.zeros(batch, i["channels"], i["height"], i["width"], dtype=dtype)

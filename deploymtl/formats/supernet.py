@@ -1,6 +1,8 @@
 """The torch files `deploymtl train` writes, validated where they enter (weights only, one-line errors).
 
-- `supernet.pt` (`deploymtl.supernet/1`): family, resolved recipe, tasks, state dict, hard decisions, metrics;
+- `supernet.pt` (`deploymtl.supernet/1`): family, resolved recipe, tasks, state dict, hard decisions, metrics,
+  and for a model imported from a method's public code `imported` (the source files and what deploying saves
+  against the public inference, written by `deploymtl import`; absent for trained models);
 - `train_state.pt` (`deploymtl.train_state/1`, or a supernet.pt to continue from): family, recipe, state dict,
   optimizer states, the (stage, epoch) pairs done, per-stage records.
 
@@ -39,6 +41,7 @@ class SupernetFile(_Envelope):
     format: Literal[SUPERNET_FORMAT]
     decisions: dict[str, Any]
     metrics: dict[str, Any] = {}
+    imported: dict[str, Any] | None = None
 
 
 class TrainStateFile(_Envelope):
@@ -100,13 +103,15 @@ def read_supernet(path: str | Path) -> tuple[SupernetFile, Recipe, dict[str, Any
 
 
 def write_supernet(path: str | Path, recipe: Recipe, state_dict: dict[str, torch.Tensor], decisions: dict[str, Any],
-                   metrics: dict[str, Any]) -> Path:
-    """Write `supernet.pt` (module docstring) for a model trained from `recipe`."""
-    return save_torch(path, {
+                   metrics: dict[str, Any], imported: dict[str, Any] | None = None) -> Path:
+    """Write `supernet.pt` (module docstring) for a model trained from `recipe` (or imported: `imported`)."""
+    data = {
         "format": SUPERNET_FORMAT, "family": recipe.family, "deploymtl_version": __version__,
         "recipe": recipe.resolved(), "tasks": [t.model_dump() for t in recipe.tasks],
-        "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()}, "decisions": decisions, "metrics": metrics,
-    })
+        "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()}, "decisions": decisions,
+        "metrics": metrics,
+    }
+    return save_torch(path, data | ({"imported": imported} if imported is not None else {}))
 
 
 def load_train_state(path: str | Path, family: str) -> TrainStateFile:

@@ -11,7 +11,8 @@ and reported as a one-line `DeploymtlError` naming the node and the field (never
 - shapes: ranks (feature maps N,C,H,W vs vectors N,C), channel counts and, given the input size, spatial sizes are
   propagated node by node, so each op gets inputs it can run on (a conv's `cin` is its input's channel count, a
   kernel fits its padded input, selected channels exist, added or concatenated tensors agree, ...);
-- tasks: each task's output has the rank and channel count its kind implies, dense outputs at the input's size;
+- tasks: each task's output has the rank and channel count its kind implies, dense outputs at the input's size
+  (or, for a task at `resolution` "features", no larger than the input);
 - weights: exactly the parameters of the owning nodes, each a finite floating-point tensor of the shape the node's
   attrs imply.
 """
@@ -139,8 +140,13 @@ def _check_outputs(outputs: Mapping[str, Any], shapes: dict[str, Shape], image: 
                              hint="expected one output per task, in task order")
     for t in tasks:
         got = shapes[outputs[t.name]]
-        want = Shape(4, t.out_channels, *(image[1:] if image else (None, None))) if t.dense \
-            else Shape(2, t.out_channels)
+        features = t.dense and t.resolution == "features"
+        size = image[1:] if image and not features else (None, None)
+        want = Shape(4, t.out_channels, *size) if t.dense else Shape(2, t.out_channels)
+        if features and image and got.rank == 4 and any(g is not None and g > i for g, i in
+                                                         ((got.h, image[1]), (got.w, image[2]))):
+            raise DeploymtlError(f"graph: outputs.{t.name}: node '{outputs[t.name]}' gives {got}, larger than the "
+                                 f"input {image[1]}x{image[2]}; a task at feature resolution is not upsampled")
         if got.rank != want.rank or not all(dims_agree(g, w) for g, w in ((got.c, want.c), (got.h, want.h),
                                                                      (got.w, want.w))):
             raise DeploymtlError(f"graph: outputs.{t.name}: node '{outputs[t.name]}' gives {got} but a {t.kind} "

@@ -90,6 +90,12 @@ class LinearAttrs(Attrs):
     cout: Pos
 
 
+class PreprocessAttrs(Attrs):
+    """The input normalisation baked into the graph (`preprocess.py`); its weights `mul`, `add` are per channel."""
+
+    channels: Pos
+
+
 # -- shapes ---------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Shape:
@@ -210,6 +216,12 @@ def _gap(_a: NoAttrs, xs: list[Shape]) -> Shape:
     return Shape(2, _map(xs[0]).c)
 
 
+def _preprocess(a: PreprocessAttrs, xs: list[Shape]) -> Shape:
+    x = _map(xs[0])
+    _channels(x, a.channels, "channels")
+    return Shape(4, a.channels, x.h, x.w)
+
+
 def _linear(a: LinearAttrs, xs: list[Shape]) -> Shape:
     x = xs[0]
     if x.rank != 2:
@@ -297,6 +309,19 @@ class GlobalAvgPool(nn.Module):
         return x.mean(dim=(2, 3))
 
 
+class Preprocess(nn.Module):
+    """Raw pixels (uint8) -> float32 `x * mul + add` per channel, i.e. `(x * scale - mean) / std` with
+    mul = scale / std and add = -mean / std (`preprocess.bake_preprocessing`)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.mul = nn.Parameter(torch.ones(channels), requires_grad=False)
+        self.add = nn.Parameter(torch.zeros(channels), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(torch.float32) * self.mul.view(1, -1, 1, 1) + self.add.view(1, -1, 1, 1)
+
+
 
 @dataclass(frozen=True)
 class OpRule:
@@ -333,4 +358,6 @@ OPS: dict[str, OpRule] = {
     "gap": OpRule(NoAttrs, (1, 1), _gap, lambda a: GlobalAvgPool()),
     "linear": OpRule(LinearAttrs, (1, 1), _linear, lambda a: nn.Linear(a.cin, a.cout),
                      lambda a: {"weight": (a.cout, a.cin), "bias": (a.cout,)}),
+    "preprocess": OpRule(PreprocessAttrs, (1, 1), _preprocess, lambda a: Preprocess(a.channels),
+                         lambda a: {"mul": (a.channels,), "add": (a.channels,)}),
 }

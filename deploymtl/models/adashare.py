@@ -281,12 +281,16 @@ class AdaShareSupernet(Supernet):
     def decisions(self) -> dict[str, Any]:
         """{"rule", "blocks": [names], "policy": {task: [1 execute / 0 skip per block]},
         "logits": {task: [[alpha_exec, alpha_skip], ...]}, "probs": {task: [[p_exec, p_skip], ...]},
-        "temperature"}."""
+        "temperature"}. An imported policy (rule "imported") has no logits of its own: the public re-train
+        checkpoint holds the initial ones (docs/methods.md), so only the rule, blocks and policy are given."""
+        policy = {t: [int(v) for v in self.policy[i].tolist()] for i, t in enumerate(self.task_names)}
+        if self.rule == "imported":
+            return {"rule": self.rule, "blocks": list(self.block_names), "policy": policy}
         probs = {t: F.softmax(self.logits[t].detach().float().cpu(), dim=-1) for t in self.task_names}
         return {
             "rule": self.rule,
             "blocks": list(self.block_names),
-            "policy": {t: [int(v) for v in self.policy[i].tolist()] for i, t in enumerate(self.task_names)},
+            "policy": policy,
             "logits": {t: [[round(float(a), 6) for a in row] for row in self.logits[t].detach().cpu().tolist()]
                        for t in self.task_names},
             "probs": {t: [[round(float(a), 6) for a in row] for row in probs[t].tolist()] for t in self.task_names},

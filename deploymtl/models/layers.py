@@ -42,16 +42,24 @@ class Stem(nn.Module):
         return self.pool(self.conv(x))
 
 
-class LightHead(nn.Module):
-    """Tiny dense head: conv3x3-BN-ReLU -> conv1x1 (bias), upsampled bilinearly to the input size."""
+def upsample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """A dense head's output brought to the input size: bilinear, align_corners=False."""
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
-    def __init__(self, cin: int, cout: int, hidden: int = 32) -> None:
+
+class LightHead(nn.Module):
+    """Tiny dense head: conv3x3-BN-ReLU -> conv1x1 (bias), upsampled bilinearly to the input size (unless
+    `upsample` is false: the raw output at feature resolution, `TaskSpec.resolution` "features")."""
+
+    def __init__(self, cin: int, cout: int, hidden: int = 32, upsample: bool = True) -> None:
         super().__init__()
         self.conv = ConvBN(cin, hidden, k=3)
         self.out = nn.Conv2d(hidden, cout, 1)
+        self.upsample = upsample
 
     def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        return F.interpolate(self.out(self.conv(x)), size=size, mode="bilinear", align_corners=False)
+        out = self.out(self.conv(x))
+        return upsample(out, size) if self.upsample else out
 
 
 class ASPPBranch(nn.Module):
@@ -72,15 +80,18 @@ class ASPPBranch(nn.Module):
 
 
 class ASPPHead(nn.Module):
-    """Four ASPP branches (rates 6/12/18/24) summed, upsampled to the input size."""
+    """Four ASPP branches (rates 6/12/18/24) summed, upsampled to the input size (unless `upsample` is false: the
+    public AdaShare output, raw at feature resolution)."""
 
-    def __init__(self, cin: int, cout: int, hidden: int = 1024, rates: tuple[int, ...] = (6, 12, 18, 24)) -> None:
+    def __init__(self, cin: int, cout: int, hidden: int = 1024, rates: tuple[int, ...] = (6, 12, 18, 24),
+                 upsample: bool = True) -> None:
         super().__init__()
         self.branches = nn.ModuleList(ASPPBranch(cin, cout, r, hidden) for r in rates)
+        self.upsample = upsample
 
     def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         out = sum(b(x) for b in self.branches)
-        return F.interpolate(out, size=size, mode="bilinear", align_corners=False)
+        return upsample(out, size) if self.upsample else out
 
 
 class ClassifierHead(nn.Module):
@@ -98,6 +109,7 @@ def make_head(task: TaskSpec, cin: int, kind: str = "light", hidden: int = 32) -
     """The head of one task: classification tasks always get the classifier head."""
     if task.kind == "classification":
         return ClassifierHead(cin, task.out_channels)
+    up = task.resolution == "input"
     if kind == "aspp":
-        return ASPPHead(cin, task.out_channels, hidden=hidden)
-    return LightHead(cin, task.out_channels, hidden=hidden)
+        return ASPPHead(cin, task.out_channels, hidden=hidden, upsample=up)
+    return LightHead(cin, task.out_channels, hidden=hidden, upsample=up)

@@ -32,7 +32,7 @@ def write_report(out_dir: str | Path, profile: dict[str, Any]) -> dict[str, Path
     return {name: out / name for name in FILES}
 
 
-def _fmt(v: Any, digits: int = 3) -> str:
+def fmt(v: Any, digits: int = 3) -> str:
     if v is None:
         return "-"
     if isinstance(v, float):
@@ -40,9 +40,9 @@ def _fmt(v: Any, digits: int = 3) -> str:
     return str(v)
 
 
-def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+def table(header: list[str], rows: list[list[Any]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(_fmt(c) for c in r) + " |" for r in rows]
+    return lines + ["| " + " | ".join(fmt(c) for c in r) + " |" for r in rows]
 
 
 def render_markdown(profile: dict[str, Any]) -> str:
@@ -53,7 +53,7 @@ def render_markdown(profile: dict[str, Any]) -> str:
              f"{len(arts)} artifact(s); provider {o['provider']}, {o['threads']} thread(s); measurement windows of "
              f"{o['duration_s']:g} s until two consecutive medians agree within {o['tolerance']:.0%}; "
              f"{env['cpu_count']} CPUs, {env['platform']}.", "", "## Artifacts", ""]
-    lines += _table(["artifact", "kind", "backend", "tasks", "params", "GFLOPs/img", "size MB", "peak MB", "cost from"],
+    lines += table(["artifact", "kind", "backend", "tasks", "params", "GFLOPs/img", "size MB", "peak MB", "cost from"],
                     [[a["name"], a["kind"], a["backend"], ", ".join(a["tasks"]), a["cost"].get("params"),
                       a["cost"]["flops"] / 1e9 if a["cost"].get("flops") else None, a["size_bytes"] / 2**20,
                       (a.get("memory") or {}).get("model_peak_mb"), a["cost"].get("source")] for a in arts])
@@ -65,7 +65,7 @@ def render_markdown(profile: dict[str, Any]) -> str:
             rows.append([a["name"], r["batch"], lat["min_ms"], lat["mean_ms"], lat["p50_ms"], lat["p90_ms"],
                          lat["p95_ms"], lat["p99_ms"], r["throughput_ips"], "yes" if r["stable"] else
                          f"no (cv {r['cv']:.1%})"])
-    lines += _table(["artifact", "batch", "min", "mean", "p50", "p90", "p95", "p99", "images/s", "stable"], rows)
+    lines += table(["artifact", "batch", "min", "mean", "p50", "p90", "p95", "p99", "images/s", "stable"], rows)
     edge = [a for a in arts if "edge" in a]
     if edge:
         s = edge[0]["edge"]["scenario"]
@@ -74,7 +74,7 @@ def render_markdown(profile: dict[str, Any]) -> str:
                   f"{s['duration_s']:g} s simulated; batcher max batch {s['max_batch']}, max delay "
                   f"{s['max_delay_ms']:g} ms, queue {s['max_queue']} images; deadline {s['deadline_ms']:.3g} ms. "
                   f"{edge[0]['edge']['mode'].capitalize()}.", ""]
-        lines += _table(["artifact", "p50 ms", "p90 ms", "p99 ms", "frames/s", "missed", "dropped", "busy",
+        lines += table(["artifact", "p50 ms", "p90 ms", "p99 ms", "frames/s", "missed", "dropped", "busy",
                          "mean batch", "batch histogram"],
                         [[a["name"], e["latency_ms"]["p50_ms"], e["latency_ms"]["p90_ms"], e["latency_ms"]["p99_ms"],
                           e["throughput_fps"], f"{e['deadline_missed']}/{e['frames']}", e["dropped"],
@@ -89,7 +89,7 @@ def render_markdown(profile: dict[str, Any]) -> str:
             b = st["best"] or st["closest"]
             best_rows.append([a["name"], "yes" if st["best"] else "no (closest shown)", b["max_batch"],
                               b["max_delay_ms"], b["p99_ms"], f"{b['utilization']:.0%}", b["mean_batch"]])
-        lines += _table(["artifact", "fits budget", "max batch", "max delay ms", "p99 ms", "busy", "mean batch"],
+        lines += table(["artifact", "fits budget", "max batch", "max delay ms", "p99 ms", "busy", "mean batch"],
                         best_rows)
     lines += _comparison_md(profile["comparison"])
     if profile["warnings"]:
@@ -108,19 +108,19 @@ def _comparison_md(cmp: dict[str, Any]) -> list[str]:
              "is realised as time.", ""]
     header = ["artifact", "tasks", "FLOPs ratio", "params ratio"]
     header += [f"latency ratio b={b}" for b in batches] + [f"latency/FLOPs b={b}" for b in batches]
-    lines += _table(header, [[r["name"], ", ".join(r["tasks"]), r["flops_ratio"], r["params_ratio"]]
+    lines += table(header, [[r["name"], ", ".join(r["tasks"]), r["flops_ratio"], r["params_ratio"]]
                              + [r["latency_ratio"].get(b) for b in batches]
                              + [r["latency_over_flops"].get(b) for b in batches] for r in cmp["rows"]])
     if cmp.get("per_task"):
         lines += ["", f"Per-task cost of {cmp['reference']} (alone: a model for that task only; marginal: what "
                   "dropping it saves):", ""]
-        lines += _table(["task", "GFLOPs alone", "GFLOPs marginal", "params alone", "params marginal"],
+        lines += table(["task", "GFLOPs alone", "GFLOPs marginal", "params alone", "params marginal"],
                         [[t, c["alone"]["flops"] / 1e9, c["marginal"]["flops"] / 1e9, c["alone"]["params"],
                           c["marginal"]["params"]] for t, c in cmp["per_task"].items()])
     return lines
 
 
-def _figure():  # noqa: ANN202 - matplotlib types
+def pyplot():  # noqa: ANN202 - matplotlib types
     import matplotlib
 
     matplotlib.use("Agg")
@@ -129,15 +129,15 @@ def _figure():  # noqa: ANN202 - matplotlib types
     return plt
 
 
-def _save(fig: Any, path: Path) -> None:
-    plt = _figure()
+def save_figure(fig: Any, path: Path) -> None:
+    plt = pyplot()
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=110)  # into the output set's stage
     plt.close(fig)
 
 
 def _plot_latency(path: Path, profile: dict[str, Any]) -> None:
-    plt = _figure()
+    plt = pyplot()
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     for a in profile["artifacts"]:
         b = [r["batch"] for r in a["sweep"]]
@@ -151,11 +151,11 @@ def _plot_latency(path: Path, profile: dict[str, Any]) -> None:
         x.set_xscale("log", base=2)
         x.grid(alpha=0.3)
         x.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _plot_cdf(path: Path, profile: dict[str, Any]) -> None:
-    plt = _figure()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
     edge = [a for a in profile["artifacts"] if "edge" in a]
     for a in edge:
@@ -173,11 +173,11 @@ def _plot_cdf(path: Path, profile: dict[str, Any]) -> None:
         ax.text(0.5, 0.5, "edge scenario not run (--no-edge)", ha="center", va="center", transform=ax.transAxes)
     ax.set(xlabel="end-to-end latency ms (queueing + compute)", ylabel="fraction of frames")
     ax.grid(alpha=0.3)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _plot_ratios(path: Path, profile: dict[str, Any]) -> None:
-    plt = _figure()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 5))
     rows = [r for r in profile["comparison"]["rows"] if r["flops_ratio"] is not None and r["latency_ratio"]]
     for r in rows:
@@ -192,4 +192,4 @@ def _plot_ratios(path: Path, profile: dict[str, Any]) -> None:
            title=f"Reference: {profile['comparison']['reference']}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    _save(fig, path)
+    save_figure(fig, path)

@@ -56,16 +56,28 @@ def measure(fn: Callable[[], Any], settings: SweepSettings,
     """Time `fn()` by the stability rule; returns {"samples_s", "windows", "window_medians_ms", "stable", "cv"}."""
     for _ in range(settings.warmup):
         fn()
-    windows: list[list[float]] = []
-    medians: list[float] = []
-    stable = False
-    while len(windows) < settings.max_windows:
+
+    def window() -> list[float]:
         samples: list[float] = []
         end = timer() + settings.duration_s
         while len(samples) < settings.min_calls or timer() < end:
             t0 = timer()
             fn()
             samples.append(timer() - t0)
+        return samples
+
+    return stable_windows(window, settings)
+
+
+def stable_windows(next_window: Callable[[], list[float]], settings: SweepSettings) -> dict[str, Any]:
+    """The stability rule over windows of samples (seconds) that `next_window()` measures one after another:
+    stop when two consecutive medians agree within `tolerance`, or after `max_windows`; the result pools the
+    last two windows (keys as `measure`)."""
+    windows: list[list[float]] = []
+    medians: list[float] = []
+    stable = False
+    while len(windows) < settings.max_windows:
+        samples = next_window()
         windows.append(samples)
         medians.append(float(np.median(samples)))
         if len(medians) >= 2 and abs(medians[-1] - medians[-2]) <= settings.tolerance * min(medians[-2:]):

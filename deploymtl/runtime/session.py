@@ -69,7 +69,10 @@ class Session:
         """A random input batch of the right shape and dtype (for warm-up and profiling)."""
         s = self.input_spec
         rng = np.random.default_rng(seed)
-        return rng.standard_normal((batch, s.channels, s.height, s.width)).astype(s.dtype)
+        shape = (batch, s.channels, s.height, s.width)
+        if np.dtype(s.dtype) == np.uint8:  # raw pixels
+            return rng.integers(0, 256, shape, dtype=np.uint8)
+        return rng.standard_normal(shape).astype(s.dtype)
 
     def info(self) -> dict[str, Any]:
         """JSON-able description: path, kind, backend, provider, device, threads, tasks, input."""

@@ -1,7 +1,9 @@
 """`deploymtl inspect`: what a checkpoint's plan keeps, before anything is verified or written as a model.
 
 Writes plan.json (editable, for `deploymtl prune --plan`), plan.png (the family's picture of the decisions beside
-FLOPs and parameters per task: before / masked / after) and inspect.json, as one set (`deploymtl.outdir`).
+FLOPs and parameters per task: before / masked / after) and inspect.json, as one set (`deploymtl.outdir`). For a
+model imported from a method's public code, "before" is that code's inference, and inspect.json's `imported` holds
+what `deploymtl import` measured against it (FLOPs and latency of the public inference vs the deployed model).
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ def inspect_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, plan_path
         "expected_params": s.expected_params(), "static_params": sum(p.numel() for p in static.parameters()),
         "params": costs["params"], "flops": costs["flops"], "warnings": s.warnings,
         "plan": str(out / "plan.json"), "picture": str(out / "plan.png"),
+        "imported": s.imported,
     }
     with output_set(out, owned=INSPECT_FILES) as stage:
         save_plan(stage / "plan.json", s.plan)

@@ -56,6 +56,7 @@ class Surgery:
     checkpoint: Path
     edited: bool
     warnings: list[str] = field(default_factory=list)
+    imported: dict[str, Any] | None = None  # supernet.pt's `imported` section: a model from a method's public code
 
     @property
     def family(self) -> str:
@@ -82,7 +83,8 @@ class Surgery:
     def input_spec(self) -> dict[str, Any]:
         d = self.recipe.data
         channels = int(getattr(self.recipe.model_cfg(), "in_channels", 3))
-        return {"channels": channels, "height": d.height, "width": d.width, "mean": list(d.mean), "std": list(d.std)}
+        return {"channels": channels, "height": d.height, "width": d.width, "mean": list(d.mean), "std": list(d.std),
+                "channel_order": d.channel_order, "scale": d.scale, "dtype": "float32"}
 
 
 def _parse_tasks(tasks: list[str] | str | None) -> list[str] | None:
@@ -151,7 +153,7 @@ def prepare(checkpoint: str | Path, *, plan_path: str | Path | None = None, task
     cut = check_plan(plan, model, family, where)
     cut.apply()
     return Surgery(model=model, recipe=recipe, plan=plan, cut=cut, checkpoint=ckpt_path,
-                   edited=plan.decisions != own, warnings=warnings)
+                   edited=plan.decisions != own, warnings=warnings, imported=ckpt.get("imported"))
 
 
 def verification_images(recipe: Recipe, n: int) -> torch.Tensor:

@@ -133,7 +133,8 @@ def _light_head_params(m: LightHead, cin: int | None = None) -> int:
 def _light_head(b: GraphBuilder, m: LightHead, x: str, prefix: str, in_map: torch.Tensor | None = None) -> str:
     h = conv_reading(b, f"{prefix}_conv", x, m.conv.conv, m.conv.bn, in_map)
     h = b.relu(f"{prefix}_relu", h) if m.conv.relu else h
-    return b.resize_to_input(f"{prefix}_up", b.conv_module(f"{prefix}_out", h, m.out))
+    out = b.conv_module(f"{prefix}_out", h, m.out)
+    return b.resize_to_input(f"{prefix}_up", out) if m.upsample else out
 
 
 def _aspp_head_params(m: ASPPHead, cin: int | None = None) -> int:
@@ -147,7 +148,8 @@ def _aspp_head(b: GraphBuilder, m: ASPPHead, x: str, prefix: str, in_map: torch.
         h = b.relu(f"{prefix}_b{i}_relu1", conv_reading(b, f"{prefix}_b{i}_conv1", x, br.conv1, None, in_map))
         h = b.relu(f"{prefix}_b{i}_relu2", b.conv_module(f"{prefix}_b{i}_conv2", h, br.conv2))
         outs.append(b.conv_module(f"{prefix}_b{i}_conv3", h, br.conv3))
-    return b.resize_to_input(f"{prefix}_up", b.add(f"{prefix}_sum", *outs))
+    out = b.add(f"{prefix}_sum", *outs)
+    return b.resize_to_input(f"{prefix}_up", out) if m.upsample else out
 
 
 @register(ClassifierHead, params=lambda m, cin=None: linear_params(m.fc))

@@ -182,6 +182,16 @@ def _perturb_(name: str, t: torch.Tensor, mask: torch.Tensor, gen: torch.Generat
         t[mask] = (t + noise * max(scale, 1e-2))[mask]
 
 
+def cotangent(shape: torch.Size | tuple[int, ...], gen: torch.Generator, dtype: torch.dtype = torch.float32
+              ) -> torch.Tensor:
+    """A random cotangent with no zero element: |c| in [0.5, 1.5), random sign. `torch.randn` draws an exact 0.0
+    about once in 10^7 elements, and a paper-scale model's ASPP heads hold 10^7 weights: a zero there would mark a
+    kept weight element as removed, and the proof would then fail on it."""
+    magnitude = torch.rand(shape, generator=gen, dtype=dtype) + 0.5
+    sign = torch.randint(0, 2, shape, generator=gen).to(dtype) * 2 - 1
+    return magnitude * sign
+
+
 def _static_state(build: Callable[[], GraphBuilder]) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in build().state.items()}
 
@@ -224,7 +234,7 @@ def kept_masks(tensors: dict[str, torch.Tensor], build: Callable[[], GraphBuilde
         watch = [k for k, v in state.items() if k not in tracked or not _leaves(v) <= known]
         if tracked:
             names = list(tensors)
-            loss = sum((v * torch.randn(v.shape, generator=gen, dtype=v.dtype)).sum() for v in tracked.values())
+            loss = sum((v * cotangent(v.shape, gen, v.dtype)).sum() for v in tracked.values())
             grads = torch.autograd.grad(loss, [tensors[n] for n in names], allow_unused=True)
             for n, g in zip(names, grads, strict=True):
                 if g is not None:
@@ -271,7 +281,7 @@ def prove_removal(model: Any, build: Callable[[], GraphBuilder], images: torch.T
         weights = {n: t for n, t in tensors.items() if isinstance(t, nn.Parameter)}
         with torch.enable_grad():
             out = model(images)
-            loss = sum((out[t] * torch.randn(out[t].shape, generator=gen)).sum() for t in tasks)
+            loss = sum((out[t] * cotangent(out[t].shape, gen)).sum() for t in tasks)
             grads = torch.autograd.grad(loss, list(weights.values()), allow_unused=True)
         grad_elements, outside, examples = 0, 0, []
         for n, g in zip(weights, grads, strict=True):

@@ -117,6 +117,10 @@ class Trainer:
                  resume: str | Path | None = None, progress: bool = True,
                  datasets: dict[str, MultiTaskDataset] | None = None) -> None:
         self.recipe = recipe
+        if not recipe.data.targets:
+            raise DeploymtlError(f"recipe {recipe.name}: data.targets is false (images only, e.g. an imported "
+                                 "model's recipe): there is nothing to train on",
+                                 hint="train with a recipe whose data has the tasks' labels")
         check_output_dir(out_dir)
         self.out_dir = Path(out_dir)
         self.max_steps = max_steps or recipe.train.max_steps

@@ -35,7 +35,7 @@ def evaluate(runner: _Infer, images: torch.Tensor, targets: dict[str, torch.Tens
     """{task: {metric: value}} of `runner` over (images (N, C, H, W), targets per task) in batches."""
     meters = {t.name: TaskMeter(t) for t in tasks}
     for i in range(0, images.shape[0], batch_size):
-        x = np.ascontiguousarray(images[i:i + batch_size].numpy(), dtype=np.float32)
+        x = np.ascontiguousarray(images[i:i + batch_size].numpy())  # float32, or raw uint8 pixels
         out = runner.infer(x)
         for t in tasks:
             meters[t.name].update(torch.from_numpy(np.asarray(out[t.name], dtype=np.float32)),
