@@ -16,10 +16,13 @@ Models (built from the families' own layers and surgery registry, so they are wh
 Latency: median of about `--repeats` runs per model, taken in turns (blocks of 5 timed runs after 2 untimed ones
 in a fresh session, models alternating, see `latency_table`), `--threads` intra-op threads (ORT and torch), batch 1
 and 8.
-`ort_*` is what deploymtl runs on ONNX Runtime CPU (`OrtRunner`: the graph lowered in memory by
-`deploymtl.backends.ort_lowering`: fp32 odd channel counts padded to the SIMD block, int8 ReLUs folded into uint8
-quantisation); `*_file_as_is` is the same file in a plain onnxruntime session. GFLOP/s count the model's own FLOPs
-(torch.utils.flop_counter on the unpadded static model), so padding earns nothing there but time.
+The files are what `deploymtl export` writes: `ort_*` the default ONNX Runtime CPU form (`--for ort-cpu`: odd
+channel counts padded to the SIMD block, int8 ReLUs folded into uint8 quantisation, head resizes as MatMuls, all
+in the file), `*_trt_form` the same model written `--for trt` (symmetric Q/DQ, unpadded). Each runs in a *plain*
+onnxruntime session (`InferenceSession(path)` with the caller's thread count and nothing else, what a user's service
+or Triton's onnxruntime backend opens); `deploymtl_*` is the same file through deploymtl's own runner (`OrtRunner`),
+whose speed must equal the plain session's (`plain_vs_deploymtl_speed`, target >= 0.95). GFLOP/s count the model's
+own FLOPs (torch.utils.flop_counter on the unpadded static model), so padding earns nothing there but time.
 """
 
 from __future__ import annotations
@@ -42,7 +45,6 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from deploymtl import __version__
-from deploymtl.backends.ort_lowering import lower_for_cpu
 from deploymtl.config import DataConfig
 from deploymtl.data import build_datasets
 from deploymtl.errors import VerificationError
@@ -133,20 +135,26 @@ def train(model: StaticModel, data: DataConfig, steps: int, batch: int = 8) -> d
             "final_loss": float(loss.detach())}
 
 
-def model_bytes(path_or_proto, lower: bool = False) -> bytes:
-    """The serialized graph: the file as it is, or (`lower`) as deploymtl's OrtRunner runs it
-    (backends.ort_lowering)."""
+def model_bytes(path_or_proto) -> bytes:
+    """The serialized graph of a file or a proto."""
     proto = path_or_proto if isinstance(path_or_proto, onnx.ModelProto) else onnx.load(str(path_or_proto))
-    return (lower_for_cpu(proto)[0] if lower else proto).SerializeToString()
+    return proto.SerializeToString()
 
 
 def ort_session(model: bytes, threads: int):
-    """A CPU session with default settings, as served."""
+    """A plain CPU session, as a user's service opens one: the caller's thread count, every other option default."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    opts.intra_op_num_threads = threads
     return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+
+
+def deploymtl_session(path: Path, threads: int):
+    """The session deploymtl's own runner opens on the file (`OrtRunner`: verify, profile, the runtime)."""
+    from deploymtl.backends.ort_runner import OrtRunner
+
+    return OrtRunner(path, threads=threads).session
 
 
 BLOCK = 5  # timed runs per model per round
@@ -158,9 +166,10 @@ def latency_table(onnx_models: dict, torch_models: dict[str, StaticModel], shape
     drifting background load on a shared machine hits them alike; within a block a model runs alone, as served:
     its ORT session is created for the block (2 untimed runs, then `BLOCK` timed ones) and deleted after it, since
     an idle session's spinning thread pool would steal the cores from the next. `onnx_models`: name -> (path or
-    proto, lower); `torch_models`: name -> static model (its `infer`: the compiled eager schedule)."""
+    proto, "plain" | "deploymtl": the session that runs it); `torch_models`: name -> static model (its `infer`: the
+    compiled eager schedule)."""
     torch.set_num_threads(threads)
-    graphs = {name: model_bytes(src, lower) for name, (src, lower) in onnx_models.items()}  # load/lower once
+    graphs = {name: model_bytes(src) for name, (src, _) in onnx_models.items()}  # load once
     rows = {}
     for batch in (1, 8):
         x = np.random.default_rng(batch).standard_normal((batch, *shape)).astype(np.float32)
@@ -178,7 +187,8 @@ def latency_table(onnx_models: dict, torch_models: dict[str, StaticModel], shape
         with torch.inference_mode():
             for _ in range(-(-repeats // BLOCK)):
                 for name, graph in graphs.items():
-                    sess = ort_session(graph, threads)
+                    src, kind = onnx_models[name]
+                    sess = deploymtl_session(src, threads) if kind == "deploymtl" else ort_session(graph, threads)
                     block(name, lambda s=sess, x=x: s.run(None, {"image": x}))
                     del sess
                     gc.collect()
@@ -201,11 +211,13 @@ def bench_pruned(args: argparse.Namespace, work: Path) -> dict:
                                  "data": data, "export": {"batch": "1:4:8", "calibration_samples": 64}})
     save_static(work / "pruned.pt", art)
     reports = {}
-    variants = {"fp32": ("fp32", "symmetric"), "int8": ("int8", "symmetric"), "int8_asym": ("int8", "asymmetric")}
-    for name, (precision, activations) in variants.items():
+    variants = {"fp32": ("fp32", "symmetric", "ort-cpu"), "int8": ("int8", "symmetric", "ort-cpu"),
+                "int8_asym": ("int8", "asymmetric", "ort-cpu"), "fp32_trt": ("fp32", "symmetric", "trt"),
+                "int8_trt": ("int8", "symmetric", "trt")}
+    for name, (precision, activations, runtime) in variants.items():
         try:
             options = ExportOptions.parse({"precision": precision, "max_metric_drop": 0.01, "threads": args.threads,
-                                           "int8_activations": activations})
+                                           "int8_activations": activations, "runtime": runtime})
             reports[name] = export_model(work / "pruned.pt", work / name, options).to_dict()
         except VerificationError:  # the report is written either way; the figures go in the JSON honestly
             reports[name] = json.loads((work / name / "export_report.json").read_text())
@@ -222,15 +234,19 @@ def bench_pruned(args: argparse.Namespace, work: Path) -> dict:
     rounded = build_resnet(cfg, TASKS, keep=0.7, round_to=16)
     r_flops = flops_per_image(rounded, 3, h, w)
     r_proto = export_onnx(rounded, channels=3, height=h, width=w, outputs=[t.name for t in TASKS])
-    # ort_*: what deploymtl's OrtRunner runs (odd widths padded, int8 ReLUs folded into uint8);
-    # *_file_as_is: the same ONNX files in a plain onnxruntime session
-    onnx_models = {"ort_fp32": (work / "fp32" / "model.onnx", True),
-                   "ort_int8_symmetric": (work / "int8" / "model.onnx", True),
-                   "ort_int8_asymmetric_u8": (work / "int8_asym" / "model.onnx", True),
-                   "ort_fp32_file_as_is": (work / "fp32" / "model.onnx", False),
-                   "ort_int8_symmetric_file_as_is": (work / "int8" / "model.onnx", False),
-                   "stack_ort_fp32": (stack_proto, True), "stack_ort_int8_symmetric": (stack_int8, True),
-                   "rounded16_ort_fp32": (r_proto, True)}
+    # ort_*: the written ort-cpu files in plain sessions; deploymtl_*: the same files through OrtRunner;
+    # *_trt_form: the files written --for trt (symmetric Q/DQ, unpadded) in plain sessions
+    from deploymtl.export.lowering import shape_for_ort_cpu
+
+    f = {name: work / name / "model.onnx" for name in variants}
+    onnx_models = {"ort_fp32": (f["fp32"], "plain"), "ort_int8_symmetric": (f["int8"], "plain"),
+                   "ort_int8_asymmetric_u8": (f["int8_asym"], "plain"),
+                   "deploymtl_fp32": (f["fp32"], "deploymtl"), "deploymtl_int8_symmetric": (f["int8"], "deploymtl"),
+                   "ort_fp32_trt_form": (f["fp32_trt"], "plain"),
+                   "ort_int8_symmetric_trt_form": (f["int8_trt"], "plain"),
+                   "stack_ort_fp32": (shape_for_ort_cpu(stack_proto)[0], "plain"),
+                   "stack_ort_int8_symmetric": (shape_for_ort_cpu(stack_int8)[0], "plain"),
+                   "rounded16_ort_fp32": (shape_for_ort_cpu(r_proto)[0], "plain")}
     table = latency_table(onnx_models, {"torch_eager_fp32": model}, (3, h, w), args.threads, args.repeats)
     lat, stack_lat, r_lat = {}, {}, {}
     for key, ms in table.items():
@@ -251,14 +267,18 @@ def bench_pruned(args: argparse.Namespace, work: Path) -> dict:
                   "gflops_per_image": round(flops / 1e9, 3),
                   "params": sum(p.numel() for p in model.parameters()), "training": training},
         "latency": lat,
+        "plain_vs_deploymtl_speed": {b: {p: round(lat[b][f"deploymtl_{p}_ms"] / lat[b][f"ort_{p}_ms"], 3)
+                                         for p in ("fp32", "int8_symmetric")} for b in lat},
+        "int8_vs_fp32_plain": {b: lat[b]["speedup_ort_int8_symmetric_vs_ort_fp32"] for b in lat},
         "int8_metrics": {"symmetric": reports["int8"].get("metrics"),
-                         "asymmetric_u8": reports["int8_asym"].get("metrics")},
+                         "asymmetric_u8": reports["int8_asym"].get("metrics"),
+                         "symmetric_trt_form": reports["int8_trt"].get("metrics")},
         "parity": {p: reports[p]["outputs"] for p in reports},
-        "onnxruntime_cpu_lowering": {p: reports[p].get("onnxruntime_cpu_lowering") for p in reports},
+        "runtime": {p: reports[p].get("runtime") for p in reports},
         "conv_stack": {"gflops_per_image": round(stack_flops / 1e9, 3), "latency": stack_lat},
         "static_vs_conv_stack_gflops_ratio": ratio,
-        "static_as_is_vs_conv_stack_gflops_ratio": {
-            b: round(ratio[b] * lat[b]["ort_fp32_ms"] / lat[b]["ort_fp32_file_as_is_ms"], 3) for b in lat},
+        "static_trt_form_vs_conv_stack_gflops_ratio": {
+            b: round(ratio[b] * lat[b]["ort_fp32_ms"] / lat[b]["ort_fp32_trt_form_ms"], 3) for b in lat},
         "rounded_to_16": {"gflops_per_image": round(r_flops / 1e9, 3), "latency": r_lat,
                           "gflops_ratio_vs_conv_stack": {
                               b: round(r_lat[b]["ort_fp32_gflops_per_s"] / stack_lat[b]["ort_fp32_gflops_per_s"], 3)
@@ -306,9 +326,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.repeats, args.train_steps = 3, 10
     torch.set_num_threads(args.threads)
+    from deploymtl.onnxkit.cpu import simd_block
+
     result = {"deploymtl_version": __version__, "torch": torch.__version__, "threads": args.threads,
               "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-              "load_average_at_start": os.getloadavg()}
+              "simd_block": simd_block(), "load_average_at_start": os.getloadavg()}
     import onnxruntime
 
     result["onnxruntime"] = onnxruntime.__version__

@@ -12,20 +12,24 @@ decisions of typical sparsity, built directly with `build_supernet`, no training
    hits both alike; the minimum is recorded too) and reports latency(static) / latency(masked) against
    FLOPs(static) / FLOPs(masked): the target is a latency ratio within 15% of the FLOPs ratio;
 5. for AdaShare, also times the tree (one pass computing every task) against one static pass per task;
-6. repeats 4. in ONNX Runtime CPU, the deployment runtime (`ort_*`, skipped with --no-ort): the masked supernet
+6. repeats 4. in ONNX Runtime CPU, the deployment runtime (`ort`, skipped with --no-ort): the masked supernet
    exported in deployed mode (torch.export-based exporter, else the TorchScript tracer; `ort.masked_export` says
-   which, or why neither could export it) and the static model through `deploymtl.export.onnx.export_onnx`, both
-   with a symbolic batch, timed interleaved in sessions with intra_op threads = --threads and thread spinning off
-   (two sessions' spinning pools would otherwise steal the 2 cores from each other). `ort_latency_ratio` times the
-   static file as deploymtl's OrtRunner runs it (`backends.ort_lowering.lower_for_cpu`: odd channel counts padded
-   to the SIMD block), `ort_latency_ratio_as_is` the exported file unchanged; the masked file runs as exported
-   (its channel counts are the supernet's full widths).
+   which, or why neither could export it) and the static model as `deploymtl export` writes it for ort-cpu (the
+   same stages: `export_onnx`, the onnxslim passes, `export.lowering.shape_for_ort_cpu`; without verification),
+   both with a symbolic batch, timed interleaved in plain sessions: the caller's intra_op threads (--threads) and
+   thread spinning off (two sessions' spinning pools would otherwise steal the 2 cores from each other), nothing
+   else. `latency_ratio` is static (the written file) / masked (as exported: what a user of the public code runs);
+   `latency_ratio_same_form` divides by the masked file shaped for ort-cpu by the same passes (the head resizes
+   then cost the masked model less too: the pruning's own saving), `latency_ratio_as_is` times the static file
+   before shaping. With --profile, `ort.profile` gives ONNX Runtime's own per-operator shares (`enable_profiling`,
+   each node's minimum over the runs, 1 thread) of the static and masked files: where the time goes.
 
 `within_target` is the issue's two-sided criterion (|latency ratio / FLOPs ratio - 1| <= 15%); `not_slower` is the
 one-sided half (the static model is at most 15% slower than its FLOPs promise; being faster is not a failure of
 pruning: the masked supernet also pays for BatchNorm and blends that FLOPs do not count).
 
     python benchmarks/bench_prune.py [--out artifacts/bench/prune.json] [--threads 2] [--only tiny] [--no-ort]
+                                     [--profile]
 """
 
 from __future__ import annotations
@@ -120,8 +124,8 @@ def time_ms(fns: dict[str, Callable[[], Any]], warmup: int, repeats: int) -> dic
     return {k: {"median": round(statistics.median(v), 3), "min": round(min(v), 3)} for k, v in times.items()}
 
 
-def bench(cfg: dict[str, Any], batches: list[int], warmup: int, repeats: int, seed: int, ort_threads: int = 0
-          ) -> dict[str, Any]:
+def bench(cfg: dict[str, Any], batches: list[int], warmup: int, repeats: int, seed: int, ort_threads: int = 0,
+          profile: bool = False) -> dict[str, Any]:
     family = cfg["family"]
     torch.manual_seed(seed)
     model = build_supernet(family, cfg["tasks"], cfg["model"], cfg["search"]).eval()
@@ -175,7 +179,7 @@ def bench(cfg: dict[str, Any], batches: list[int], warmup: int, repeats: int, se
                                                  "speedup": round(ms["per_task"] / ms["static"], 3)}
     if ort_threads:
         result["ort"] = bench_ort(model, static, deployed, cfg, batches, warmup, repeats, seed, flops_ratio,
-                                  ort_threads)
+                                  ort_threads, profile)
     return result
 
 
@@ -217,15 +221,65 @@ def export_masked(model: torch.nn.Module, deployed: list[str], shape: tuple[int,
     return onnx.load_from_string(buf.getvalue()), f"TorchScript tracer (torch.export failed: {first})"
 
 
+def written_static(static: torch.nn.Module, deployed: list[str], shape: tuple[int, int]) -> tuple[Any, Any, dict]:
+    """(the static model exported and simplified, that graph shaped for ort-cpu as `deploymtl export` writes it,
+    what the shaping rewrote)."""
+    from deploymtl.export.lowering import shape_for_ort_cpu
+    from deploymtl.export.onnx import export_onnx
+    from deploymtl.export.simplify import PASSES, run_pass
+
+    h, w = shape
+    proto = export_onnx(static, channels=3, height=h, width=w, outputs=deployed)
+    for name in PASSES:  # the export re-verifies each pass; here they are applied as the export accepts them
+        proto = run_pass(proto, name)
+    shaped, counts = shape_for_ort_cpu(proto)
+    return proto, shaped, counts
+
+
+def ort_profile(models: dict[str, Any], shape: tuple[int, int], batch: int, runs: int = 60) -> dict[str, Any]:
+    """ONNX Runtime's profiler on each model (1 thread): per operator type its share of the kernel time, node count
+    and microseconds, from each node's minimum over `runs` runs (robust to a loaded machine)."""
+    import json
+    import tempfile
+
+    import numpy as np
+    import onnxruntime as ort
+
+    x = np.random.default_rng(batch).standard_normal((batch, 3, *shape), dtype=np.float32)
+    out: dict[str, Any] = {}
+    for name, proto in models.items():
+        with tempfile.TemporaryDirectory(prefix="bench-prune-profile-") as tmp:
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads, opts.inter_op_num_threads = 1, 1
+            opts.enable_profiling, opts.profile_file_prefix = True, str(Path(tmp) / "p")
+            session = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+            for _ in range(runs):
+                session.run(None, {"image": x})
+            events = json.loads(Path(session.end_profiling()).read_text())
+        per_node: dict[str, list[float]] = {}
+        op_of: dict[str, str] = {}
+        for e in events:
+            if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+                per_node.setdefault(e["name"], []).append(e["dur"])
+                op_of[e["name"]] = e["args"]["op_name"]
+        by_op: dict[str, list[float]] = {}
+        for node, durations in per_node.items():
+            by_op.setdefault(op_of[node], []).append(min(durations))
+        total = sum(sum(v) for v in by_op.values())
+        out[name] = {"kernel_us": round(total, 1), "nodes": len(per_node),
+                     "ops": {op: {"share": round(sum(v) / total, 4), "nodes": len(v), "us": round(sum(v), 1)}
+                             for op, v in sorted(by_op.items(), key=lambda kv: -sum(kv[1]))}}
+    return out
+
+
 def bench_ort(model: torch.nn.Module, static: torch.nn.Module, deployed: list[str], cfg: dict[str, Any],
               batches: list[int], warmup: int, repeats: int, seed: int, flops_ratio: float,
-              threads: int) -> dict[str, Any]:
+              threads: int, profile: bool = False) -> dict[str, Any]:
     """Step 6 of the module docstring: the same latency ratio in ONNX Runtime CPU."""
     import numpy as np
     import onnxruntime as ort
 
-    from deploymtl.backends.ort_lowering import lower_for_cpu
-    from deploymtl.export.onnx import export_onnx
+    from deploymtl.export.lowering import shape_for_ort_cpu
 
     h, w = cfg["shape"]
     out: dict[str, Any] = {"threads": threads}
@@ -235,22 +289,23 @@ def bench_ort(model: torch.nn.Module, static: torch.nn.Module, deployed: list[st
         out["masked_export"] = f"failed: {exc}"
         return out
     out["masked_export"] = how
-    static_proto = export_onnx(static, channels=3, height=h, width=w, outputs=deployed)
-    lowered, out["static_lowering"] = lower_for_cpu(static_proto)
+    static_proto, written, out["static_shaping"] = written_static(static, deployed, (h, w))
+    masked_shaped, out["masked_shaping"] = shape_for_ort_cpu(masked_proto)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    models = {"masked": masked_proto, "static": written, "static_as_is": static_proto,
+              "masked_shaped": masked_shaped}
     sessions = {name: ort.InferenceSession(proto.SerializeToString(), sess_options=opts,
-                                           providers=["CPUExecutionProvider"])
-                for name, proto in (("masked", masked_proto), ("static", lowered), ("static_as_is", static_proto))}
+                                           providers=["CPUExecutionProvider"]) for name, proto in models.items()}
     x1 = np.random.default_rng(seed).standard_normal((1, 3, h, w), dtype=np.float32)
     with torch.inference_mode():
         ref = static.infer(torch.from_numpy(x1))
     got = {name: dict(zip(deployed, s.run(deployed, {"image": x1}), strict=True)) for name, s in sessions.items()}
     out["parity_max_abs_vs_static_torch"] = {
         name: max(float(np.abs(g[t] - ref[t].numpy()).max()) for t in deployed) for name, g in got.items()}
-    for key in ("latency_ms", "latency_min_ms", "latency_ratio", "latency_ratio_as_is", "latency_ratio_min", "gap",
-                "within_target", "not_slower"):
+    for key in ("latency_ms", "latency_min_ms", "latency_ratio", "latency_ratio_same_form", "latency_ratio_as_is",
+                "latency_ratio_min", "gap", "gap_same_form", "within_target", "not_slower"):
         out[key] = {}
     for batch in batches:
         x = np.random.default_rng(seed + batch).standard_normal((batch, 3, h, w), dtype=np.float32)
@@ -262,13 +317,18 @@ def bench_ort(model: torch.nn.Module, static: torch.nn.Module, deployed: list[st
         out["latency_ms"][key] = ms
         out["latency_min_ms"][key] = {k: v["min"] for k, v in t.items()}
         out["latency_ratio"][key] = round(ratio, 4)
+        out["latency_ratio_same_form"][key] = round(ms["static"] / ms["masked_shaped"], 4)
         out["latency_ratio_as_is"][key] = round(ms["static_as_is"] / ms["masked"], 4)
         out["latency_ratio_min"][key] = round(t["static"]["min"] / t["masked"]["min"], 4)
         out["gap"][key] = round(ratio / flops_ratio - 1.0, 4)
+        out["gap_same_form"][key] = round(ms["static"] / ms["masked_shaped"] / flops_ratio - 1.0, 4)
         out["within_target"][key] = abs(ratio / flops_ratio - 1.0) <= TARGET
         out["not_slower"][key] = ratio / flops_ratio - 1.0 <= TARGET
     del sessions
     gc.collect()  # ORT's thread pools go with their sessions, before the next configuration is timed in torch
+    if profile:
+        out["profile"] = {str(b): ort_profile({"static": written, "static_as_is": static_proto,
+                                               "masked": masked_proto}, (h, w), b) for b in batches}
     return out
 
 
@@ -284,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="", help="run configs whose name contains this (e.g. tiny, resnet34, gated)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-ort", action="store_true", help="skip the ONNX Runtime measurement (step 6)")
+    ap.add_argument("--profile", action="store_true", help="ONNX Runtime profiler shares of the ORT files")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     load_start = list(os.getloadavg())  # other processes on the machine skew latencies: recorded with them
@@ -293,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.only and args.only not in cfg["name"]:
             continue
         t0 = time.perf_counter()
-        r = bench(cfg, batches, args.warmup, args.repeats, args.seed, 0 if args.no_ort else args.threads)
+        r = bench(cfg, batches, args.warmup, args.repeats, args.seed, 0 if args.no_ort else args.threads,
+                  args.profile)
         r["seconds"] = round(time.perf_counter() - t0, 1)
         results.append(r)
         lat = ", ".join(f"b{b}: {v:.3f} ({r['gap'][b]:+.1%}; from minima {r['latency_ratio_min'][b]:.3f})"
@@ -306,7 +368,8 @@ def main(argv: list[str] | None = None) -> int:
         if "ort" in r:
             o = r["ort"]
             ort_line = "\n" + " " * 19 + "ORT: " + (", ".join(
-                f"b{b}: {v:.3f} ({o['gap'][b]:+.1%}; as-is {o['latency_ratio_as_is'][b]:.3f})"
+                f"b{b}: {v:.3f} ({o['gap'][b]:+.1%}; same form {o['gap_same_form'][b]:+.1%}; "
+                f"as-is {o['latency_ratio_as_is'][b]:.3f})"
                 for b, v in o["latency_ratio"].items()) if "latency_ratio" in o else o["masked_export"])
         print(f"{r['name']:18s} flops ratio {r['flops_ratio']:.3f}; latency ratio {lat}{tree} [{r['seconds']}s]"
               f"{ort_line}", flush=True)

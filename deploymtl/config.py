@@ -31,6 +31,8 @@ from .tasks import TaskSpec
 Family = Literal[FAMILY_NAMES]  # type: ignore[valid-type]  # the registry's names, in its order
 Precision = Literal["fp32", "fp16", "int8"]
 Target = Literal["onnx", "trt"]
+# The runtime an exported ONNX file is shaped for (`deploymtl export --for`, docs/export.md "Shaped for a runtime").
+Runtime = Literal["ort-cpu", "trt", "generic"]
 
 
 _DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
@@ -146,6 +148,8 @@ class ExportConfig(_Strict):
     max_metric_drop: float = Field(default=0.05, ge=0, description="allowed relative loss of a task metric")
     bake_preprocessing: bool = Field(default=False, description="the exported graph takes raw uint8 pixels (N, C, "
                                                                 "H, W) in data.channel_order and normalises them")
+    runtime: Runtime | None = Field(default=None, description="the runtime `onnx` targets are shaped for "
+                                    "(default ort-cpu); the `trt` target is always shaped for trt")
 
     @field_validator("batch")
     @classmethod

@@ -136,13 +136,13 @@ def test_rewrite_keeps_the_computed_values(fp32: onnx.ModelProto, monkeypatch: p
 
 
 def test_cpu_lowering_folds_the_relus_into_uint8(fp32: onnx.ModelProto, tmp_path: Path) -> None:
-    """`backends.ort_lowering`: what the CPU session runs has no fp32 ReLU left, the file is unchanged, and the
-    values stay int8-accurate (one rounding instead of two)."""
-    from deploymtl.backends.ort_lowering import lower_for_cpu
+    """`export.lowering`: the ort-cpu form has no fp32 ReLU left for ONNX Runtime, the input graph is unchanged, and
+    the values stay int8-accurate (one rounding instead of two)."""
+    from deploymtl.export.lowering import shape_for_ort_cpu
 
     q8 = quantize.quantize_int8(fp32, _calibration())
     n_relu = sum(n.op_type == "Relu" for n in q8.graph.node)
-    lowered, counts = lower_for_cpu(q8, block=16)  # 11, 13 < 16: no padding here (see the padding tests)
+    lowered, counts = shape_for_ort_cpu(q8, block=16)  # 11, 13 < 16: no padding here (see the padding tests)
     folded = counts["uint8_tensors"]
     # every ReLU but b1_relu, whose output "feat" is a graph output (its float value must stay exact)
     assert folded == n_relu - 1 == 4
@@ -172,30 +172,43 @@ def test_cpu_lowering_folds_the_relus_into_uint8(fp32: onnx.ModelProto, tmp_path
 
 
 
-def test_ort_runner_lowers_int8_files_on_cpu_only(fp32: onnx.ModelProto, tmp_path: Path) -> None:
+def test_ort_runner_runs_the_file_as_written_and_names_another_form(fp32: onnx.ModelProto, tmp_path: Path) -> None:
+    """No rewriting in the session: the runner computes what a plain InferenceSession on the file computes, bit for
+    bit; a symmetric (trt) int8 file on the CPU provider, or one without a recorded form, gets a one-line note."""
     from deploymtl.backends.ort_runner import OrtRunner
+    from deploymtl.export.lowering import shape_for_ort_cpu
     from deploymtl.formats.onnx_metadata import set_metadata
 
     q8 = quantize.quantize_int8(fp32, _calibration())
     path = tmp_path / "model.onnx"
-    set_metadata(q8, {"precision": "int8", "batch": {"min": 1, "opt": 2, "max": 4}})
+    meta = {"version": "0.1.0", "precision": "int8", "batch": {"min": 1, "opt": 2, "max": 4}}
+    set_metadata(q8, meta | {"runtime": {"name": "trt", "simd_block": None}})
     onnx.save(q8, path)
     x = np.random.default_rng(2).standard_normal((2, 3, H, W)).astype(np.float32)
-    lowered, as_file = OrtRunner(path, threads=1), OrtRunner(path, threads=1, lower=False)
-    assert (lowered.lowering["uint8_tensors"], as_file.lowering) == (4, {})
-    a, b = lowered.infer(x), as_file.infer(x)
-    assert set(a) == {"out", "feat"}
-    for name in ("out", "feat"):  # a rounding step here and there, no more
-        assert 0 < float(np.abs(a[name] - b[name]).max()) < 0.05 * float(np.abs(b[name]).max())
-    set_metadata(q8, {"precision": "fp16"})  # fp16 artifacts are run as they are
+    runner = OrtRunner(path, threads=1)
+    plain = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["out", "feat"], {"image": x})
+    got = runner.infer(x)
+    for name, ref in zip(("out", "feat"), plain, strict=True):
+        np.testing.assert_array_equal(got[name], ref)
+    assert len(runner.notes) == 1 and "shaped for trt" in runner.notes[0] and "--for ort-cpu" in runner.notes[0]
+    assert "int8 ReLUs run in fp32" in runner.notes[0]
+    shaped, _ = shape_for_ort_cpu(q8, block=16)
+    set_metadata(shaped, meta | {"runtime": {"name": "ort-cpu", "simd_block": 16}})
+    onnx.save(shaped, path)
+    assert OrtRunner(path, threads=1).notes == []  # the form for this runtime, padded to AVX-512's block
+    del shaped.metadata_props[:]
+    set_metadata(shaped, meta)  # a file of an earlier deploymtl, without `deploymtl.runtime`
+    onnx.save(shaped, path)
+    assert "written before deploymtl shaped files" in OrtRunner(path, threads=1).notes[0]
+    set_metadata(q8, meta | {"precision": "fp16"})  # fp16 files are the same in every form
     onnx.save(q8, path)
-    assert OrtRunner(path, threads=1).lowering == {}
+    assert OrtRunner(path, threads=1).notes == []
 
 
 def test_cpu_lowering_carries_uint8_through_maxpool(tmp_path: Path) -> None:
     """stem conv -> ReLU -> MaxPool -> conv: the MaxPool's Q/DQ become uint8 too, so ORT drops them and runs the
     pool on the quantised tensor between two QLinearConvs (no float round trip)."""
-    from deploymtl.backends.ort_lowering import lower_for_cpu
+    from deploymtl.export.lowering import shape_for_ort_cpu
 
     torch.manual_seed(0)
     b = GraphBuilder()
@@ -206,7 +219,7 @@ def test_cpu_lowering_carries_uint8_through_maxpool(tmp_path: Path) -> None:
     b.output("head", _conv(b, "head", y, C, 3, k=1))
     proto = export_onnx(b.build().eval(), channels=3, height=H, width=W, outputs=["out", "head"])
     q8 = quantize.quantize_int8(proto, _calibration())
-    lowered, counts = lower_for_cpu(q8, block=16)
+    lowered, counts = shape_for_ort_cpu(q8, block=16)
     assert counts["uint8_tensors"] == 2  # the stem ReLU's tensor and the pooled one; relu2 writes a graph output: kept
     fused = _optimized_ops(lowered, tmp_path)
     assert fused["QLinearConv"] == 2 and fused["Relu"] == 1 and fused["MaxPool"] == 0
@@ -216,10 +229,10 @@ def test_cpu_lowering_carries_uint8_through_maxpool(tmp_path: Path) -> None:
 def test_cpu_lowering_pads_odd_channel_counts(fp32: onnx.ModelProto, tmp_path: Path) -> None:
     """fp32: the block-inner convolutions (11 and 13 filters) are padded to a SIMD block of 8 with zero filters and
     their readers with zero columns, so ORT runs them as NCHWc kernels; the outputs do not change."""
-    from deploymtl.backends.ort_lowering import lower_for_cpu
+    from deploymtl.export.lowering import shape_for_ort_cpu
 
-    lowered, counts = lower_for_cpu(fp32, block=8)  # AVX2's block; 11 -> 16, 13 -> 16
-    assert counts == {"padded_convs": 2, "uint8_tensors": 0}
+    lowered, counts = shape_for_ort_cpu(fp32, block=8)  # AVX2's block; 11 -> 16, 13 -> 16
+    assert counts == {"padded_convs": 2, "uint8_tensors": 0, "matmul_resizes": 0}
     shapes = {i.name: tuple(i.dims) for i in lowered.graph.initializer}
     convs = {n.name: shapes[n.input[1]] for n in lowered.graph.node if n.op_type == "Conv"}
     assert convs["layers.b0_conv1/Conv"][0] == 16 and convs["layers.b0_conv2/Conv"][1] == 16
@@ -233,20 +246,20 @@ def test_cpu_lowering_pads_odd_channel_counts(fp32: onnx.ModelProto, tmp_path: P
     for a, b in zip(_run(fp32, x, ort.GraphOptimizationLevel.ORT_ENABLE_ALL),
                     _run(lowered, x, ort.GraphOptimizationLevel.ORT_ENABLE_ALL), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    assert lower_for_cpu(fp32, block=1) == (fp32, {"padded_convs": 0, "uint8_tensors": 0})
+    assert shape_for_ort_cpu(fp32, block=1) == (fp32, {"padded_convs": 0, "uint8_tensors": 0, "matmul_resizes": 0})
     # narrower than AVX-512's block of 16: padding would add more than half the work again, so it is left alone
-    assert lower_for_cpu(fp32, block=16) == (fp32, {"padded_convs": 0, "uint8_tensors": 0})
+    assert shape_for_ort_cpu(fp32, block=16) == (fp32, {"padded_convs": 0, "uint8_tensors": 0, "matmul_resizes": 0})
 
 
 def test_cpu_lowering_pads_int8_convolutions_through_their_qdq(fp32: onnx.ModelProto, tmp_path: Path) -> None:
     """int8: the padded filters are int8 zeros with scale 1 and zero point 0 in the weight DQ, the reader's weight
     gets zero columns; activation Q/DQ pairs are per tensor and stay as they are; the values do not change."""
-    from deploymtl.backends.ort_lowering import lower_for_cpu
+    from deploymtl.export.lowering import shape_for_ort_cpu
 
     q8 = quantize.quantize_int8(fp32, _calibration())
-    plain, _ = lower_for_cpu(q8, block=16)
-    padded, counts = lower_for_cpu(q8, block=8)
-    assert counts == {"padded_convs": 2, "uint8_tensors": 4}
+    plain, _ = shape_for_ort_cpu(q8, block=16)
+    padded, counts = shape_for_ort_cpu(q8, block=8)
+    assert counts == {"padded_convs": 2, "uint8_tensors": 4, "matmul_resizes": 0}
     inits = {i.name: onnx.numpy_helper.to_array(i) for i in padded.graph.initializer}
     producer = {o: n for n in padded.graph.node for o in n.output}
     conv1 = next(n for n in padded.graph.node if n.name == "layers.b0_conv1/Conv")
@@ -262,3 +275,30 @@ def test_cpu_lowering_pads_int8_convolutions_through_their_qdq(fp32: onnx.ModelP
     for a, b in zip(_run(plain, x, ort.GraphOptimizationLevel.ORT_ENABLE_ALL),
                     _run(padded, x, ort.GraphOptimizationLevel.ORT_ENABLE_ALL), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_cpu_form_runs_the_head_upsampling_as_two_matmuls(tmp_path: Path) -> None:
+    """A bilinear resize of a small head output to the image size becomes MatMul(R_h, MatMul(X, R_w^T)) with
+    ONNX Runtime's own interpolation weights: the same values to float rounding, no Resize left; a larger input
+    (beyond `MATMUL_RESIZE_MAX`) keeps its Resize."""
+    from deploymtl.export.lowering import resize_as_matmul, shape_for_ort_cpu
+
+    torch.manual_seed(0)
+    b = GraphBuilder()
+    x = b.relu("stem_relu", _conv(b, "stem", "image", 3, C, k=5, stride=4))  # 8 x 8 (of 32 x 32)
+    b.output("out", b.resize_to_input("up", _conv(b, "head", x, C, 3, k=1)))
+    proto = export_onnx(b.build().eval(), channels=3, height=H, width=W, outputs=["out"])
+    shaped, counts = shape_for_ort_cpu(proto, block=16)
+    assert counts["matmul_resizes"] == 1
+    ops = collections.Counter(n.op_type for n in shaped.graph.node)
+    assert ops["Resize"] == 0 and ops["MatMul"] == 2
+    assert [n.name for n in shaped.graph.node if n.op_type == "MatMul"] == ["layers.up/Resize/MatMul",
+                                                                              "layers.up/Resize/MatMul_1"]
+    x = np.random.default_rng(5).standard_normal((3, 3, H, W)).astype(np.float32)
+    (ref,), (got,) = (_run(m, x, ort.GraphOptimizationLevel.ORT_ENABLE_ALL) for m in (proto, shaped))
+    assert got.shape == ref.shape == (3, 3, H, W)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * float(np.abs(ref).max()))
+    assert not np.array_equal(got[:, :, :, 2], got[:, :, :, 3])  # really interpolated, not a copy
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    assert resize_as_matmul(copy, max_input=4) == 0  # the 8 x 8 input is above this limit: left alone

@@ -43,8 +43,26 @@ def test_from_recipe_is_complete() -> None:
     ({"batch": "8:4:1"}, "--batch: '8:4:1' needs 1 <= MIN <= OPT <= MAX"),
     ({"target": "trt", "int8_activations": "asymmetric"}, "--int8-activations asymmetric cannot feed TensorRT"),
     ({"precisions": ["fp32"]}, "--precisions"),  # a recipe field that is not an export option
+    ({"runtime": "tflite"}, "--for: unknown runtime 'tflite' (expected one of ort-cpu, trt, generic)"),
+    ({"target": "trt", "runtime": "ort-cpu"}, "--for ort-cpu cannot be combined with --target trt"),
+    ({"runtime": "trt", "int8_activations": "asymmetric"}, "--int8-activations asymmetric cannot feed TensorRT"),
 ])
 def test_one_line_errors_name_the_flag(values: dict, line: str) -> None:
     with pytest.raises(DeploymtlError) as exc:
         ExportOptions.parse(values)
     assert exc.value.exit_code == 2 and line in exc.value.one_line() and "\n" not in exc.value.one_line()
+
+
+def test_the_runtime_a_file_is_shaped_for() -> None:
+    """ort-cpu unless said otherwise for ONNX; trt always for a TensorRT engine; the recipe's `export.runtime`
+    fills an unset `--for` of an ONNX target only, and is checked like the flag."""
+    assert ExportOptions().shaped_for == "ort-cpu" and ExportOptions(target="trt").shaped_for == "trt"
+    assert ExportOptions.parse({"runtime": "generic"}).shaped_for == "generic"
+    recipe = ExportConfig(runtime="generic")
+    assert ExportOptions().with_recipe(recipe).shaped_for == "generic"
+    assert ExportOptions.parse({"runtime": "trt"}).with_recipe(recipe).shaped_for == "trt"  # the flag wins
+    assert ExportOptions.parse({"target": "trt"}).with_recipe(recipe).shaped_for == "trt"
+    asym = ExportOptions.parse({"int8_activations": "asymmetric"})
+    with pytest.raises(DeploymtlError, match="asymmetric cannot feed TensorRT"):
+        asym.with_recipe(ExportConfig(runtime="trt"))
+    assert ExportOptions.from_recipe(recipe, target="onnx", precision="fp32").shaped_for == "generic"

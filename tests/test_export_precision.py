@@ -39,17 +39,17 @@ def fp16(model_path):
 
 @pytest.fixture(scope="module")
 def int8_strict(model_path):
-    """int8 with a zero-tolerance metric gate: the export is written, then fails with exit 1."""
+    """int8 in the TensorRT form with a zero-tolerance metric gate: the export is written, then fails with exit 1."""
     out = model_path.parent / "int8"
-    rc = main(["export", str(model_path), "--precision", "int8", "--batch", "1:2:4", "-o", str(out),
+    rc = main(["export", str(model_path), "--precision", "int8", "--for", "trt", "--batch", "1:2:4", "-o", str(out),
                "--max-metric-drop", "0", "--threads", "1", "-q"])
     return rc, out, json.loads((out / "export_report.json").read_text()), onnx.load(out / "model.onnx")
 
 
-REPORT_KEYS = ["target", "precision", "batch", "artifact", "onnx", "opset", "requested_opset", "exporter", "inputs",
-               "tasks", "outputs", "batch_sizes_checked", "onnx_outputs", "metrics", "passes", "removed_parts_check",
-               "structure", "lint", "quantization", "onnxruntime_cpu_lowering", "localization", "trt", "source",
-               "options", "deploymtl_version", "failures", "passed", "timings"]
+REPORT_KEYS = ["target", "precision", "runtime", "batch", "artifact", "onnx", "opset", "requested_opset", "exporter",
+               "inputs", "tasks", "outputs", "batch_sizes_checked", "onnx_outputs", "metrics", "passes",
+               "removed_parts_check", "structure", "lint", "quantization", "onnxruntime_cpu_lowering", "localization",
+               "trt", "source", "options", "deploymtl_version", "failures", "passed", "timings"]
 
 
 def test_report_keys_are_the_contract(fp16):
@@ -58,7 +58,7 @@ def test_report_keys_are_the_contract(fp16):
     assert list(report) == REPORT_KEYS and json.loads((out / "export_report.json").read_text()) == report
     assert list(report["options"]) == ["target", "precision", "batch", "atol", "rtol", "per_output", "simplify",
                                        "opset", "calibration_samples", "max_metric_drop", "workspace_mb",
-                                       "int8_activations", "threads", "bake_preprocessing"]
+                                       "int8_activations", "threads", "bake_preprocessing", "runtime"]
     assert list(report["source"]) == ["model", "family", "plan_hash", "pruned", "prune_passed"]
     assert list(report["timings"]) == ["load", "export", "simplify", "precision", "parity", "metrics", "total"]
     assert report["options"]["batch"] == "1:2:4" and report["options"]["opset"] == report["requested_opset"] == 17
@@ -108,7 +108,11 @@ def test_int8_graph_is_symmetric_qdq_with_per_channel_weights(int8_strict):
     assert all(n.input[1] in inits for n in proto.graph.node if n.name in heads)  # float weights, no DQ
     assert all(n.startswith("layers.") for n in convs)  # module scopes survive simplification and quantisation
     assert report["quantization"]["issues"] == [] and report["quantization"]["calibration_split"] == "train"
-    assert report["onnxruntime_cpu_lowering"]["uint8_tensors"] > 0  # ReLUs folded for the CPU session
+    assert report["runtime"] == {"name": "trt", "description": "TensorRT: symmetric int8 Q/DQ as quantised, lint-clean",
+                                 "simd_block": None, "rewrites": {}}
+    assert report["onnxruntime_cpu_lowering"] == {}  # nothing is rewritten in memory any more
+    assert json.loads({p.key: p.value for p in proto.metadata_props}["deploymtl.runtime"]) == {
+        "name": "trt", "simd_block": None}
 
 
 def test_int8_parity_figures_are_loose_but_close(int8_strict):

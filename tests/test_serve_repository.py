@@ -8,6 +8,7 @@ import json
 import shutil
 
 import numpy as np
+import onnx
 import pytest
 
 from deploymtl.cli.main import main
@@ -102,6 +103,12 @@ def test_a_pruned_model_is_exported_on_the_way_and_other_models_are_kept(repo, o
     readme = (out / "README.md").read_text()
     assert "**tiny**" in readme and "**tiny-export**" in readme
     assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"]  # no staging folder left beside it
+    # CPU instances: the file is shaped for ONNX Runtime CPU, as Triton's onnxruntime backend runs it
+    (packaged,) = (out / "tiny-export").glob("*/model.onnx")
+    meta = {p.key: p.value for p in onnx.load(packaged).metadata_props}
+    assert json.loads(meta["deploymtl.runtime"])["name"] == "ort-cpu"
+    rc, _, err = _run(capsys, "export", onnx_model, "--target", "triton", "-o", tmp_path / "r2", "--for", "trt")
+    assert rc == 2 and "--for apply when exporting a pruned.pt" in err[0]
 
 
 def test_profiled_setting_and_instances_reach_the_config(onnx_model, tmp_path, capsys):

@@ -150,8 +150,12 @@ def test_qlinearconv_is_unsupported():
     inits = [_init(n, np.float32(0.1)) for n in ("xs", "ws", "ys")] + [_init(n, np.int8(0)) for n in ("xz", "wz", "yz")]
     inits.append(_init("w", np.ones((4, 3, 1, 1), np.int8)))
     nodes = [helper.make_node("QLinearConv", ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz"], ["y"], name="qconv")]
-    issue = _only(lint_onnx(_model(nodes, [("x", TensorProto.INT8, [3, 8, 8])],
-                                   [("y", TensorProto.INT8, [4, 8, 8])], inits)))
+    form, *rest = lint_onnx(_model(nodes, [("x", TensorProto.INT8, [3, 8, 8])],
+                                   [("y", TensorProto.INT8, [4, 8, 8])], inits))
+    # first the graph's form (ONNX Runtime's quantised operators), then the node itself
+    assert (form.severity, form.node, form.op) == ("error", "model", "form")
+    assert "1 QLinear/integer operators" in form.message and "--for trt" in form.message
+    issue = _only(rest)
     assert (issue.severity, issue.node, issue.op) == ("error", "qconv", "QLinearConv")
     assert "QDQ" in issue.message
 
@@ -255,6 +259,7 @@ def test_uint8_zero_point_and_old_opset():
     issues = errors(lint_onnx(_conv_qdq(0.1, 0, act_zp=0, zp_dtype=np.uint8, opset=12)))
     assert any(i.op == "opset" and "opset >= 13" in i.message for i in issues)
     assert any(i.node == "q_x" and "uint8" in i.message for i in issues)
+    assert issues[0].op == "form" and "1 uint8 quantisers" in issues[0].message  # q_x
 
 
 def test_scales_must_be_positive_and_per_channel_only_on_conv_axis_0():

@@ -61,6 +61,7 @@ class Runner(ABC):
         self.output_names = list(output_names)
         self.source = source
         self.last_latency_s: float | None = None
+        self.notes: list[str] = []  # one-line remarks on how this backend suits the artifact (`verify` prints them)
         self._lock = threading.Lock()
 
     def infer(self, image: np.ndarray) -> dict[str, np.ndarray]:

@@ -1,8 +1,9 @@
 """ONNX Runtime runner with explicitly chosen execution providers and no silent fallback.
 
-On the CPU provider fp32 and int8 graphs run through `ort_lowering.lower_for_cpu` (odd channel counts padded to
-the SIMD block, ReLUs folded into uint8 quantisation; in memory, the file is unchanged); `lowering` says what was
-rewritten. `lower=False` runs the file as is.
+The runner runs the file exactly as written, with no session setting a plain `onnxruntime.InferenceSession` would
+not have but the caller's thread count: a file is fast on the runtime it was shaped for at export (`deploymtl export
+--for`, docs/export.md). When the file was shaped for another runtime than the one running it (or written before
+the export recorded one), `notes` says so in one line each, with what to re-export; `verify` and `profile` print them.
 """
 
 from __future__ import annotations
@@ -13,37 +14,55 @@ import numpy as np
 
 from ..errors import DeploymtlError
 from ..formats.onnx_metadata import from_props
+from ..onnxkit.cpu import simd_block
 from ..onnxkit.load import load_onnx
 from ..onnxkit.session import execution_provider, open_session
 from .base import InputSpec, Runner
-from .ort_lowering import lower_for_cpu
 
 
 class OrtRunner(Runner):
     backend = "onnxruntime"
 
-    def __init__(self, path: str | Path, provider: str = "cpu", threads: int | None = None,
-                 lower: bool = True) -> None:
+    def __init__(self, path: str | Path, provider: str = "cpu", threads: int | None = None) -> None:
         execution_provider(provider)  # an unknown or missing provider is named before the file is read
-        proto = load_onnx(path)  # a missing, empty or unreadable file is named here, not inside ONNX Runtime
-        source: str | Path | bytes = path
-        self.lowering: dict[str, int] = {}
-        if lower and provider == "cpu":  # read once, lower in memory, one session (module docstring)
-            if from_props({p.key: p.value for p in proto.metadata_props}).get("precision") in ("fp32", "int8"):
-                lowered, self.lowering = lower_for_cpu(proto)
-                if any(self.lowering.values()):
-                    source = lowered.SerializeToString()
-        self.session = open_session(source, provider=provider, threads=threads, label=path)
+        load_onnx(path)  # a missing, empty or unreadable file is named here, not inside ONNX Runtime
+        self.session = open_session(path, provider=provider, threads=threads, label=path)
         meta = from_props(self.session.get_modelmeta().custom_metadata_map)
         spec = _input_spec(self.session, meta, path)
         outputs = [o.name for o in self.session.get_outputs()]
         super().__init__(spec, outputs, str(path))
         self.meta = meta
         self.provider = self.session.get_providers()[0]
+        self.notes = runtime_notes(meta, provider, str(path))
 
     def _infer(self, image: np.ndarray) -> dict[str, np.ndarray]:
         outs = self.session.run(self.output_names, {self.input_spec.name: image})
         return dict(zip(self.output_names, outs, strict=True))
+
+
+def runtime_notes(meta: dict, provider: str, where: str) -> list[str]:
+    """One line per way the file's form (its `deploymtl.runtime` metadata) does not suit `provider`, with what to
+    re-export; [] for files of other tools, fp16 files (the same in every form) and a file that suits."""
+    precision, shaped = meta.get("precision"), meta.get("runtime")
+    if "version" not in meta or precision not in ("fp32", "int8"):
+        return []
+    name = shaped.get("name") if isinstance(shaped, dict) else None
+    if provider == "cpu":
+        unshaped = "odd channel counts unpadded" + (", int8 ReLUs run in fp32" if precision == "int8" else "")
+        if name is None:
+            return [f"{where} was written before deploymtl shaped files for a runtime: ONNX Runtime CPU runs it as "
+                    f"written ({unshaped}); re-export with `deploymtl export --for ort-cpu` for full speed"]
+        if name != "ort-cpu":
+            return [f"{where} is shaped for {name}: ONNX Runtime CPU runs it slower than the ort-cpu form "
+                    f"({unshaped}); `deploymtl export --for ort-cpu` writes it for this runtime"]
+        block = shaped.get("simd_block")
+        if isinstance(block, int) and block < simd_block():
+            return [f"{where} is padded to a SIMD block of {block} channels, this CPU's block is {simd_block()}: "
+                    "re-export it on this machine for full speed"]
+    elif provider == "trt" and name == "ort-cpu" and precision == "int8":
+        return [f"{where} is shaped for ort-cpu (uint8 activations), which TensorRT does not read: export with "
+                "`--for trt` for the TensorRT provider"]
+    return []
 
 
 def _input_spec(session, meta: dict, path: str | Path) -> InputSpec:  # session: ort.InferenceSession

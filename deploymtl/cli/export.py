@@ -27,6 +27,10 @@ def export(
                                  "--target triton also an exported model.onnx / model.plan."),
     target: str = typer.Option("onnx", "--target", help="onnx, trt (TensorRT engine, needs a GPU) or triton (a "
                                "Triton model repository)."),
+    runtime: str | None = typer.Option(None, "--for", help="The runtime the ONNX file is shaped for: ort-cpu "
+                                       "(default for --target onnx: ONNX Runtime CPU, Triton's onnxruntime backend), "
+                                       "trt (TensorRT-ready symmetric Q/DQ; implied by --target trt) or generic "
+                                       "(recipe: export.runtime)."),
     precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 or int8 (static Q/DQ)."),
     batch: str | None = typer.Option(None, "--batch", help="MIN:OPT:MAX dynamic batch (default: recipe)."),
     out: Path | None = OutDir,
@@ -67,7 +71,8 @@ def export(
         from .serve import export_repository
 
         export_repository(model, out, name=name, instance_kind=instance_kind, instances=instances, ort_trt=ort_trt,
-                          profile=profile, threads=threads, precision=precision, batch=batch, quiet=quiet)
+                          profile=profile, threads=threads, precision=precision, batch=batch, quiet=quiet,
+                          runtime=runtime)
         return
     from ..export.exporter import export_model
     from ..export.options import ExportOptions
@@ -80,7 +85,7 @@ def export(
         "per_output": per_output, "simplify": not no_simplify, "opset": opset,
         "calibration_samples": calibration_samples, "max_metric_drop": max_metric_drop, "workspace_mb": workspace_mb,
         "timing_cache": timing_cache, "threads": threads, "int8_activations": int8_activations,
-        "int8_output_layers": int8_output_layers, "bake_preprocessing": bake_preprocessing,
+        "int8_output_layers": int8_output_layers, "bake_preprocessing": bake_preprocessing, "runtime": runtime,
     })
     out_dir = out or default_out("export", f"{model.stem}-{target}-{precision}")
     log = (lambda _: None) if quiet else typer.echo
@@ -151,6 +156,8 @@ def verify(
     typer.echo(f"{artifact} on {result.backend}, batch sizes {result.batch_sizes}:")
     for line in result.report.summary().splitlines():
         typer.echo(f"  {line}")
+    for note in result.notes:
+        typer.echo(f"note: {note}")
     if not result:
         raise VerificationError(f"{artifact} does not match its parity data on {result.backend} for "
                                 f"{', '.join(result.report.failed)}")

@@ -96,10 +96,12 @@ def _check(path: Path, name: str | None) -> None:
 
 def export_repository(model: Path, out: Path | None, *, name: str | None, instance_kind: str | None, instances: int,
                       ort_trt: str | None, profile: Path | None, threads: int | None, precision: str,
-                      batch: str | None, quiet: bool) -> None:
+                      batch: str | None, quiet: bool, runtime: str | None = None) -> None:
     """`deploymtl export MODEL --target triton` (its flags, passed on by cli/export.py): an exported model.onnx /
-    model.plan is packaged as it is; a pruned.pt is exported to ONNX into a temporary folder first. One keyword
-    parameter per flag that `--target triton` reads, hence more than eight."""
+    model.plan is packaged as it is; a pruned.pt is exported to ONNX into a temporary folder first, shaped for
+    `runtime` (`--for`; by default for the instances that will run it: trt with the TensorRT accelerator, generic
+    on GPU instances, else ort-cpu). One keyword parameter per flag that `--target triton` reads, hence more than
+    eight."""
     import tempfile
 
     from ..outdir import check_output_dir
@@ -116,13 +118,14 @@ def export_repository(model: Path, out: Path | None, *, name: str | None, instan
             from ..export.exporter import export_model
             from ..export.options import ExportOptions
 
+            form = runtime or ("trt" if ort_trt else "generic" if instance_kind == "gpu" else "ort-cpu")
             options_ = ExportOptions.parse({"target": "onnx", "precision": precision, "batch": batch,
-                                            "threads": threads})
+                                            "threads": threads, "runtime": form})
             export_model(model, Path(tmp) / "export", options_, log=log)
             source = Path(tmp) / "export" / "model.onnx"
-        elif batch is not None or precision != "fp32":
-            raise DeploymtlError(f"--batch and --precision apply when exporting a pruned.pt; {model.name} is already "
-                                 "exported", hint="package it as it is, or pass its pruned.pt")
+        elif batch is not None or precision != "fp32" or runtime is not None:
+            raise DeploymtlError(f"--batch, --precision and --for apply when exporting a pruned.pt; {model.name} is "
+                                 "already exported", hint="package it as it is, or pass its pruned.pt")
         written = write_repository(source, repo, options, log=log)
     typer.echo(f"wrote {written.directory / 'config.pbtxt'}, {written.model_file} and {repo / 'README.md'}")
 

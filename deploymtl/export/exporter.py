@@ -6,11 +6,13 @@ with `bake_preprocessing`, the input normalisation put into the graph first: `pr
 1. fp32 (`fp32.py`): torch.onnx export, interface check, removed-parts check;
 2. simplify (`simplify.py`): onnxslim passes, each re-verified on ONNX Runtime;
 3. precision (`precision.py`): fp16, or int8 Q/DQ calibrated on the training split;
-4. lint (`verification.lint_graph`): the TensorRT lint, whose Q/DQ rules check the int8 graph against its scheme;
-5. the final graph gets its `deploymtl.*` metadata and is written; verification (`verification.py`): structure,
+4. shaping (`shaping.py`): the graph in the form of the runtime it is written for (`--for`: ort-cpu padding and
+   uint8 folding, or the TensorRT form as it is);
+5. lint (`verification.lint_graph`): the TensorRT lint, whose Q/DQ rules check the int8 graph against its scheme;
+6. the final graph gets its `deploymtl.*` metadata and is written; verification (`verification.py`): structure,
    parity at batch 1 and MAX against the PyTorch static model on real validation samples (the parity set saved
-   beside it), localisation on failure, metric gate;
-6. TensorRT (`trt/engine.py`): the engine built from that ONNX, parity through its runner.
+   beside it), localisation on failure, metric gate, all on that file as written;
+7. TensorRT (`trt/engine.py`): the engine built from that ONNX, parity through its runner.
 Each stage returns its section of the `ExportReport` (`report.py`), written as `export_report.json`.
 
 Everything is written into a staging directory beside `out_dir` that replaces it as a whole at the end
@@ -46,6 +48,7 @@ from .precision import convert_precision
 from .preprocess import baked
 from .report import ONNX_NAME, REPORT_NAME, ExportReport, SimplifySection, Source
 from .samples import ExportSamples
+from .shaping import RuntimeSection, shape_for_runtime
 from .simplify import simplify_stage
 from .trt.engine import build_engine
 from .verification import lint_graph, verify_onnx
@@ -108,15 +111,16 @@ def run_export(art: StaticArtifact, staging: Path, out: Path, options: ExportOpt
     proto, fp32 = export_fp32(ctx)
     proto, simplified = simplify_stage(ctx, proto) if options.simplify else (proto, SimplifySection())
     proto, precision = convert_precision(ctx, proto)
+    proto, runtime = shape_for_runtime(ctx, proto)
     lint = lint_graph(ctx, proto)
-    set_metadata(proto, onnx_metadata(art, options))
+    set_metadata(proto, onnx_metadata(art, options, runtime))
     onnx_path = staging / ONNX_NAME
     onnx.save(proto, str(onnx_path))
     verification = verify_onnx(ctx, proto, onnx_path)
     engine = build_engine(ctx, onnx_path, out) if options.target == "trt" else None
 
     report = ExportReport(options, art.family, art.plan_hash, names, opset_of(proto), source, fp32, simplified,
-                          precision, lint, verification, engine, timings)
+                          precision, runtime, lint, verification, engine, timings)
     timings["total"] = round(time.perf_counter() - started, 3)
     write_json(staging / "recipe.json", art.recipe)
     write_json(staging / REPORT_NAME, report.to_dict())
@@ -124,7 +128,7 @@ def run_export(art: StaticArtifact, staging: Path, out: Path, options: ExportOpt
     return report
 
 
-def onnx_metadata(art: StaticArtifact, options: ExportOptions) -> dict[str, Any]:
+def onnx_metadata(art: StaticArtifact, options: ExportOptions, runtime: RuntimeSection) -> dict[str, Any]:
     """The `deploymtl.*` metadata the ONNX file describes itself with (`formats.onnx_metadata`)."""
     i = art.input
     return {"version": __version__, "family": art.family, "tasks": [t.model_dump() for t in art.tasks],
@@ -134,7 +138,7 @@ def onnx_metadata(art: StaticArtifact, options: ExportOptions) -> dict[str, Any]
                       "channel_order": i.get("channel_order", "RGB"), "scale": i.get("scale", PIXEL_SCALE),
                       "preprocessing": "graph" if i.get("dtype") == "uint8" else "caller"},
             "precision": options.precision, "batch": options.batch.to_dict(), "plan_hash": art.plan_hash,
-            "removed_prefixes": art.removed_prefixes}
+            "removed_prefixes": art.removed_prefixes, "runtime": runtime.metadata()}
 
 
 def check_passed(report: ExportReport, out: Path) -> ExportReport:

@@ -4,7 +4,9 @@ The CLI's flags (or a caller's values) are parsed once (`ExportOptions.parse`): 
 `config.Target`/`config.Precision`, ranges and choices are pydantic's, and a failure is one line naming the flag.
 Five fields default to the model's own recipe (`export:` section: batch, opset, calibration samples, max metric
 drop, bake_preprocessing): left unset (None) they are filled from it when the model is known (`with_recipe`), so the
-stages always see complete options. The pipeline makes complete options from its recipe directly (`from_recipe`).
+stages always see complete options; so does `runtime` (`--for`), which may stay unset: `shaped_for` then resolves
+it (ort-cpu for `--target onnx`; `--target trt` is always shaped for trt). The pipeline makes complete options from
+its recipe directly (`from_recipe`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..config import BatchSpec, ExportConfig, Precision, Target, parse_batch
+from ..config import BatchSpec, ExportConfig, Precision, Runtime, Target, parse_batch
 from ..errors import DeploymtlError, InternalError
 from .onnx import MIN_OPSET
 
@@ -23,9 +25,9 @@ from .onnx import MIN_OPSET
 FROM_RECIPE = ("batch", "opset", "calibration_samples", "max_metric_drop", "bake_preprocessing")
 # Wording of the one-line errors: the flag of a field where it is not `--<field with dashes>`, what a choice names,
 # what an out-of-range value is and what to use instead, where the plain "--flag value (expected >= N)" says less.
-_FLAGS = {"simplify": "--no-simplify"}
+_FLAGS = {"simplify": "--no-simplify", "runtime": "--for"}
 _CHOICE = {"target": "target", "precision": "precision", "int8_activations": "scheme",
-           "int8_output_layers": "precision"}
+           "int8_output_layers": "precision", "runtime": "runtime"}
 _OUT_OF_RANGE = {"opset": " is too old"}
 _HINT = {"max_metric_drop": "expected a fraction >= 0, e.g. 0.01"}
 
@@ -33,7 +35,8 @@ _HINT = {"max_metric_drop": "expected a fraction >= 0, e.g. 0.01"}
 class ExportOptions(BaseModel):
     """One export's options (module docstring). `int8_activations="asymmetric"` (uint8 activations, ONNX Runtime
     CPU only) trades TensorRT compatibility for a little speed on x86 CPUs (`export.quantize`);
-    `int8_output_layers="fp32"` keeps the layer that writes each task output in fp32, "int8" quantises it too."""
+    `int8_output_layers="fp32"` keeps the layer that writes each task output in fp32, "int8" quantises it too;
+    `runtime` is the runtime the ONNX file is shaped for (`shaped_for`, `export.shaping`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
@@ -53,6 +56,7 @@ class ExportOptions(BaseModel):
     threads: int | None = Field(default=None, ge=1)
     int8_activations: Literal["symmetric", "asymmetric"] = "symmetric"
     int8_output_layers: Literal["fp32", "int8"] = "fp32"
+    runtime: Runtime | None = None
 
     @field_validator("batch", mode="before")
     @classmethod
@@ -60,10 +64,8 @@ class ExportOptions(BaseModel):
         return None if value is None else parse_batch(value, where="--batch")  # the one MIN:OPT:MAX parser
 
     @model_validator(mode="after")
-    def _trt_needs_symmetric(self) -> ExportOptions:
-        if self.target == "trt" and self.int8_activations != "symmetric":
-            raise DeploymtlError("--int8-activations asymmetric cannot feed TensorRT (it needs zero points of 0)",
-                                 hint="use symmetric (the default) with --target trt")
+    def _consistent(self) -> ExportOptions:
+        _check_runtime(self.target, self.runtime, self.int8_activations)
         return self
 
     @classmethod
@@ -77,13 +79,16 @@ class ExportOptions(BaseModel):
     @classmethod
     def from_recipe(cls, recipe: ExportConfig, **values: Any) -> ExportOptions:
         """Complete options: the recipe's `export:` section, then `values` (target, precision, ...)."""
-        return cls.parse({k: getattr(recipe, k) for k in FROM_RECIPE} | values)
+        return cls.parse({k: getattr(recipe, k) for k in FROM_RECIPE} | values).with_recipe(recipe)
 
     def with_recipe(self, recipe: ExportConfig) -> ExportOptions:
         """These options with every unset recipe field taken from `recipe` (already validated there)."""
         filled = {k: getattr(recipe, k) for k in FROM_RECIPE if getattr(self, k) is None}
         if "batch" in filled:
             filled["batch"] = parse_batch(filled["batch"], where="export.batch")
+        if self.runtime is None and self.target == "onnx" and recipe.runtime is not None:
+            filled["runtime"] = recipe.runtime  # the recipe's choice applies to ONNX targets only
+            _check_runtime(self.target, recipe.runtime, self.int8_activations, where="export.runtime")
         return self.model_copy(update=filled)
 
     def require_complete(self) -> None:
@@ -96,6 +101,30 @@ class ExportOptions(BaseModel):
     def symmetric(self) -> bool:
         return self.int8_activations == "symmetric"
 
+    @property
+    def shaped_for(self) -> Runtime:
+        """The runtime the ONNX file is shaped for: `runtime` when set; otherwise trt for `--target trt` and ort-cpu
+        for `--target onnx` (ONNX Runtime on the CPU is what deploymtl itself and most services run a file on;
+        the fp32 ort-cpu file is zero-padded only, so every runtime reads it)."""
+        if self.runtime is not None:
+            return self.runtime
+        return "trt" if self.target == "trt" else "ort-cpu"
+
+
+def _check_runtime(target: str, runtime: str | None, activations: str, where: str = "--for") -> None:
+    """A TensorRT engine is built from the trt form, and TensorRT reads symmetric activations only."""
+    if target == "trt" and runtime not in (None, "trt"):
+        raise DeploymtlError(f"{where} {runtime} cannot be combined with --target trt: the engine is built from the "
+                             "TensorRT form of the graph", hint="leave --for out (or use --for trt) with --target trt")
+    if activations != "symmetric" and (target == "trt" or runtime == "trt"):
+        raise DeploymtlError("--int8-activations asymmetric cannot feed TensorRT (it needs zero points of 0)",
+                             hint="use symmetric (the default) with --target trt or --for trt")
+
+
+def _choices(annotation: Any) -> list[str]:
+    """The literal values of a field's type, through `X | None`."""
+    return [c for a in get_args(annotation) for c in (_choices(a) if get_args(a) else [a]) if isinstance(c, str)]
+
 
 def _flag_error(exc: ValidationError) -> DeploymtlError:
     err = exc.errors()[0]
@@ -105,7 +134,7 @@ def _flag_error(exc: ValidationError) -> DeploymtlError:
     info = ExportOptions.model_fields.get(field)
     if err["type"] == "literal_error" and info is not None:
         return DeploymtlError(f"{flag}: unknown {_CHOICE.get(field, 'value')} '{value}'",
-                              hint=f"expected one of {', '.join(get_args(info.annotation))}")
+                              hint=f"expected one of {', '.join(_choices(info.annotation))}")
     bound = next(((op, ctx[k]) for k, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")) if k in ctx), None)
     if bound is not None:
         return DeploymtlError(f"{flag} {value}{_OUT_OF_RANGE.get(field, '')}",

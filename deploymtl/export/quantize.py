@@ -8,8 +8,10 @@ graph so it can for every convolution) and feeds TensorRT's explicit quantisatio
 
 The export checks the result against that scheme with the Q/DQ rules the TensorRT lint applies
 (`deploymtl.onnxkit.qdq`, scheme `TENSORRT`), so a change in ONNX Runtime's defaults cannot silently produce a
-graph TensorRT rejects. (`deploymtl export --int8-activations asymmetric` opts out of TensorRT compatibility for
-ONNX Runtime CPU speed, scheme `ORT_CPU_ASYMMETRIC`, see `quantize_int8`.)
+graph TensorRT rejects. The shaping stage that follows writes the graph in the form of its runtime: as it is for
+trt and generic, with the ReLUs folded into uint8 for ort-cpu (`export.lowering`, scheme `ORT_CPU`).
+(`deploymtl export --int8-activations asymmetric` opts out of TensorRT compatibility for ONNX Runtime CPU speed,
+scheme `ORT_CPU_ASYMMETRIC`, see `quantize_int8`.)
 """
 
 from __future__ import annotations
@@ -61,10 +63,10 @@ def quantize_int8(model: onnx.ModelProto, calibration: Iterable[np.ndarray], *, 
     points) so ONNX Runtime on x86, which converts int8 activations to uint8 (+128), fuses the convolutions that
     read a shared tensor (every residual block input) into QLinearConv too; before, 12 of 22 backbone convolutions
     ran in fp32 and the graph ran at about fp32 speed. The ReLUs of the file run in fp32 there (DQ->Relu->Q: a zero
-    point of 128 cannot absorb them); deploymtl's ONNX Runtime CPU sessions fold them into uint8 quantisation in
-    memory (`deploymtl.backends.ort_lowering`). `symmetric_activations=False` gives asymmetric uint8 activations for
-    ONNX Runtime on x86 CPUs only (TensorRT rejects them). Allowing int8 kernels (`session.qdqisint8allowed`) runs
-    ~8x slower.
+    point of 128 cannot absorb them); the ONNX Runtime CPU form of the file (`--for ort-cpu`, the default) folds
+    them into uint8 quantisation at export (`export.lowering`). `symmetric_activations=False` gives asymmetric uint8
+    activations for ONNX Runtime on x86 CPUs only (TensorRT rejects them). Allowing int8 kernels
+    (`session.qdqisint8allowed`) runs ~8x slower.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 

@@ -1,6 +1,7 @@
 """`ExportReport`: what one export did, one typed section per stage; `to_dict()` is `export_report.json`.
 
-The sections come from the stages in order (fp32 -> simplify -> precision -> lint -> verification -> engine) and each
+The sections come from the stages in order (fp32 -> simplify -> precision -> shaping -> lint -> verification ->
+engine) and each
 carries the failures it found, so the report's `failures` keep that order. The JSON keys are a contract (the demo,
 the pipeline and users read them): `to_dict` writes exactly these, in this order.
 """
@@ -16,6 +17,7 @@ from .. import __version__
 from ..formats.onnx_metadata import BATCH_DIM, INPUT_NAME
 from ..verify.compare import CompareReport
 from .options import ExportOptions
+from .shaping import RuntimeSection
 
 ONNX_NAME = "model.onnx"
 REPORT_NAME = "export_report.json"
@@ -69,7 +71,6 @@ class VerificationSection:
     structure: list[str]
     parity: CompareReport
     batch_sizes: list[int]
-    lowering: dict[str, int]  # what ONNX Runtime CPU runs (backends.ort_lowering)
     localization: dict[str, Any] | None = None
     metrics: dict[str, Any] | None = None
     failures: list[str] = field(default_factory=list)
@@ -98,6 +99,7 @@ class ExportReport:
     fp32: Fp32Section
     simplify: SimplifySection
     precision: PrecisionSection
+    runtime: RuntimeSection
     lint: LintSection
     verification: VerificationSection
     engine: EngineSection | None = None
@@ -105,7 +107,8 @@ class ExportReport:
 
     @property
     def failures(self) -> list[str]:
-        stages = [self.fp32, self.precision, self.lint, self.verification, *([self.engine] if self.engine else [])]
+        stages = [self.fp32, self.precision, self.runtime, self.lint, self.verification,
+                  *([self.engine] if self.engine else [])]
         return [f for s in stages for f in s.failures]
 
     @property
@@ -120,7 +123,8 @@ class ExportReport:
     def to_dict(self) -> dict[str, Any]:
         o, v, e, f, q = self.options, self.verification, self.engine, self.fp32, self.precision.quantization
         return {
-            "target": o.target, "precision": o.precision, "batch": o.batch.to_dict(), "artifact": self.artifact,
+            "target": o.target, "precision": o.precision, "runtime": self.runtime.to_dict(),
+            "batch": o.batch.to_dict(), "artifact": self.artifact,
             "onnx": ONNX_NAME, "opset": self.opset, "requested_opset": o.opset,
             "exporter": f"torch.onnx.export(dynamo=True), torch {torch.__version__}",
             "inputs": {"name": INPUT_NAME, "shape": [BATCH_DIM, f.channels, f.height, f.width],
@@ -131,7 +135,9 @@ class ExportReport:
             "metrics": v.metrics, "passes": self.simplify.passes, "removed_parts_check": f.removed_parts_check,
             "structure": v.structure, "lint": self.lint.issues,
             "quantization": None if q is None else {**q, "issues": self.lint.qdq_issues},
-            "onnxruntime_cpu_lowering": v.lowering, "localization": v.localization,
+            # what deploymtl's ONNX Runtime session ran differently from the file: nothing since files are shaped
+            # at export (`runtime`); kept for readers of earlier reports
+            "onnxruntime_cpu_lowering": {}, "localization": v.localization,
             "trt": None if e is None else {"plan": e.engine, "manifest": e.manifest,
                                            "precision_not_honoured": e.precision_not_honoured},
             "source": {"model": self.source.model, "family": self.family, "plan_hash": self.plan_hash,
@@ -140,7 +146,7 @@ class ExportReport:
                         "rtol": o.rtol, "per_output": dict(o.per_output), "simplify": o.simplify, "opset": o.opset,
                         "calibration_samples": o.calibration_samples, "max_metric_drop": o.max_metric_drop,
                         "workspace_mb": o.workspace_mb, "int8_activations": o.int8_activations,
-                        "threads": o.threads, "bake_preprocessing": o.bake_preprocessing},
+                        "threads": o.threads, "bake_preprocessing": o.bake_preprocessing, "runtime": o.runtime},
             "deploymtl_version": __version__, "failures": self.failures, "passed": self.passed,
             "timings": dict(self.timings),
         }

@@ -31,8 +31,7 @@ def verify_onnx(ctx: ExportContext, proto: onnx.ModelProto, onnx_path: Path) -> 
     structure = check_structure(proto, outputs=ctx.names, **ctx.chw)
     failures = [f"final graph: {structure[0]}"] if structure else []
     with ctx.timed("parity"):
-        runner = open_runner(onnx_path, threads=o.threads)
-        lowering = getattr(runner, "lowering", {})  # what ONNX Runtime CPU runs (backends.ort_lowering)
+        runner = open_runner(onnx_path, threads=o.threads)  # the written file, as every reader opens it
         parity, sizes = compare_runner(runner, s.inputs, s.reference, ctx.tolerances)
     try:
         for line in parity.summary().splitlines():
@@ -40,7 +39,7 @@ def verify_onnx(ctx: ExportContext, proto: onnx.ModelProto, onnx_path: Path) -> 
         save_parity(ctx.staging / parity_path(onnx_path).name, s.inputs, s.reference,
                     {"precision": o.precision, "tolerances": {k: v.to_dict() for k, v in ctx.tolerances.items()},
                      "batch": o.batch.to_dict(), "split": "val", "reference": "pytorch static model",
-                     "plan_hash": ctx.art.plan_hash})
+                     "plan_hash": ctx.art.plan_hash, "runtime": o.shaped_for})
         localization = None
         if not parity:
             failures.append(f"ONNX parity failed for {', '.join(parity.failed)}")
@@ -54,22 +53,26 @@ def verify_onnx(ctx: ExportContext, proto: onnx.ModelProto, onnx_path: Path) -> 
                 metrics = _metric_gate(ctx, runner, failures)
     finally:
         runner.close()
-    return VerificationSection(structure, parity, sizes, lowering, localization, metrics, failures)
+    return VerificationSection(structure, parity, sizes, localization, metrics, failures)
 
 
 def lint_graph(ctx: ExportContext, proto: onnx.ModelProto) -> LintSection:
     """The TensorRT lint of the final graph (each issue logged as a warning); for int8, the violations of the export's
-    Q/DQ scheme among its findings: the rules run once, inside the lint (`onnxkit.qdq`), with one wording."""
-    from .trt.lint import lint_with_qdq
+    Q/DQ scheme among its findings: the rules run once, inside the lint (`onnxkit.qdq`), with one wording. A graph
+    shaped for trt must have no lint error at all."""
+    from .trt.lint import errors, lint_with_qdq
 
+    o = ctx.options
     issues, findings = lint_with_qdq(proto)
     for issue in issues:
         ctx.log(f"warning: TensorRT lint: {issue}")
     qdq_issues, failures = None, []
-    if ctx.options.precision == "int8":
-        qdq_issues = violations(findings, scheme_for(ctx.options.symmetric), GraphIndex(proto.graph))
+    if o.precision == "int8":
+        qdq_issues = violations(findings, scheme_for(o.symmetric, o.shaped_for), GraphIndex(proto.graph))
         if qdq_issues:
             failures.append(f"Q/DQ graph violates its quantisation scheme: {qdq_issues[0]}")
+    if o.shaped_for == "trt" and o.target == "onnx" and errors(issues):  # --target trt refuses them before building
+        failures.append(f"the graph shaped for trt fails the TensorRT lint: {errors(issues)[0]}")
     return LintSection([i.to_dict() for i in issues], qdq_issues, failures)
 
 

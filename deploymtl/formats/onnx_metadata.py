@@ -2,7 +2,9 @@
 
 - the input is `image` (N, C, H, W) with the symbolic batch axis named `batch` on the input and every output;
 - `deploymtl.*` metadata_props, each a JSON value (`KEYS`): version, family, tasks, input preprocessing,
-  precision, batch spec, plan hash, removed prefixes;
+  precision, batch spec, plan hash, removed prefixes, and the runtime the file is shaped for (`runtime`:
+  `{"name": "ort-cpu" | "trt" | "generic", "simd_block": N or null}`; absent in files written before the export
+  shaped files for a runtime);
 - node names `layers.<static node>/<Op>[_k]`, so a node names the static-model module it came from (`node_scope`).
 """
 
@@ -16,7 +18,7 @@ import onnx
 INPUT_NAME = "image"
 BATCH_DIM = "batch"
 PREFIX = "deploymtl."
-KEYS = ("version", "family", "tasks", "input", "precision", "batch", "plan_hash", "removed_prefixes")
+KEYS = ("version", "family", "tasks", "input", "precision", "batch", "plan_hash", "removed_prefixes", "runtime")
 
 
 def to_props(meta: dict[str, Any]) -> dict[str, str]:

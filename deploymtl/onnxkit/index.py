@@ -1,7 +1,7 @@
 """One index over an ONNX graph: who produces and who reads each tensor, the initializers, the constants, and the
 element type of every tensor shape inference can type.
 
-Every pass that walks an ONNX graph by its edges (the ONNX Runtime CPU lowering, the int8 quantizer's clean-ups,
+Every pass that walks an ONNX graph by its edges (the ONNX Runtime CPU shaping, the int8 quantizer's clean-ups,
 the TensorRT lint, the localisation of a diverging layer) reads this index instead of building its own maps.
 
 Why a small class over the protobuf rather than `onnx_ir`: the rewrites edit the `ModelProto` in place and their
@@ -164,6 +164,22 @@ def value_types(model: onnx.ModelProto) -> dict[str, int]:
         if node.op_type == "Cast" and node.output[0] not in types:
             types[node.output[0]] = next((int(a.i) for a in node.attribute if a.name == "to"), 0)
     return types
+
+
+def value_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
+    """Shape of every tensor of the main graph that ONNX shape inference (with data propagation, so that shapes
+    computed from Shape/Concat resolve) can give: a list of dims, None for a symbolic or unknown dim."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception:  # custom domains or broken graphs: what is declared
+        inferred = model
+    g = inferred.graph
+    shapes: dict[str, list[int | None]] = {t.name: list(t.dims) for t in g.initializer}
+    for v in [*g.value_info, *g.input, *g.output]:
+        t = v.type.tensor_type if v.type.HasField("tensor_type") else None
+        if t is not None and t.HasField("shape"):
+            shapes[v.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+    return shapes
 
 
 def opset_version(model: onnx.ModelProto) -> int:

@@ -14,9 +14,11 @@ The rules are TensorRT's explicit quantization (docs/tensorrt.md), each with an 
 | `weight_axis` | per-channel weights on a Conv weight's output-channel axis 0 only (Gemm, MatMul: warning) |
 
 `check` runs every rule once and returns findings (errors and warnings). A *scheme* is the set of rules an export
-promises: `TENSORRT` (the default int8 export: every rule) or `ORT_CPU_ASYMMETRIC` (`--int8-activations
-asymmetric`: uint8 activations with real zero points, for ONNX Runtime on x86 only, which waives the zero-point,
-dequantized-type and weight-axis rules). `violations` picks a scheme's errors from the findings, so an int8 export
+promises: `TENSORRT` (the symmetric int8 export shaped for trt or generic: every rule), `ORT_CPU` (the same graph
+shaped for ONNX Runtime CPU, `--for ort-cpu`: ReLU outputs quantised to uint8 with zero point 0, which waives the
+signed-zero-point and dequantized-type rules) or `ORT_CPU_ASYMMETRIC` (`--int8-activations asymmetric`: uint8
+activations with real zero points, for ONNX Runtime on x86 only, which waives the zero-point, dequantized-type and
+weight-axis rules). `violations` picks a scheme's errors from the findings, so an int8 export
 reads them from the one lint run instead of checking the graph a second time.
 """
 
@@ -62,8 +64,15 @@ ORT_CPU_ASYMMETRIC = QdqScheme("uint8 asymmetric activations (ONNX Runtime CPU o
     {"dq_type", "zero_point_constant", "zero_point_signed", "zero_point_zero", "zero_point_missing", "weight_axis"}))
 
 
-def scheme_for(symmetric: bool) -> QdqScheme:
-    return TENSORRT if symmetric else ORT_CPU_ASYMMETRIC
+ORT_CPU = QdqScheme("int8 symmetric, ReLU outputs uint8 with zero point 0 (ONNX Runtime CPU)",
+                    frozenset({"dq_type", "zero_point_signed"}))
+
+
+def scheme_for(symmetric: bool, runtime: str = "trt") -> QdqScheme:
+    """The scheme an int8 export promises: its activations (`--int8-activations`) and the runtime it is shaped for."""
+    if not symmetric:
+        return ORT_CPU_ASYMMETRIC
+    return ORT_CPU if runtime == "ort-cpu" else TENSORRT
 
 
 def check(g: GraphIndex, opset: int, types: Mapping[str, int]) -> list[QdqFinding]:

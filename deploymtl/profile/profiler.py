@@ -93,6 +93,9 @@ def profile_artifacts(paths: list[str | Path], options: ProfileOptions,
         log(f"profiling {name}")
         with load(path, provider=options.provider if path.suffix.lower() == ".onnx" else "cpu",
                   device=options.torch_device, threads=options.threads) as session:
+            for note in session.notes:  # e.g. a file shaped for another runtime: its figures are not its best
+                log(f"note: {note}")
+                warnings.append(note)
             rows, warn = sweep(session, settings, seed=options.seed)
             warnings += warn
             samples = {r["batch"]: [s / 1000.0 for s in r.pop("samples_ms")] for r in rows}

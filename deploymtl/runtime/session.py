@@ -54,6 +54,11 @@ class Session:
     def backend(self) -> str:
         return self.runner.backend
 
+    @property
+    def notes(self) -> list[str]:
+        """One-line remarks on how the backend suits the artifact, e.g. an ONNX file shaped for another runtime."""
+        return list(self.runner.notes)
+
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Run one batch (N x C x H x W, the artifact's dtype); returns one (N, ...) array per task."""
         return self.runner.infer(batch)

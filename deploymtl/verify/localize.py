@@ -198,7 +198,8 @@ class _FrontierSearch:
         for n in names:
             if n not in self.verdicts:
                 t = self.tensors[_LAYERS + n][0]
-                self.verdicts[n] = compare_arrays(n, values[t], self.reference[_LAYERS + n], self.tol)
+                ref = self.reference[_LAYERS + n]
+                self.verdicts[n] = compare_arrays(n, _unpadded(values[t], ref), ref, self.tol)
             bad = bad or not self.verdicts[n]
         self.trail.append({"k": k, "layer": _LAYERS + self.cands[k], "frontier": [_LAYERS + n for n in names],
                            "diverges": bad})
@@ -217,8 +218,9 @@ class _FrontierSearch:
 
     def verdict(self, node: str) -> CompareResult:
         tensor = self.tensors[_LAYERS + node][0]
-        return self.verdicts.get(node) or compare_arrays(node, self.prober.run([tensor])[tensor],
-                                                         self.reference[_LAYERS + node], self.tol)
+        ref = self.reference[_LAYERS + node]
+        return self.verdicts.get(node) or compare_arrays(node, _unpadded(self.prober.run([tensor])[tensor], ref),
+                                                         ref, self.tol)
 
 
 def _blame(loc: Localization, model: StaticModel, spec_inputs: dict[str, list[str]], search: _FrontierSearch,
@@ -266,3 +268,11 @@ def localize(proto: onnx.ModelProto, model: StaticModel, inputs: np.ndarray, out
         return loc
     _blame(loc, model, spec_inputs, search, cands[search.first_diverging()])
     return loc
+
+
+def _unpadded(value: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """An ONNX tensor with the reference's channels: a graph shaped for ONNX Runtime CPU (`export.lowering`) pads
+    a convolution's output channels with trailing zeros, which the PyTorch layer does not have."""
+    if value.ndim == ref.ndim >= 2 and value.shape[1] > ref.shape[1] and value.shape[2:] == ref.shape[2:]:
+        return value[:, :ref.shape[1]]
+    return value

@@ -8,7 +8,7 @@ per output (`compare.compare_outputs`).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +65,7 @@ class ParityCheck:
     backend: str
     batch_sizes: list[int]
     report: CompareReport
+    notes: list[str] = field(default_factory=list)  # the runner's remarks (a file shaped for another runtime)
 
     def __bool__(self) -> bool:
         return bool(self.report)
@@ -73,7 +74,7 @@ class ParityCheck:
         return {"artifact": self.artifact, "backend": self.backend, "batch_sizes": self.batch_sizes,
                 "outputs": {k: {**r.to_dict(), "tolerance": r.tolerance.to_dict()}
                             for k, r in self.report.results.items()},
-                "passed": bool(self)}
+                "notes": list(self.notes), "passed": bool(self)}
 
 
 def compare_runner(runner: Runner, inputs: np.ndarray, reference: Mapping[str, np.ndarray],
@@ -131,7 +132,7 @@ def check_artifact(artifact: str | Path, *, backend: str = "auto", parity: str |
         report, sizes = compare_runner(runner, data.inputs, data.reference, tolerances)
     finally:
         runner.close()
-    return ParityCheck(str(artifact), runner.backend, sizes, report)
+    return ParityCheck(str(artifact), runner.backend, sizes, report, list(runner.notes))
 
 
 def _find_parity(artifact: str | Path) -> Path:

@@ -12,7 +12,10 @@ support matrix, `ops.py`) so problems surface at export time, not on a GPU machi
 - explicit quantization: the Q/DQ rules of `deploymtl.onnxkit.qdq` (symmetric constant zero points, positive constant
   scales, per-tensor activations, per-channel weights on the Conv weight's output-channel axis 0, opset >= 13);
 - dynamic shapes: every input needs a dynamic batch axis (a static batch cannot be fixed after parsing), other dynamic
-  dims and batch-fixing Reshapes are flagged; the opset must lie in the parsers' range.
+  dims and batch-fixing Reshapes are flagged; the opset must lie in the parsers' range;
+- the graph's form: one leading error when it is an ONNX Runtime CPU graph (uint8 activation quantisation, as
+  `deploymtl export --for ort-cpu` writes int8 files, or QLinear*/integer operators), naming the re-export that
+  gives TensorRT's form, before the per-node findings it explains.
 
 `lint_onnx(model) -> [LintIssue]`: errors are what the parser or builder rejects, warnings what builds but may differ
 from ONNX Runtime or lose performance.
@@ -65,7 +68,8 @@ def lint_with_qdq(model: onnx.ModelProto | str | Path) -> tuple[list[LintIssue],
     its scheme's violations from these instead of running the rules a second time."""
     proto = load_onnx(model)
     g = _Graph(proto.graph, opset_version(proto), {(f.domain, f.name): f for f in proto.functions})
-    issues = list(_check_opset(g.opset))
+    issues = list(_check_form(proto, g))
+    issues += _check_opset(g.opset)
     issues += _check_io(proto.graph)
     issues += _check_nodes(g, prefix="")
     types = value_types(proto)
@@ -96,6 +100,24 @@ def _name(node: onnx.NodeProto, index: int, prefix: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- graph level
+def _check_form(proto: onnx.ModelProto, g: _Graph) -> Iterator[LintIssue]:
+    """One error for a graph in ONNX Runtime's CPU form: TensorRT would reject each of its uint8 quantisers and
+    QLinear* operators, and the reason is the form the file was written in, not the nodes themselves."""
+    zero_points = [g.constant_value(n.input[2]) for n in g.nodes
+                   if n.op_type == "QuantizeLinear" and len(n.input) > 2 and g.is_constant(n.input[2])]
+    uint8 = sum(z is not None and np.asarray(z).dtype == np.uint8 for z in zero_points)
+    qops = sum(n.op_type in ops.QOPERATORS for n in g.nodes)
+    if not uint8 and not qops:
+        return
+    meta = {p.key: p.value for p in proto.metadata_props}
+    shaped = "ort-cpu" in meta.get("deploymtl.runtime", "")
+    what = ", ".join(part for part in (f"{uint8} uint8 quantisers" if uint8 else "",
+                                       f"{qops} QLinear/integer operators" if qops else "") if part)
+    origin = "written by `deploymtl export --for ort-cpu`" if shaped else "ONNX Runtime's x86 form"
+    yield LintIssue(ERROR, "model", "form", f"not a TensorRT graph: an ONNX Runtime CPU graph ({origin}: {what}); "
+                    "TensorRT reads symmetric int8 Q/DQ only: export with --for trt (or --target trt)")
+
+
 def _check_opset(opset: int) -> Iterator[LintIssue]:
     if opset < ops.OPSET_MIN:
         yield LintIssue(ERROR, "model", "opset", f"opset {opset} is older than TensorRT's parser accepts "

@@ -27,9 +27,11 @@ Sub Sum Tan Tanh TensorScatter ThresholdedRelu Tile TopK Transpose Trilu Unsquee
 
 # Listed "N" in the support matrix, with the fix a user of deploymtl would apply.
 _QOPERATOR = "quantize in QDQ format instead (onnxruntime.quantization QuantFormat.QDQ, symmetric int8)"
+# ONNX Runtime's quantised-operator form (what its optimiser turns Q/DQ pairs into on x86)
+QOPERATORS = ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger")
 _SEQUENCE = "sequences of tensors have no TensorRT equivalent; re-export without Python lists of tensors"
 UNSUPPORTED: dict[str, str] = {
-    "QLinearConv": _QOPERATOR, "QLinearMatMul": _QOPERATOR, "ConvInteger": _QOPERATOR, "MatMulInteger": _QOPERATOR,
+    **{op: _QOPERATOR for op in QOPERATORS},
     "DynamicQuantizeLinear": "dynamic quantization is not supported; use static QDQ int8 with calibrated scales",
     "SequenceAt": _SEQUENCE, "SequenceConstruct": _SEQUENCE, "SequenceEmpty": _SEQUENCE, "SequenceErase": _SEQUENCE,
     "SequenceInsert": _SEQUENCE, "SequenceLength": _SEQUENCE, "SequenceMap": _SEQUENCE, "SplitToSequence": _SEQUENCE,

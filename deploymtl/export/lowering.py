@@ -1,39 +1,50 @@
-"""ONNX Runtime CPU lowering: the exported graph rewritten, in memory, into the form ORT's CPU kernels run fastest.
-
-The exported file stays what every runtime reads (TensorRT included); `lower_for_cpu` applies two rewrites for
-the CPU session only, each keeping what the graph computes (see each for the exact numerical effect):
+"""The ONNX Runtime CPU form of a graph (`--for ort-cpu`): rewrites that make ONNX Runtime's CPU kernels fast, written
+into the exported file itself, so that a plain `onnxruntime.InferenceSession(path)` (a user's service, Triton's
+onnxruntime backend) runs it at the speed deploymtl measures. Each rewrite keeps what the graph computes (see each
+for the exact numerical effect); `shape_for_ort_cpu` applies them in order to an fp32 graph or to any Q/DQ int8 one
+(the export's stage `shaping.py` calls it on the whole graph; a caller that quantises layer groups its own way
+reuses it as is):
 
 1. `fold_relu_into_uint8` (int8), below.
-2. `pad_conv_channels` (fp32 and int8): pruning leaves odd channel counts (23, 45, ...). ORT's blocked NCHWc fp32
+2. `resize_as_matmul` (fp32 and int8): a bilinear Resize of a small feature map to the image size (each task
+   head's upsampling) runs in ONNX Runtime's plain NCHW kernel, about 2 ns per output value: on the tiny models
+   more than a tenth of the whole latency, a cost the FLOPs of a pruned model do not show and pruning cannot
+   reduce. Bilinear interpolation is separable, out = R_h X R_w^T per channel with two constant interpolation
+   matrices, so the Resize becomes two MatMuls (SGEMM kernels). The matrices are computed by ONNX Runtime's own
+   Resize on basis vectors, so the weights are exactly the ones the Resize used; the outputs agree to float
+   rounding (the sums run in another order). Only where the input is small (`MATMUL_RESIZE_MAX` rows and
+   columns): a dense interpolation matrix multiplies every output by all input rows, which stops paying beyond.
+3. `pad_conv_channels` (fp32 and int8): pruning leaves odd channel counts (23, 45, ...). ORT's blocked NCHWc fp32
    convolutions (MLAS) keep a tensor in the blocked layout only when its channel count is a multiple of the SIMD
-   block (16 floats with AVX-512, 8 with AVX2); any other count is reordered back to NCHW and read by the slower
-   NCHW-input kernel, and the u8s8 int8 kernels lose too. Zero filters pad such a convolution's output to the next
-   multiple and zero input columns pad its readers: the padded channels are exactly 0 (bias 0, ReLU(0) = 0) and
-   contribute exact zeros, so the outputs are unchanged up to summation order. On the benchmark's pruned ResNet-18
-   (`benchmarks/bench_export.py`) this makes fp32 1.2-1.5x faster.
+   block (16 floats with AVX-512, 8 with AVX2: `onnxkit.cpu.simd_block`); any other count is reordered back to NCHW
+   and read by the slower NCHW-input kernel, and the u8s8 int8 kernels lose too. Zero filters pad such a
+   convolution's output to the next multiple and zero input columns pad its readers: the padded channels are
+   exactly 0 (bias 0, ReLU(0) = 0) and contribute exact zeros, so the outputs are unchanged up to summation order.
+   On the benchmark's pruned ResNet-18 (`benchmarks/bench_export.py`) this makes fp32 1.2-1.5x faster.
 
 The int8 rewrite:
 
-The exported int8 graph is symmetric (every zero point 0, int8) so that TensorRT can read it
-(docs/tensorrt.md). TensorRT fuses Conv+ReLU+Q itself; ONNX Runtime's CPU provider cannot: its x86 kernels
-are uint8 x int8, it rewrites each int8 pair to uint8 with zero point 128, and a ReLU between a DQ and a Q is
-absorbed (`ReluQuantFusion`) only when the zero point is the type's minimum. So every ReLU of the file runs in
-fp32 as DQ -> Relu -> Q, three elementwise passes per activation (on the benchmark's pruned ResNet-18 that is
-what kept int8 near 2x instead of 3x faster than fp32 at batch 8).
+The default int8 graph is symmetric (every zero point 0, int8) so that TensorRT can read it (docs/tensorrt.md):
+that is the `--for trt` / `generic` form. TensorRT fuses Conv+ReLU+Q itself; ONNX Runtime's CPU provider cannot:
+its x86 kernels are uint8 x int8, it rewrites each int8 pair to uint8 with zero point 128, and a ReLU between a DQ
+and a Q is absorbed (`ReluQuantFusion`) only when the zero point is the type's minimum. So every ReLU of the
+symmetric graph runs in fp32 there as DQ -> Relu -> Q, three elementwise passes per activation (on the benchmark's
+pruned ResNet-18 that is what kept int8 near 2x instead of 3x faster than fp32 at batch 8).
 
-`fold_relu_into_uint8` rewrites, in memory and for the CPU session only,
+`fold_relu_into_uint8` rewrites
 
     X -> Q1(int8, s1) -> DQ1 -> Relu -> Q2(int8, s2) -> DQ2 ... (one Q2 per reader, same s2)
     into
     X -> Relu -> Q(uint8, zero point 0, s2) -> DQ ...
 
 which ONNX Runtime turns into a QLinearConv / QLinearAdd with the ReLU gone into the quantisation range. The
-values differ from the file's by the dropped first rounding (one rounding instead of two) and in saturation:
-values above the calibrated range clip at 255*s2 instead of 127*s2. That is what a fused Conv+ReLU+Q computes on
-TensorRT too, and the export verifies (parity and the task-metric gate) through this same lowering, so the
-figures in export_report.json are the figures of what ONNX Runtime runs. The file on disk is never changed.
-The asymmetric (uint8) graph keeps its ReLUs in the file too (`quantize_int8`); there Q1 has a real zero point
-and Q2 already a uint8 zero point 0, and the same rewrite drops the requantisation between them.
+values differ from the symmetric graph's by the dropped first rounding (one rounding instead of two) and in
+saturation: values above the calibrated range clip at 255*s2 instead of 127*s2. That is what a fused Conv+ReLU+Q
+computes on TensorRT too; the export verifies (parity and the task-metric gate) the written file, so the figures
+in export_report.json are those of this form. A uint8 zero point is not TensorRT's (the lint says so): the
+ort-cpu int8 file is for ONNX Runtime. The asymmetric (uint8) graph keeps its ReLUs too (`quantize_int8`); there
+Q1 has a real zero point and Q2 already a uint8 zero point 0, and the same rewrite drops the requantisation
+between them.
 """
 
 from __future__ import annotations
@@ -42,7 +53,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ..onnxkit.index import GraphIndex, drop_unused_initializers
+from ..onnxkit.cpu import simd_block
+from ..onnxkit.index import GraphIndex, attr, drop_unused_initializers, value_shapes
 
 
 def _activation_q(node: onnx.NodeProto | None, g: GraphIndex) -> bool:
@@ -147,15 +159,6 @@ def fold_relu_into_uint8(model: onnx.ModelProto) -> int:
     return g.apply()
 
 
-def simd_block() -> int:
-    """Channel block of ORT's NCHWc kernels on this CPU: 16 with AVX-512F, else 8 (AVX2 and others)."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            return 16 if " avx512f" in f.read(1 << 16) else 8
-    except OSError:
-        return 8
-
-
 def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
     return next((int(onnx.helper.get_attribute_value(a)) for a in node.attribute if a.name == name), default)
 
@@ -250,11 +253,61 @@ def pad_conv_channels(model: onnx.ModelProto, multiple: int) -> int:
     return padded
 
 
-def lower_for_cpu(model: onnx.ModelProto, block: int | None = None) -> tuple[onnx.ModelProto, dict[str, int]]:
-    """A copy of `model` as the ONNX Runtime CPU session should run it, and what was rewritten:
-    {"padded_convs": n, "uint8_tensors": m}; with nothing to rewrite, `model` itself (not a copy)."""
-    lowered = onnx.ModelProto()
-    lowered.CopyFrom(model)
-    folded = fold_relu_into_uint8(lowered)  # first: padding then sees Conv -> Relu -> Q -> DQ -> Conv
-    counts = {"padded_convs": pad_conv_channels(lowered, block or simd_block()), "uint8_tensors": folded}
-    return (lowered, counts) if any(counts.values()) else (model, counts)
+MATMUL_RESIZE_MAX = 24  # rows and columns of the Resize input up to which two MatMuls are cheaper (module docstring)
+
+
+def _interpolation(resize: onnx.NodeProto, size_in: int, size_out: int) -> np.ndarray:
+    """(size_out, size_in): the node's 1D resize of each basis vector, computed by ONNX Runtime's Resize."""
+    from ..onnxkit.session import QUIET, open_session
+
+    sizes = numpy_helper.from_array(np.array([size_in, 1, 1, size_out], np.int64), "sizes")
+    node = onnx.helper.make_node("Resize", ["x", "", "", "sizes"], ["y"])
+    node.attribute.extend(resize.attribute)
+    graph = onnx.helper.make_graph([node], "basis", [onnx.helper.make_tensor_value_info(
+        "x", onnx.TensorProto.FLOAT, [size_in, 1, 1, size_in])], [onnx.helper.make_tensor_value_info(
+        "y", onnx.TensorProto.FLOAT, None)], [sizes])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)])
+    session = open_session(model, log_severity=QUIET, threads=1)
+    basis = np.eye(size_in, dtype=np.float32).reshape(size_in, 1, 1, size_in)
+    return np.ascontiguousarray(session.run(None, {"x": basis})[0][:, 0, 0, :].T)
+
+
+def resize_as_matmul(model: onnx.ModelProto, max_input: int = MATMUL_RESIZE_MAX) -> int:
+    """Replace every linear, non-antialiased 2D Resize of a float tensor with static spatial sizes (input at most
+    `max_input` rows and columns) by MatMul(R_h, MatMul(X, R_w^T)); in place; returns the number replaced."""
+    shapes = value_shapes(model)
+    nodes, replaced = [], 0
+    for node in model.graph.node:
+        x, y = (shapes.get(node.input[0]), shapes.get(node.output[0])) if node.op_type == "Resize" else (None, None)
+        if (x is None or y is None or len(x) != 4 or len(y) != 4 or None in (*x[2:], *y[2:]) or max(x[2:]) > max_input
+                or attr(node, "mode", "nearest") != "linear" or attr(node, "antialias", 0)):
+            nodes.append(node)
+            continue
+        rh = numpy_helper.from_array(_interpolation(node, x[2], y[2]), f"{node.name}/rows")
+        rw_t = numpy_helper.from_array(_interpolation(node, x[3], y[3]).T.copy(), f"{node.name}/columns")
+        model.graph.initializer.extend([rh, rw_t])
+        mid = f"{node.output[0]}/columns"
+        nodes.append(onnx.helper.make_node("MatMul", [node.input[0], rw_t.name], [mid], name=f"{node.name}/MatMul"))
+        nodes.append(onnx.helper.make_node("MatMul", [rh.name, mid], [node.output[0]], name=f"{node.name}/MatMul_1"))
+        replaced += 1
+    if replaced:
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+        drop_unused_initializers(model.graph)
+    return replaced
+
+
+REWRITES = ("padded_convs", "uint8_tensors", "matmul_resizes")  # what `shape_for_ort_cpu` counts
+
+
+def shape_for_ort_cpu(model: onnx.ModelProto, block: int | None = None) -> tuple[onnx.ModelProto, dict[str, int]]:
+    """A copy of `model` (fp32, or int8 Q/DQ) in the ONNX Runtime CPU form, and what was rewritten:
+    {"padded_convs": n, "uint8_tensors": m, "matmul_resizes": k}. `block` is the SIMD block to pad to (default:
+    this CPU's, `onnxkit.cpu.simd_block`); with nothing to rewrite, `model` itself (not a copy)."""
+    shaped = onnx.ModelProto()
+    shaped.CopyFrom(model)
+    folded = fold_relu_into_uint8(shaped)  # first: padding then sees Conv -> Relu -> Q -> DQ -> Conv
+    resized = resize_as_matmul(shaped)
+    counts = {"padded_convs": pad_conv_channels(shaped, block or simd_block()), "uint8_tensors": folded,
+              "matmul_resizes": resized}
+    return (shaped, counts) if any(counts.values()) else (model, counts)

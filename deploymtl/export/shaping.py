@@ -1,0 +1,68 @@
+"""The shaping stage: the exported graph in the form of the runtime it is written for (`--for`, `shaped_for`).
+
+The file written is the file every runtime reads, so it carries whatever its runtime needs to be fast; nothing
+rewrites it in memory later (docs/architecture.md, "The contract"):
+
+- `ort-cpu` (the default for `--target onnx`): `lowering.shape_for_ort_cpu`, odd channel counts zero-padded to this
+  CPU's SIMD block and int8 ReLUs folded into uint8 quantisation. For ONNX Runtime (any provider) and Triton's
+  onnxruntime backend; an fp32 file differs from the others by zero padding only, so TensorRT reads it too.
+- `trt` (always for `--target trt`): the symmetric Q/DQ graph as quantised, unchanged, and the TensorRT lint must
+  find no error in it. For TensorRT and ONNX Runtime's TensorRT provider.
+- `generic`: the same graph without the lint promise, for any runtime.
+
+fp16 graphs are the same in every form. The choice is recorded in the file (`deploymtl.runtime` metadata:
+`{"name", "simd_block"}`), in `export_report.json` (`runtime`) and in the parity set's header.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import onnx
+
+from ..onnxkit.cpu import simd_block
+from .context import ExportContext
+
+# What each runtime's form is, in the words the report and the CLI help use.
+RUNTIMES = {
+    "ort-cpu": "ONNX Runtime CPU: odd channel counts padded to the SIMD block, int8 ReLUs folded into uint8",
+    "trt": "TensorRT: symmetric int8 Q/DQ as quantised, lint-clean",
+    "generic": "any runtime: the graph as exported and quantised",
+}
+
+
+@dataclass
+class RuntimeSection:
+    """What the shaping stage wrote: the runtime, the SIMD block padded to (ort-cpu) and the rewrites it made."""
+
+    name: str
+    simd_block: int | None = None
+    rewrites: dict[str, int] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+
+    def metadata(self) -> dict[str, Any]:
+        """The `deploymtl.runtime` value of the file."""
+        return {"name": self.name, "simd_block": self.simd_block}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "description": RUNTIMES[self.name], "simd_block": self.simd_block,
+                "rewrites": dict(self.rewrites)}
+
+
+def shape_for_runtime(ctx: ExportContext, proto: onnx.ModelProto) -> tuple[onnx.ModelProto, RuntimeSection]:
+    """`proto` (after the precision stage) in the form of `ctx.options.shaped_for`, and what was done."""
+    runtime = ctx.options.shaped_for
+    if runtime != "ort-cpu":
+        return proto, RuntimeSection(runtime)
+    if ctx.options.precision == "fp16":  # nothing of the CPU form applies to half precision
+        return proto, RuntimeSection(runtime, simd_block(), {"padded_convs": 0, "uint8_tensors": 0})
+    from .lowering import shape_for_ort_cpu
+
+    block = simd_block()
+    with ctx.timed("shape"):
+        proto, counts = shape_for_ort_cpu(proto, block)
+    ctx.log(f"shaped for ort-cpu (SIMD block {block}): {counts['padded_convs']} convolution(s) padded, "
+            f"{counts['uint8_tensors']} tensor(s) requantised to uint8, {counts['matmul_resizes']} resize(s) as "
+            "MatMuls")
+    return proto, RuntimeSection(runtime, block, counts)
