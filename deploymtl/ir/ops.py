@@ -450,7 +450,11 @@ class Upsample(nn.Module):
         self.scale, self.align_corners = scale, align_corners
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=self.align_corners)
+        # an output size, not a scale factor: the same sampling positions (with align_corners they depend on the
+        # sizes only; without, a size of exactly scale x input uses the same 1/scale step), and the ONNX Resize
+        # gets integer sizes that constant folding keeps (float scales come out as doubles it rejects)
+        size = (x.shape[-2] * self.scale, x.shape[-1] * self.scale)
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=self.align_corners)
 
 
 class Gelu(nn.Module):
@@ -478,7 +482,7 @@ class ClsPos(nn.Module):
         self.pos = nn.Parameter(torch.zeros(1, tokens, channels), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1) + self.pos
+        return torch.cat([self.cls.expand_as(x[:, :1]), x], dim=1) + self.pos
 
 
 class SelfAttention(nn.Module):
@@ -491,10 +495,10 @@ class SelfAttention(nn.Module):
         self.scale = (channels // heads) ** -0.5
 
     def forward(self, qkv: torch.Tensor) -> torch.Tensor:
-        n, length, _ = qkv.shape
-        q, k, v = qkv.reshape(n, length, 3, self.heads, self.channels // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        # no batch or length sizes read from the tensor: the exported graph has no Shape ops outside this node
+        q, k, v = qkv.unflatten(-1, (3, self.heads, self.channels // self.heads)).permute(2, 0, 3, 1, 4).unbind(0)
         attn = torch.softmax((q * self.scale) @ k.transpose(-2, -1), dim=-1)
-        return (attn @ v).transpose(1, 2).reshape(n, length, self.channels)
+        return (attn @ v).transpose(1, 2).flatten(2)
 
 
 class TokensToMap(nn.Module):
@@ -504,8 +508,7 @@ class TokensToMap(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # contiguous: a fresh tensor, never a view of the tokens (the schedule may write it in place)
-        x = x[:, self.start:].transpose(1, 2)
-        return x.reshape(x.shape[0], x.shape[1], self.height, self.width).contiguous()
+        return x[:, self.start:].transpose(1, 2).unflatten(2, (self.height, self.width)).contiguous()
 
 
 class GlobalAvgPool(nn.Module):
