@@ -69,6 +69,7 @@ def test_layernorm_on_a_feature_map_is_refused():
         validate_spec(spec, (3, 8, 8))
 
 
+@torch.no_grad()
 def test_values_are_torch_layers():
     torch.manual_seed(0)
     m = StaticModel(_vit_spec()).eval()
