@@ -44,7 +44,7 @@ def public() -> dict:
 @pytest.fixture(scope="module")
 def fixture_import(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("pub") / "imp"
-    import_auxnas(DATA / "supernet.pt", DATA / "config.json", out)
+    import_auxnas(DATA / "supernet.pt", DATA / "config.json", out, ImportOptions(calibration_samples=8))
     return out
 
 
