@@ -118,11 +118,11 @@ class Net:
         return self.g.add(f"{self.tag}fu{r}_up", "upsample", [h], {"scale": 2, "align_corners": True})
 
     def decoder(self, features: list[str]) -> str:
-        previous = None
-        for r in reversed(range(len(REASSEMBLE))):
-            previous = self.fusion(r, self.reassemble(r, features[r]), previous)
-        assert previous is not None  # REASSEMBLE is not empty
-        h = self.conv("head_conv1", previous, "decoder.head.0", 3, padding=1)
+        deepest = len(REASSEMBLE) - 1
+        h = self.fusion(deepest, self.reassemble(deepest, features[deepest]), None)
+        for r in reversed(range(deepest)):
+            h = self.fusion(r, self.reassemble(r, features[r]), h)
+        h = self.conv("head_conv1", h, "decoder.head.0", 3, padding=1)
         h = self.g.add(f"{self.tag}head_up", "upsample", [h], {"scale": 2, "align_corners": True})
         h = self.relu("head_relu", self.conv("head_conv2", h, "decoder.head.2", 3, padding=1))
         return self.conv("head_out", h, "decoder.head.4", 1)
