@@ -304,8 +304,8 @@ CASES: list[Case] = [
         inputs=["b1_relu"])), "-o", o], "node 'count_fc' (linear)", "expected a vector"),
     cli("static", "add-shapes", lambda i, o: ["export", S(i, "add", lambda d: node(d, "b0_add").update(
         inputs=["stem_pool", "b0_relu1"])), "-o", o], "node 'b0_add' (add)", "one shape"),
-    cli("static", "unknown-op", lambda i, o: ["export", S(i, "op", lambda d: node(d, "t_relu").update(op="gelu")),
-        "-o", o], "node 't_relu'", "unknown op 'gelu'"),
+    cli("static", "unknown-op", lambda i, o: ["export", S(i, "op", lambda d: node(d, "t_relu").update(op="mish")),
+        "-o", o], "node 't_relu'", "unknown op 'mish'"),
     cli("static", "input-order", lambda i, o: ["export", S(i, "order", lambda d: node(d, "stem_relu").update(
         inputs=["t_conv"])), "-o", o], "input 't_conv' is not defined before it"),
     cli("static", "reserved-name", lambda i, o: ["export", S(i, "reserved", lambda d: d["graph"]["nodes"].append(

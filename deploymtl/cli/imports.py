@@ -10,7 +10,7 @@ import importlib
 
 import typer
 
-IMPORTERS: tuple[str, ...] = ("import_adashare",)  # module names under deploymtl.cli
+IMPORTERS: tuple[str, ...] = ("import_adashare", "import_auxnas")  # module names under deploymtl.cli
 
 import_app = typer.Typer(name="import", no_args_is_help=True,
                          help="Import a checkpoint written by a method's public code as a deploymtl artifact.")

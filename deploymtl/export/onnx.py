@@ -41,6 +41,9 @@ from ..ir import static_nodes
 NATIVE_OPSET = 18
 MIN_OPSET = 17
 _SCOPE_KEY = "pkg.torch.onnx.name_scopes"
+# The scope torch.export gives nodes no module made: the graph's symbolic batch size read off the input
+# (Shape(image) -> Squeeze), which the reshapes of token sequences use. Such a node keeps its own name.
+_NO_MODULE_SCOPE = "_empty_nn_module_stack_from_metadata_hook"
 
 
 @contextlib.contextmanager
@@ -128,7 +131,7 @@ def _module_scope(node: onnx.NodeProto) -> str | None:
     except (ValueError, SyntaxError):
         return None
     # ['', 'layers.b0_conv', 'conv2d_1']: the module path is the innermost scope except the op itself
-    mods = [s for s in scopes[:-1] if s]
+    mods = [s for s in scopes[:-1] if s and s != _NO_MODULE_SCOPE]
     return mods[-1] if mods else None
 
 

@@ -26,16 +26,19 @@ def convert_precision(ctx: ExportContext, proto: onnx.ModelProto) -> tuple[onnx.
 
 
 def _int8(ctx: ExportContext, proto: onnx.ModelProto) -> tuple[onnx.ModelProto, PrecisionSection]:
-    from .quantize import output_layers, quantize_int8, quantized_ops
+    from .quantize import output_layers, quantize_int8, quantized_ops, token_float_nodes
 
     o = ctx.options
     calib = take(ctx.samples.sets["train"].images, o.calibration_samples)
     batches = [calib[k:k + CALIBRATION_BATCH] for k in range(0, len(calib), CALIBRATION_BATCH)]
     float_layers = output_layers(proto) if o.int8_output_layers == "fp32" else []
-    proto = quantize_int8(proto, batches, symmetric_activations=o.symmetric, exclude_nodes=float_layers)
+    i = ctx.art.input
+    float_tokens = token_float_nodes(proto, ctx.art.model.spec, (i["channels"], i["height"], i["width"]))
+    proto = quantize_int8(proto, batches, symmetric_activations=o.symmetric,
+                          exclude_nodes=float_layers + float_tokens)
     scheme = "int8 symmetric (TensorRT-ready)" if o.symmetric else "uint8 asymmetric (ONNX Runtime CPU only)"
     qdq = {"calibration_samples": o.calibration_samples, "calibration_split": "train", "method": "minmax",
            "scheme": f"{scheme} activations per tensor, int8 symmetric weights per channel, float bias",
            "activations": o.int8_activations, "quantized_nodes": len(quantized_ops(proto)),
-           "fp32_output_layers": float_layers}
+           "fp32_output_layers": float_layers, "fp32_token_nodes": len(float_tokens)}
     return proto, PrecisionSection(qdq)

@@ -102,6 +102,37 @@ def quantize_int8(model: onnx.ModelProto, calibration: Iterable[np.ndarray], *, 
     return out
 
 
+FLOAT_OPS = frozenset({"layernorm", "attention", "gelu", "cls_pos"})  # static ops int8 keeps in float
+_WEIGHT_OPS = {"linear": "MatMul", "patch_embed": "Conv"}  # on tokens: only this ONNX op of theirs runs in int8
+
+
+def token_float_nodes(model: onnx.ModelProto, spec: dict, image: tuple[int, int, int]) -> list[str]:
+    """The ONNX nodes an int8 export keeps in float in a vision transformer, as TensorRT's int8 transformers do:
+    LayerNorm, the attention (its scale, both activation x activation MatMuls and the Softmax), GELU, the class
+    token and position embedding, and every other node whose output is a token sequence (the residual adds); of a
+    linear layer on tokens only its MatMul runs in int8 (its bias Add stays float: a per-tensor int8 bias would
+    round it), of the patch embedding only its Conv. Found by the ONNX node's static-node scope
+    (`layers.<node>/<Op>`); a graph without token sequences gives none."""
+    from ..formats.onnx_metadata import node_scope
+    from ..ir import spec_shapes
+
+    shapes = spec_shapes(spec, image)
+    whole: set[str] = set()
+    weight_only: dict[str, str] = {}
+    for n in spec["nodes"]:
+        scope, op, rank = f"layers.{n['name']}", n["op"], shapes[n["name"]].rank
+        if op in _WEIGHT_OPS and rank == 3:
+            weight_only[scope] = _WEIGHT_OPS[op]
+        elif op in FLOAT_OPS or rank == 3:
+            whole.add(scope)
+    names = []
+    for node in model.graph.node:
+        scope = node_scope(node)
+        if scope in whole or (scope in weight_only and node.op_type != weight_only[scope]):
+            names.append(node.name)
+    return names
+
+
 _SHAPE_ONLY = ("Resize", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity", "Upsample")
 
 

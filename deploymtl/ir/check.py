@@ -8,9 +8,10 @@ and reported as a one-line `DeploymtlError` naming the node and the field (never
   `outputs` maps task names to nodes;
 - attrs, per op (`OPS`): exact types and ranges (kernel, stride, channels, dilation, groups >= 1; padding >= 0),
   conv groups dividing both channel counts, max-pool padding at most half the kernel (torch's rule);
-- shapes: ranks (feature maps N,C,H,W vs vectors N,C), channel counts and, given the input size, spatial sizes are
-  propagated node by node, so each op gets inputs it can run on (a conv's `cin` is its input's channel count, a
-  kernel fits its padded input, selected channels exist, added or concatenated tensors agree, ...);
+- shapes: ranks (feature maps N,C,H,W, token sequences N,L,C, vectors N,C), channel counts and, given the input
+  size, spatial sizes are propagated node by node, so each op gets inputs it can run on (a conv's `cin` is its
+  input's channel count, a kernel fits its padded input, selected channels exist, added or concatenated tensors
+  agree, ...);
 - tasks: each task's output has the rank and channel count its kind implies, dense outputs at the input's size
   (or, for a task at `resolution` "features", no larger than the input);
 - weights: exactly the parameters of the owning nodes, each a finite floating-point tensor of the shape the node's
@@ -76,6 +77,16 @@ def check_spec(spec: Any, image: tuple[int, int, int] | None = None,
                tasks: Sequence[Any] | None = None) -> dict[str, tuple[str, str, tuple[int, ...]]]:
     """Validate `spec` (see the module docstring); `image` = the input's (C, H, W) when known, `tasks` the
     TaskSpecs its outputs must serve. Returns the weights it needs: state-dict key -> (node, op, shape)."""
+    return _walk(spec, image, tasks)[1]
+
+
+def spec_shapes(spec: Any, image: tuple[int, int, int] | None = None) -> dict[str, Shape]:
+    """The shape of every node's output (and of the image), after the same validation as `check_spec`."""
+    return _walk(spec, image, None)[0]
+
+
+def _walk(spec: Any, image: tuple[int, int, int] | None, tasks: Sequence[Any] | None
+          ) -> tuple[dict[str, Shape], dict[str, tuple[str, str, tuple[int, ...]]]]:
     nodes, outputs = _structure(spec)
     shapes: dict[str, Shape] = {INPUT: Shape(4, *image) if image else Shape(4, None)}
     owners: dict[str, tuple[str, Attrs]] = {}  # owning node -> (op, attrs)
@@ -109,7 +120,7 @@ def check_spec(spec: Any, image: tuple[int, int, int] | None = None,
             for param, shape in rule.params(attrs).items():
                 weights[f"layers.{name}.{param}"] = (name, op, shape)
     _check_outputs(outputs, shapes, image, tasks)
-    return weights
+    return shapes, weights
 
 
 def _node_attrs(node: Mapping[str, Any], rule: OpRule, owners: dict[str, tuple[str, Attrs]],

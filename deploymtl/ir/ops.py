@@ -5,9 +5,10 @@ takes, the shape of its output given its inputs' shapes, the weights it owns (na
 layer that runs it (`build(attrs) -> nn.Module`). `check.py` walks a spec with these rules before anything is
 built, `model.py` builds the layers; adding an op is one entry here.
 
-Shapes (`Shape`) are what flows along an edge: rank 4 (N, C, H, W) feature maps or rank 2 (N, C) vectors, with
-sizes left unknown (None) where they depend on an input size not given. A rule that cannot hold raises
-`ShapeError`; the caller adds the node's location.
+Shapes (`Shape`) are what flows along an edge: rank 4 (N, C, H, W) feature maps, rank 3 (N, L, C) token sequences
+(a vision transformer's: L tokens of C channels; linear, layernorm, attention and the token ops work on them) or
+rank 2 (N, C) vectors, with sizes left unknown (None) where they depend on an input size not given. A rule that
+cannot hold raises `ShapeError`; the caller adds the node's location.
 """
 
 from __future__ import annotations
@@ -86,8 +87,71 @@ class WsumAttrs(Attrs):
 
 
 class LinearAttrs(Attrs):
+    """On vectors (N, cin) or on each token of (N, L, cin); `bias` False for a projection without one."""
+
     cin: Pos
     cout: Pos
+    bias: bool = True
+
+
+class ConvTransposeAttrs(Attrs):
+    cin: Pos
+    cout: Pos
+    k: Pos
+    stride: Pos = 1
+    padding: NonNeg = 0
+    bias: bool = True
+
+
+class UpsampleAttrs(Attrs):
+    """Bilinear upsampling by an integer factor (`align_corners` as torch's `F.interpolate`)."""
+
+    scale: Annotated[int, Field(ge=2)]
+    align_corners: bool
+
+
+class LayerNormAttrs(Attrs):
+    """Over the channels of each token (the last axis); `eps` as torch's (timm's ViT: 1e-6)."""
+
+    channels: Pos
+    eps: Annotated[float, Field(gt=0.0, lt=1.0)]
+
+
+class PatchEmbedAttrs(Attrs):
+    """A ViT's patch embedding: conv `patch`x`patch`, stride `patch`, then the (H/p)(W/p) positions as tokens."""
+
+    cin: Pos
+    cout: Pos
+    patch: Pos
+
+
+class ClsPosAttrs(Attrs):
+    """A class token in front of the `tokens - 1` patch tokens, then the learned position embedding added."""
+
+    channels: Pos
+    tokens: Annotated[int, Field(ge=2)]
+
+
+class AttentionAttrs(Attrs):
+    """Multi-head self-attention between the projections: input the qkv tokens (N, L, 3*channels) laid out as
+    timm's (3, heads, head_dim), output (N, L, channels) = softmax(q k^T * head_dim^-0.5) v, heads concatenated."""
+
+    channels: Pos
+    heads: Pos
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> AttentionAttrs:
+        if self.channels % self.heads:
+            raise ValueError(f"heads {self.heads} must divide channels {self.channels}")
+        return self
+
+
+class TokensToMapAttrs(Attrs):
+    """Drop the first `start` tokens (a ViT's class token) and lay the rest out as a (channels, height, width) map."""
+
+    start: NonNeg
+    height: Pos
+    width: Pos
 
 
 class PreprocessAttrs(Attrs):
@@ -107,8 +171,13 @@ class Shape:
     w: int | None = None
 
     def __str__(self) -> str:
-        dims = [self.c, self.h, self.w][: self.rank - 1]
+        dims = [self.h, self.c] if self.rank == 3 else [self.c, self.h, self.w][: self.rank - 1]
         return "(N, " + ", ".join("?" if d is None else str(d) for d in dims) + ")"
+
+
+def tokens(length: int | None, channels: int | None) -> Shape:
+    """A token sequence (N, L, C): `c` holds the channels, `h` the number of tokens."""
+    return Shape(3, channels, length)
 
 
 class ShapeError(Exception):
@@ -122,7 +191,14 @@ def dims_agree(a: int | None, b: int | None) -> bool:
 
 def _map(x: Shape, i: int = 0) -> Shape:
     if x.rank != 4:
-        raise ShapeError(f"input {i} is a vector {x}, expected a feature map (N, C, H, W)")
+        kind = "token sequence" if x.rank == 3 else "vector"
+        raise ShapeError(f"input {i} is a {kind} {x}, expected a feature map (N, C, H, W)")
+    return x
+
+
+def _tokens(x: Shape, i: int = 0) -> Shape:
+    if x.rank != 3:
+        raise ShapeError(f"input {i} is {x}, expected a token sequence (N, L, C)")
     return x
 
 
@@ -224,10 +300,72 @@ def _preprocess(a: PreprocessAttrs, xs: list[Shape]) -> Shape:
 
 def _linear(a: LinearAttrs, xs: list[Shape]) -> Shape:
     x = xs[0]
-    if x.rank != 2:
-        raise ShapeError(f"input 0 is a feature map {x}, expected a vector (N, C) (global-pool it first)")
+    if x.rank == 4:
+        raise ShapeError(f"input 0 is a feature map {x}, expected a vector (N, C) (global-pool it first) or tokens "
+                         "(N, L, C)")
     _channels(x, a.cin, "cin")
-    return Shape(2, a.cout)
+    return Shape(x.rank, a.cout, x.h)
+
+
+def _conv_transpose(a: ConvTransposeAttrs, xs: list[Shape]) -> Shape:
+    x = _map(xs[0])
+    _channels(x, a.cin, "cin")
+
+    def size(n: int | None) -> int | None:
+        if n is None:
+            return None
+        out = (n - 1) * a.stride - 2 * a.padding + a.k
+        if out < 1:
+            raise ShapeError(f"padding {a.padding} leaves no output from its input of size {n}")
+        return out
+
+    return Shape(4, a.cout, size(x.h), size(x.w))
+
+
+def _upsample(a: UpsampleAttrs, xs: list[Shape]) -> Shape:
+    x = _map(xs[0])
+    return Shape(4, x.c, None if x.h is None else x.h * a.scale, None if x.w is None else x.w * a.scale)
+
+
+def _layernorm(a: LayerNormAttrs, xs: list[Shape]) -> Shape:
+    x = xs[0]
+    if x.rank == 4:
+        raise ShapeError(f"input 0 is a feature map {x}, expected tokens (N, L, C) or a vector (N, C)")
+    _channels(x, a.channels, "channels")
+    return x
+
+
+def _patch_embed(a: PatchEmbedAttrs, xs: list[Shape]) -> Shape:
+    x = _map(xs[0])
+    _channels(x, a.cin, "cin")
+    for axis, n in (("height", x.h), ("width", x.w)):
+        if n is not None and n % a.patch:
+            raise ShapeError(f"input {axis} {n} is not a multiple of attrs.patch {a.patch}")
+    n_tokens = None if x.h is None or x.w is None else (x.h // a.patch) * (x.w // a.patch)
+    return tokens(n_tokens, a.cout)
+
+
+def _cls_pos(a: ClsPosAttrs, xs: list[Shape]) -> Shape:
+    x = _tokens(xs[0])
+    _channels(x, a.channels, "channels")
+    if not dims_agree(x.h, a.tokens - 1):
+        raise ShapeError(f"attrs.tokens is {a.tokens} (class token + {a.tokens - 1} patches) but its input has "
+                         f"{x.h} tokens")
+    return tokens(a.tokens, a.channels)
+
+
+def _attention(a: AttentionAttrs, xs: list[Shape]) -> Shape:
+    x = _tokens(xs[0])
+    _channels(x, 3 * a.channels, "channels x 3 (q, k, v)")
+    return tokens(x.h, a.channels)
+
+
+def _tokens_to_map(a: TokensToMapAttrs, xs: list[Shape]) -> Shape:
+    x = _tokens(xs[0])
+    if not dims_agree(x.h, a.start + a.height * a.width):
+        raise ShapeError(f"attrs.start + attrs.height x attrs.width = {a.start + a.height * a.width} tokens but "
+                         f"its input has {x.h}")
+    return Shape(4, x.c, a.height, a.width)
 
 
 
@@ -246,8 +384,10 @@ class Add(nn.Module):
 
 
 class Concat(nn.Module):
+    """Along channels: dim 1 of feature maps and vectors, the last dim of tokens (N, L, C)."""
+
     def forward(self, *xs: torch.Tensor) -> torch.Tensor:
-        return torch.cat(xs, dim=1)
+        return torch.cat(xs, dim=2 if xs[0].dim() == 3 else 1)
 
 
 class Select(nn.Module):
@@ -304,6 +444,73 @@ class ResizeTo(nn.Module):
         return F.interpolate(x, size=ref.shape[-2:], mode="bilinear", align_corners=False)
 
 
+class Upsample(nn.Module):
+    def __init__(self, scale: int, align_corners: bool) -> None:
+        super().__init__()
+        self.scale, self.align_corners = scale, align_corners
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # an output size, not a scale factor: the same sampling positions (with align_corners they depend on the
+        # sizes only; without, a size of exactly scale x input uses the same 1/scale step), and the ONNX Resize
+        # gets integer sizes that constant folding keeps (float scales come out as doubles it rejects)
+        size = (x.shape[-2] * self.scale, x.shape[-1] * self.scale)
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=self.align_corners)
+
+
+class Gelu(nn.Module):
+    """The exact GELU, x * Phi(x) (erf form; timm's ViT MLP)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(x)
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, cin: int, cout: int, patch: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(cout, cin, patch, patch), requires_grad=False)
+        self.bias = nn.Parameter(torch.zeros(cout), requires_grad=False)
+        self.patch = patch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight, self.bias, stride=self.patch).flatten(2).transpose(1, 2)
+
+
+class ClsPos(nn.Module):
+    def __init__(self, channels: int, tokens: int) -> None:
+        super().__init__()
+        self.cls = nn.Parameter(torch.zeros(1, 1, channels), requires_grad=False)
+        self.pos = nn.Parameter(torch.zeros(1, tokens, channels), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.cls.expand_as(x[:, :1]), x], dim=1) + self.pos
+
+
+class SelfAttention(nn.Module):
+    """q, k, v from the qkv tokens, per head softmax(q * scale @ k^T) @ v: explicit MatMul and Softmax, so that an
+    int8 export can keep exactly these in float (docs/methods.md, Aux-NAS ViT)."""
+
+    def __init__(self, channels: int, heads: int) -> None:
+        super().__init__()
+        self.channels, self.heads = channels, heads
+        self.scale = (channels // heads) ** -0.5
+
+    def forward(self, qkv: torch.Tensor) -> torch.Tensor:
+        # no batch or length sizes read from the tensor: the exported graph has no Shape ops outside this node
+        q, k, v = qkv.unflatten(-1, (3, self.heads, self.channels // self.heads)).permute(2, 0, 3, 1, 4).unbind(0)
+        attn = torch.softmax((q * self.scale) @ k.transpose(-2, -1), dim=-1)
+        return (attn @ v).transpose(1, 2).flatten(2)
+
+
+class TokensToMap(nn.Module):
+    def __init__(self, start: int, height: int, width: int) -> None:
+        super().__init__()
+        self.start, self.height, self.width = start, height, width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # contiguous: a fresh tensor, never a view of the tokens (the schedule may write it in place)
+        return x[:, self.start:].transpose(1, 2).unflatten(2, (self.height, self.width)).contiguous()
+
+
 class GlobalAvgPool(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.mean(dim=(2, 3))
@@ -356,8 +563,22 @@ OPS: dict[str, OpRule] = {
                    lambda a: {"weight": (a.inputs, a.channels)}),
     "resize_to": OpRule(NoAttrs, (2, 2), _resize_to, lambda a: ResizeTo()),
     "gap": OpRule(NoAttrs, (1, 1), _gap, lambda a: GlobalAvgPool()),
-    "linear": OpRule(LinearAttrs, (1, 1), _linear, lambda a: nn.Linear(a.cin, a.cout),
-                     lambda a: {"weight": (a.cout, a.cin), "bias": (a.cout,)}),
+    "linear": OpRule(LinearAttrs, (1, 1), _linear, lambda a: nn.Linear(a.cin, a.cout, bias=a.bias),
+                     lambda a: {"weight": (a.cout, a.cin)} | ({"bias": (a.cout,)} if a.bias else {})),
+    "conv_transpose": OpRule(ConvTransposeAttrs, (1, 1), _conv_transpose,
+                             lambda a: nn.ConvTranspose2d(a.cin, a.cout, a.k, a.stride, a.padding, bias=a.bias),
+                             lambda a: {"weight": (a.cin, a.cout, a.k, a.k)} | ({"bias": (a.cout,)} if a.bias else {})),
+    "upsample": OpRule(UpsampleAttrs, (1, 1), _upsample, lambda a: Upsample(a.scale, a.align_corners)),
+    "gelu": OpRule(NoAttrs, (1, 1), lambda a, xs: xs[0], lambda a: Gelu()),
+    "layernorm": OpRule(LayerNormAttrs, (1, 1), _layernorm, lambda a: nn.LayerNorm(a.channels, eps=a.eps),
+                        lambda a: {"weight": (a.channels,), "bias": (a.channels,)}),
+    "patch_embed": OpRule(PatchEmbedAttrs, (1, 1), _patch_embed, lambda a: PatchEmbed(a.cin, a.cout, a.patch),
+                          lambda a: {"weight": (a.cout, a.cin, a.patch, a.patch), "bias": (a.cout,)}),
+    "cls_pos": OpRule(ClsPosAttrs, (1, 1), _cls_pos, lambda a: ClsPos(a.channels, a.tokens),
+                      lambda a: {"cls": (1, 1, a.channels), "pos": (1, a.tokens, a.channels)}),
+    "attention": OpRule(AttentionAttrs, (1, 1), _attention, lambda a: SelfAttention(a.channels, a.heads)),
+    "tokens_to_map": OpRule(TokensToMapAttrs, (1, 1), _tokens_to_map,
+                            lambda a: TokensToMap(a.start, a.height, a.width)),
     "preprocess": OpRule(PreprocessAttrs, (1, 1), _preprocess, lambda a: Preprocess(a.channels),
                          lambda a: {"mul": (a.channels,), "add": (a.channels,)}),
 }
