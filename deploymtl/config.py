@@ -24,12 +24,13 @@ from pydantic import (
     model_validator,
 )
 
+from .budgets import parse_budgets
 from .errors import DeploymtlError, validation_message
 from .families import FAMILY_NAMES
 from .tasks import TaskSpec
 
 Family = Literal[FAMILY_NAMES]  # type: ignore[valid-type]  # the registry's names, in its order
-Precision = Literal["fp32", "fp16", "int8"]
+Precision = Literal["fp32", "fp16", "int8", "auto"]  # auto: int8 where it is faster and keeps every budget
 Target = Literal["onnx", "trt"]
 # The runtime an exported ONNX file is shaped for (`deploymtl export --for`, docs/export.md "Shaped for a runtime").
 Runtime = Literal["ort-cpu", "trt", "generic"]
@@ -145,11 +146,22 @@ class ExportConfig(_Strict):
     batch: str = "1:4:8"
     opset: int = Field(default=17, ge=17)
     calibration_samples: int = Field(default=64, ge=1)
-    max_metric_drop: float = Field(default=0.05, ge=0, description="allowed relative loss of a task metric")
+    max_metric_drop: float | str | dict[str, float | str] = Field(
+        default=0.05, description="each task's allowed loss of its primary metric: a relative fraction, '1%', "
+                                  "'abs:0.002', or per task ('seg=0.5%,depth=abs:0.002' or a map); see budgets.py")
     bake_preprocessing: bool = Field(default=False, description="the exported graph takes raw uint8 pixels (N, C, "
                                                                 "H, W) in data.channel_order and normalises them")
     runtime: Runtime | None = Field(default=None, description="the runtime `onnx` targets are shaped for "
                                     "(default ort-cpu); the `trt` target is always shaped for trt")
+
+    @field_validator("max_metric_drop")
+    @classmethod
+    def _budgets(cls, value: Any) -> Any:
+        try:
+            parse_budgets(value, where="max_metric_drop")
+        except DeploymtlError as exc:
+            raise ValueError(exc.one_line().removeprefix("max_metric_drop")) from None
+        return value
 
     @field_validator("batch")
     @classmethod

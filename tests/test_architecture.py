@@ -21,7 +21,7 @@ PACKAGE = "deploymtl"
 # is in docs/architecture.md ("Package layering"); a new top-level module or sub-package must be added to both.
 LAYERS: list[tuple[str, frozenset[str]]] = [
     ("contract", frozenset({"deploymtl", "errors", "env", "io", "outdir"})),  # "deploymtl": the root __init__
-    ("specs", frozenset({"tasks", "config", "metrics", "flops", "families"})),
+    ("specs", frozenset({"tasks", "budgets", "config", "metrics", "flops", "families"})),
     ("static graph IR", frozenset({"ir"})),
     ("artifact formats", frozenset({"formats"})),
     ("ONNX toolkit", frozenset({"onnxkit"})),

@@ -39,17 +39,19 @@ def fp16(model_path):
 
 @pytest.fixture(scope="module")
 def int8_strict(model_path):
-    """int8 in the TensorRT form with a zero-tolerance metric gate: the export is written, then fails with exit 1."""
+    """int8 in the TensorRT form, all-int8 (no accuracy control) under a zero budget: the export is written, then fails
+    with exit 1."""
     out = model_path.parent / "int8"
     rc = main(["export", str(model_path), "--precision", "int8", "--for", "trt", "--batch", "1:2:4", "-o", str(out),
-               "--max-metric-drop", "0", "--threads", "1", "-q"])
+               "--max-metric-drop", "0", "--no-accuracy-control", "--threads", "1", "-q"])
     return rc, out, json.loads((out / "export_report.json").read_text()), onnx.load(out / "model.onnx")
 
 
 REPORT_KEYS = ["target", "precision", "runtime", "batch", "artifact", "onnx", "opset", "requested_opset", "exporter",
                "inputs", "tasks", "outputs", "batch_sizes_checked", "onnx_outputs", "metrics", "passes",
                "removed_parts_check", "structure", "lint", "quantization", "onnxruntime_cpu_lowering", "localization",
-               "trt", "source", "options", "deploymtl_version", "failures", "passed", "timings"]
+               "trt", "source", "options", "deploymtl_version", "failures", "passed", "timings",
+               "requested_precision", "budgets", "precision_mix"]
 
 
 def test_report_keys_are_the_contract(fp16):
@@ -58,7 +60,8 @@ def test_report_keys_are_the_contract(fp16):
     assert list(report) == REPORT_KEYS and json.loads((out / "export_report.json").read_text()) == report
     assert list(report["options"]) == ["target", "precision", "batch", "atol", "rtol", "per_output", "simplify",
                                        "opset", "calibration_samples", "max_metric_drop", "workspace_mb",
-                                       "int8_activations", "threads", "bake_preprocessing", "runtime"]
+                                       "int8_activations", "threads", "bake_preprocessing", "runtime",
+                                       "accuracy_control"]
     assert list(report["source"]) == ["model", "family", "plan_hash", "pruned", "prune_passed"]
     assert list(report["timings"]) == ["load", "export", "simplify", "precision", "parity", "metrics", "total"]
     assert report["options"]["batch"] == "1:2:4" and report["options"]["opset"] == report["requested_opset"] == 17
@@ -136,7 +139,7 @@ def test_int8_metric_gate_fails_at_zero_threshold_and_passes_at_the_recipe_thres
     assert (out / "model.onnx").is_file()  # a failed verification keeps the artifact for inspection
     fp32 = {k: {m: d["fp32"] for m, d in t["deltas"].items()} for k, t in gate["tasks"].items()}
     int8 = {k: {m: d["candidate"] for m, d in t["deltas"].items()} for k, t in gate["tasks"].items()}
-    assert metric_gate(TASKS, fp32, int8, precision="int8", max_drop=0.05)
+    assert metric_gate(TASKS, fp32, int8, precision="int8", budgets=0.05)
 
 
 def test_asymmetric_int8_for_onnxruntime_cpu_and_the_api_gate_error(model_path, tmp_path, monkeypatch):
@@ -148,7 +151,7 @@ def test_asymmetric_int8_for_onnxruntime_cpu_and_the_api_gate_error(model_path, 
     with pytest.raises(VerificationError, match="metric gate"):
         export_model(model_path, tmp_path / "o", ExportOptions.parse({
             "precision": "int8", "batch": "1:1:2", "max_metric_drop": 0.0, "calibration_samples": 8, "simplify": False,
-            "threads": 1, "int8_activations": "asymmetric", "int8_output_layers": "int8"}))
+            "threads": 1, "int8_activations": "asymmetric", "int8_output_layers": "int8", "accuracy_control": False}))
     report = json.loads((tmp_path / "o" / "export_report.json").read_text())
     assert report["quantization"]["fp32_output_layers"] == []
     assert report["quantization"]["quantized_nodes"] == 13  # --int8-output-layers int8: every layer (+2 Mul)

@@ -138,9 +138,9 @@ def test_metric_gate_thresholds():
     tasks = [TaskSpec(name="seg", kind="segmentation", channels=5), TaskSpec(name="depth", kind="depth")]
     fp32 = {"seg": {"miou": 0.50, "pixel_acc": 0.8}, "depth": {"abs_err": 1.0, "rel_err": 0.3}}
     int8 = {"seg": {"miou": 0.495, "pixel_acc": 0.79}, "depth": {"abs_err": 0.99, "rel_err": 0.31}}
-    gate = metric_gate(tasks, fp32, int8, precision="int8", max_drop=0.02)
+    gate = metric_gate(tasks, fp32, int8, precision="int8", budgets=0.02)
     assert gate and gate.tasks["seg"].drop == pytest.approx(0.01) and gate.tasks["depth"].drop < 0
-    strict = metric_gate(tasks, fp32, int8, precision="int8", max_drop=0.0)
+    strict = metric_gate(tasks, fp32, int8, precision="int8", budgets=0.0)
     assert not strict and not strict.tasks["seg"].passed and strict.tasks["depth"].passed
     assert strict.to_dict()["tasks"]["seg"]["deltas"]["pixel_acc"]["drop"] == pytest.approx(0.0125)
     assert "FAILED" in strict.summary()

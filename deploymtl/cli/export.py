@@ -31,7 +31,9 @@ def export(
                                        "(default for --target onnx: ONNX Runtime CPU, Triton's onnxruntime backend), "
                                        "trt (TensorRT-ready symmetric Q/DQ; implied by --target trt) or generic "
                                        "(recipe: export.runtime)."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 or int8 (static Q/DQ)."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32, fp16, int8 (static Q/DQ; groups reverted to "
+                                  "float until every task keeps its budget) or auto (per group the faster of int8 "
+                                  "and float on the target, every budget kept)."),
     batch: str | None = typer.Option(None, "--batch", help="MIN:OPT:MAX dynamic batch (default: recipe)."),
     out: Path | None = OutDir,
     atol: float | None = typer.Option(None, "--atol", help="Absolute tolerance for every output."),
@@ -41,8 +43,13 @@ def export(
     opset: int | None = typer.Option(None, "--opset", help="ONNX opset (>= 17; the exporter emits >= 18)."),
     calibration_samples: int | None = typer.Option(None, "--calibration-samples",
                                                    help="int8 calibration samples (default: recipe)."),
-    max_metric_drop: float | None = typer.Option(None, "--max-metric-drop",
-                                                 help="Allowed relative loss of a task metric for fp16/int8."),
+    max_metric_drop: str | None = typer.Option(None, "--max-metric-drop",
+                                               help="Each task's allowed loss of its primary metric for fp16/int8/"
+                                                    "auto: 0.01 or 1% (relative), abs:0.002 (absolute), or per task "
+                                                    "seg=0.5%,depth=abs:0.002 (default: recipe)."),
+    accuracy_control: bool = typer.Option(True, "--accuracy-control/--no-accuracy-control",
+                                          help="int8/auto: revert quantised groups to float until every task keeps "
+                                               "its budget (off: all-int8 or fail the metric gate)."),
     workspace_mb: int = typer.Option(1024, "--workspace-mb", min=1, help="TensorRT builder workspace."),
     timing_cache: Path | None = typer.Option(None, "--timing-cache", help="TensorRT timing cache file."),
     threads: int | None = typer.Option(None, "--threads", min=1, help="ONNX Runtime/torch threads."),
@@ -86,6 +93,7 @@ def export(
         "calibration_samples": calibration_samples, "max_metric_drop": max_metric_drop, "workspace_mb": workspace_mb,
         "timing_cache": timing_cache, "threads": threads, "int8_activations": int8_activations,
         "int8_output_layers": int8_output_layers, "bake_preprocessing": bake_preprocessing, "runtime": runtime,
+        "accuracy_control": accuracy_control,
     })
     out_dir = out or default_out("export", f"{model.stem}-{target}-{precision}")
     log = (lambda _: None) if quiet else typer.echo

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..formats.static import StaticArtifact
-from ..verify.compare import Tolerance
+from ..verify.compare import Tolerance, resolve_tolerances
 from .options import ExportOptions
 from .samples import ExportSamples
 
@@ -39,6 +39,16 @@ class ExportContext:
     def input_dtype(self) -> str:
         """float32, or uint8 when the preprocessing is baked into the graph (`export.preprocess`)."""
         return str(self.art.input.get("dtype", "float32"))
+
+    def choose_precision(self, precision: str) -> None:
+        """The precision the file is in, once `auto` has chosen it: the options and the final parity's tolerances
+        follow (the user's atol/rtol overrides kept)."""
+        if precision == self.options.precision:
+            return
+        o = self.options
+        self.options = o.model_copy(update={"precision": precision})
+        self.tolerances = resolve_tolerances(precision, self.names, atol=o.atol, rtol=o.rtol,
+                                             per_output=o.per_output)
 
     @contextlib.contextmanager
     def timed(self, name: str) -> Iterator[None]:

@@ -100,9 +100,11 @@ def run_export(art: StaticArtifact, staging: Path, out: Path, options: ExportOpt
     if options.bake_preprocessing:
         art = baked(art, source.model)
     names = art.task_names
-    tolerances = resolve_tolerances(options.precision, names, atol=options.atol, rtol=options.rtol,
+    # auto is checked as int8 until the precision stage has chosen (`ExportContext.choose_precision`)
+    checked_as = "int8" if options.precision == "auto" else options.precision
+    tolerances = resolve_tolerances(checked_as, names, atol=options.atol, rtol=options.rtol,
                                     per_output=options.per_output)
-    n_train = options.calibration_samples if options.precision == "int8" else 1
+    n_train = options.calibration_samples if options.precision in ("int8", "auto") else 1
     samples = ExportSamples.load(art, options.batch.max, n_train, source.model)
     timings["load"] = round(time.perf_counter() - t0, 3)
     ctx = ExportContext(art, options, samples, tolerances, staging, source.model, log, timings)
@@ -111,6 +113,7 @@ def run_export(art: StaticArtifact, staging: Path, out: Path, options: ExportOpt
     proto, fp32 = export_fp32(ctx)
     proto, simplified = simplify_stage(ctx, proto) if options.simplify else (proto, SimplifySection())
     proto, precision = convert_precision(ctx, proto)
+    options = ctx.options  # auto: now the precision it chose
     proto, runtime = shape_for_runtime(ctx, proto)
     lint = lint_graph(ctx, proto)
     set_metadata(proto, onnx_metadata(art, options, runtime))

@@ -17,6 +17,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ..budgets import Budgets, parse_budgets
 from ..config import BatchSpec, ExportConfig, Precision, Runtime, Target, parse_batch
 from ..errors import DeploymtlError, InternalError
 from .onnx import MIN_OPSET
@@ -29,7 +30,6 @@ _FLAGS = {"simplify": "--no-simplify", "runtime": "--for"}
 _CHOICE = {"target": "target", "precision": "precision", "int8_activations": "scheme",
            "int8_output_layers": "precision", "runtime": "runtime"}
 _OUT_OF_RANGE = {"opset": " is too old"}
-_HINT = {"max_metric_drop": "expected a fraction >= 0, e.g. 0.01"}
 
 
 class ExportOptions(BaseModel):
@@ -45,7 +45,7 @@ class ExportOptions(BaseModel):
     batch: BatchSpec | None = None
     opset: int | None = Field(default=None, ge=MIN_OPSET)
     calibration_samples: int | None = Field(default=None, ge=1)
-    max_metric_drop: float | None = Field(default=None, ge=0)
+    max_metric_drop: Budgets | None = None  # per task (`deploymtl.budgets`); over the recipe's in `with_recipe`
     bake_preprocessing: bool | None = None  # the graph takes raw uint8 pixels (`export.preprocess`)
     atol: float | None = None  # checked with the per-output tolerances (`verify.compare.resolve_tolerances`)
     rtol: float | None = None
@@ -57,6 +57,12 @@ class ExportOptions(BaseModel):
     int8_activations: Literal["symmetric", "asymmetric"] = "symmetric"
     int8_output_layers: Literal["fp32", "int8"] = "fp32"
     runtime: Runtime | None = None
+    accuracy_control: bool = True  # int8/auto: revert groups to float until every budget holds (`export.mixed`)
+
+    @field_validator("max_metric_drop", mode="before")
+    @classmethod
+    def _budgets(cls, value: Any) -> Any:
+        return None if value is None else parse_budgets(value)  # a one-line error naming --max-metric-drop
 
     @field_validator("batch", mode="before")
     @classmethod
@@ -84,6 +90,8 @@ class ExportOptions(BaseModel):
     def with_recipe(self, recipe: ExportConfig) -> ExportOptions:
         """These options with every unset recipe field taken from `recipe` (already validated there)."""
         filled = {k: getattr(recipe, k) for k in FROM_RECIPE if getattr(self, k) is None}
+        base = parse_budgets(recipe.max_metric_drop, where="export.max_metric_drop")
+        filled["max_metric_drop"] = base if self.max_metric_drop is None else self.max_metric_drop.over(base)
         if "batch" in filled:
             filled["batch"] = parse_batch(filled["batch"], where="export.batch")
         if self.runtime is None and self.target == "onnx" and recipe.runtime is not None:
@@ -138,7 +146,7 @@ def _flag_error(exc: ValidationError) -> DeploymtlError:
     bound = next(((op, ctx[k]) for k, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")) if k in ctx), None)
     if bound is not None:
         return DeploymtlError(f"{flag} {value}{_OUT_OF_RANGE.get(field, '')}",
-                              hint=_HINT.get(field, f"expected {bound[0]} {bound[1]:g}"))
+                              hint=f"expected {bound[0]} {bound[1]:g}")
     if err["type"] == "finite_number":
         return DeploymtlError(f"{flag} {value}", hint="expected a finite number")
     return DeploymtlError(f"{flag} {value!r}: {err['msg'].removeprefix('Value error, ')}")

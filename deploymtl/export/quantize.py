@@ -49,7 +49,8 @@ class _Reader:
 def quantize_int8(model: onnx.ModelProto, calibration: Iterable[np.ndarray], *, per_channel: bool = True,
                   symmetric_activations: bool = True, method: str = "minmax",
                   quantize_bias: bool = False, exclude_nodes: list[str] | None = None,
-                  float_output_layers: bool = False, reduced_weights: bool = True) -> onnx.ModelProto:
+                  float_output_layers: bool = False, reduced_weights: bool = True,
+                  calibration_cache: Path | None = None) -> onnx.ModelProto:
     """Static int8 QDQ quantisation of an fp32 model; `calibration` yields input batches (N, C, H, W) float32.
 
     Weights are quantised to 7 bits (-64..64, ONNX Runtime's `reduce_range`; `reduced_weights=False` for the full
@@ -74,6 +75,9 @@ def quantize_int8(model: onnx.ModelProto, calibration: Iterable[np.ndarray], *, 
     them into uint8 quantisation at export (`export.lowering`). `symmetric_activations=False` gives asymmetric uint8
     activations for ONNX Runtime on x86 CPUs only (TensorRT rejects them). Allowing int8 kernels
     (`session.qdqisint8allowed`) runs ~8x slower.
+
+    `calibration_cache`: a file for onnxruntime's calibration ranges; written by the first call, read by the next
+    ones (the same fp32 model quantised with other `exclude_nodes`: accuracy control's variants, `export.mixed`).
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -95,6 +99,7 @@ def quantize_int8(model: onnx.ModelProto, calibration: Iterable[np.ndarray], *, 
                 activation_type=QuantType.QInt8 if symmetric_activations else QuantType.QUInt8,
                 weight_type=QuantType.QInt8, calibrate_method=methods[method], nodes_to_exclude=excluded,
                 reduce_range=reduced_weights,
+                calibration_cache_path=None if calibration_cache is None else str(calibration_cache),
                 # QDQKeepRemovableActivations: by default the asymmetric scheme deletes each ReLU and leaves its
                 # clamp to the next Q/DQ pair, which `_drop_float_only_pairs` may remove (a float output layer's
                 # input): the ReLU would be lost. Kept in the file, ORT still folds them (ReluQuantFusion).

@@ -52,6 +52,8 @@ class SimplifySection:
 class PrecisionSection:
     quantization: dict[str, Any] | None = None  # int8 only: calibration, scheme, quantised nodes
     failures: list[str] = field(default_factory=list)
+    mix: dict[str, Any] | None = None  # int8/auto: every group's precision, timings, accuracy control (`mixed.py`)
+    requested: str | None = None  # the precision asked for when it differs from the file's (auto)
 
 
 @dataclass
@@ -144,12 +146,26 @@ class ExportReport:
                        "pruned": self.source.pruned, "prune_passed": self.source.prune_passed},
             "options": {"target": o.target, "precision": o.precision, "batch": str(o.batch), "atol": o.atol,
                         "rtol": o.rtol, "per_output": dict(o.per_output), "simplify": o.simplify, "opset": o.opset,
-                        "calibration_samples": o.calibration_samples, "max_metric_drop": o.max_metric_drop,
+                        "calibration_samples": o.calibration_samples, "max_metric_drop": _budgets_value(o),
                         "workspace_mb": o.workspace_mb, "int8_activations": o.int8_activations,
-                        "threads": o.threads, "bake_preprocessing": o.bake_preprocessing, "runtime": o.runtime},
+                        "threads": o.threads, "bake_preprocessing": o.bake_preprocessing, "runtime": o.runtime,
+                        "accuracy_control": o.accuracy_control},
             "deploymtl_version": __version__, "failures": self.failures, "passed": self.passed,
             "timings": dict(self.timings),
+            # added with per-task budgets and the precision mix (keys are only ever appended)
+            "requested_precision": self.precision.requested or o.precision,
+            "budgets": o.max_metric_drop.to_dict(self.tasks) if o.max_metric_drop is not None else None,
+            "precision_mix": self.precision.mix,
         }
+
+
+def _budgets_value(o: ExportOptions) -> float | str | None:
+    """The budgets in the options as a person wrote them: the one relative fraction, or the per-task text."""
+    b = o.max_metric_drop
+    if b is None:
+        return None
+    uniform = b.uniform_relative()
+    return uniform if uniform is not None else b.text()
 
 
 def outputs_dict(report: CompareReport) -> dict[str, dict[str, Any]]:

@@ -50,6 +50,15 @@ class RuntimeSection:
                 "rewrites": dict(self.rewrites)}
 
 
+def shaped_graph(proto: onnx.ModelProto, runtime: str, precision: str) -> onnx.ModelProto:
+    """`proto` in the form of `runtime`, nothing logged (the precision mix shapes every candidate it measures)."""
+    if runtime != "ort-cpu" or precision == "fp16":
+        return proto
+    from .lowering import shape_for_ort_cpu
+
+    return shape_for_ort_cpu(proto, simd_block())[0]
+
+
 def shape_for_runtime(ctx: ExportContext, proto: onnx.ModelProto) -> tuple[onnx.ModelProto, RuntimeSection]:
     """`proto` (after the precision stage) in the form of `ctx.options.shaped_for`, and what was done."""
     runtime = ctx.options.shaped_for

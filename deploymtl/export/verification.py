@@ -91,10 +91,10 @@ def _metric_gate(ctx: ExportContext, runner: Runner, failures: list[str]) -> dic
                             "static model")
     ref_metrics = evaluate(reference, val.images, val.targets, art.tasks, o.batch.max)
     cand_metrics = evaluate(runner, val.images, val.targets, art.tasks, o.batch.max)
-    gate = metric_gate(art.tasks, ref_metrics, cand_metrics, precision=o.precision, max_drop=o.max_metric_drop)
+    gate = metric_gate(art.tasks, ref_metrics, cand_metrics, precision=o.precision, budgets=o.max_metric_drop)
     for line in gate.summary().splitlines():
         ctx.log(f"metrics: {line}")
     if not gate:
-        failures.append(f"{o.precision} loses more than {o.max_metric_drop:.2%} of "
-                        f"{', '.join(k for k, t in gate.tasks.items() if not t.passed)} (metric gate)")
+        failures.append(f"{o.precision} loses more than its budget of " + ", ".join(
+            f"{k} ({t.budget['text']})" for k, t in gate.tasks.items() if not t.passed) + " (metric gate)")
     return gate.to_dict() | {"samples": len(val), "split": "val"}

@@ -30,7 +30,7 @@ from ..io import read_json, write_json
 
 MANIFEST_FORMAT = "deploymtl.trt_plan/1"
 HARDWARE_LEVELS = ("none", "ampere_plus", "same_compute_capability")
-PRECISIONS: tuple[str, ...] = get_args(Precision)
+PRECISIONS: tuple[str, ...] = tuple(p for p in get_args(Precision) if p != "auto")  # what a built file is in
 _REQUIRED = ("tensorrt_version", "gpu", "compatibility", "precision", "profile", "io")
 
 log = logging.getLogger(__name__)

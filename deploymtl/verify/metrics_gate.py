@@ -8,20 +8,23 @@ direction,
     drop = (fp32 - reduced) / |fp32|   (higher is better: mIoU, accuracy)
     drop = (reduced - fp32) / |fp32|   (lower is better: errors, angles)
 
-(absolute change when |fp32| < 1e-12). A task fails when drop > max_drop, the recipe's `export.max_metric_drop`
-(default 0.05, i.e. 5% relative; `deploymtl export --max-metric-drop` overrides). An improvement is a negative
-drop and always passes. Every metric of every task is reported with its delta; only the primary one gates.
+(absolute change when |fp32| < 1e-12). Each task has its own budget (`deploymtl.budgets`: the recipe's
+`export.max_metric_drop`, default 5% relative for every task; `deploymtl export --max-metric-drop
+seg=0.5%,depth=abs:0.002` overrides), relative (on the drop) or absolute (on the change in the metric's unit); a task
+fails when its loss exceeds it. An improvement is a negative loss and always passes. Every metric of every task is
+reported with its delta; only the primary one gates.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
+from ..budgets import Budgets, parse_budgets
 from ..metrics import TaskMeter
 from ..tasks import TaskSpec
 
@@ -56,17 +59,21 @@ class TaskGate:
     metric: str
     fp32: float
     candidate: float
-    drop: float
+    drop: float  # relative, whatever the budget's kind
     passed: bool
     deltas: dict[str, dict[str, float]]
+    budget: dict[str, Any]  # `Budget.to_dict()`: value, kind, text
+    loss: float  # in the budget's terms (relative drop or absolute change); passed = loss <= budget value
+    ratio: float  # loss / budget: <= 1 fits
 
 
 @dataclass
 class GateReport:
-    """Per-task metric deltas; truthy when no task lost more than `max_drop`."""
+    """Per-task metric deltas; truthy when every task kept its budget. `max_drop` is the one relative budget
+    all tasks share, None when the budgets differ per task (`budgets`)."""
 
     precision: str
-    max_drop: float
+    max_drop: float | None
     tasks: dict[str, TaskGate]
 
     def __bool__(self) -> bool:
@@ -76,29 +83,37 @@ class GateReport:
     def passed(self) -> bool:
         return bool(self)
 
+    @property
+    def worst_ratio(self) -> float:
+        return max((t.ratio for t in self.tasks.values()), default=0.0)
+
     def to_dict(self) -> dict:
         return {"precision": self.precision, "max_drop": self.max_drop, "passed": self.passed,
+                "budgets": {k: v.budget for k, v in self.tasks.items()},
                 "tasks": {k: asdict(v) for k, v in self.tasks.items()}}
 
     def summary(self) -> str:
         lines = []
         for name, t in self.tasks.items():
-            verdict = "ok" if t.passed else f"FAILED (> {self.max_drop:.2%})"
+            verdict = "ok" if t.passed else "FAILED"
             lines.append(f"{name}: {t.metric} fp32 {t.fp32:.4f} {self.precision} {t.candidate:.4f} "
-                         f"drop {t.drop:+.2%} {verdict}")
+                         f"drop {t.drop:+.2%} (budget {t.budget['text']}) {verdict}")
         return "\n".join(lines)
 
 
 def metric_gate(tasks: list[TaskSpec], fp32: dict[str, dict[str, float]], candidate: dict[str, dict[str, float]],
-                *, precision: str, max_drop: float) -> GateReport:
-    """Compare metrics already computed by `evaluate` for the fp32 reference and the reduced-precision artifact."""
+                *, precision: str, budgets: Budgets | float) -> GateReport:
+    """Compare metrics already computed by `evaluate` for the fp32 reference and the reduced-precision artifact,
+    each task against its budget."""
+    budgets = parse_budgets(budgets)
     gates = {}
     for t in tasks:
         deltas = {m: {"fp32": fp32[t.name][m], "candidate": candidate[t.name][m],
                       "drop": relative_drop(fp32[t.name][m], candidate[t.name][m], lower)}
                   for m, lower in t.metrics.items()}
         primary = deltas[t.primary_metric]
-        drop = primary["drop"]
-        gates[t.name] = TaskGate(t.primary_metric, primary["fp32"], primary["candidate"], drop,
-                                 bool(drop <= max_drop), deltas)
-    return GateReport(precision, float(max_drop), gates)
+        budget = budgets.for_task(t.name)
+        loss = budget.loss(primary["fp32"], primary["candidate"], t.metrics[t.primary_metric])
+        gates[t.name] = TaskGate(t.primary_metric, primary["fp32"], primary["candidate"], primary["drop"],
+                                 bool(budget.fits(loss)), deltas, budget.to_dict(), loss, budget.ratio(loss))
+    return GateReport(precision, budgets.uniform_relative(), gates)
