@@ -47,12 +47,12 @@ class Budget(BaseModel):
         return worse / abs(reference)
 
     def fits(self, loss: float) -> bool:
-        return loss <= self.value
+        return loss <= self.value * (1 + 1e-9) + 1e-12  # a loss equal to the budget fits, rounding included
 
     def ratio(self, loss: float) -> float:
         """Loss over allowance: <= 1 fits; what accuracy control ranks the tasks by (the worst one first)."""
         if self.value > 0:
-            return loss / self.value
+            return loss / self.value if not self.fits(loss) or loss < self.value else 1.0
         return 0.0 if loss <= 0 else math.inf
 
     def text(self) -> str:

@@ -3,7 +3,8 @@
 Runs `deploymtl run` on the tiny recipe of each family on the built-in synthetic data (TensorRT too when it is
 installed and a GPU is present) and writes `summary.json`, `summary.md` and `summary.html` (PNG plots embedded) with,
 per family: the searched decisions picture, params and FLOPs dense / masked / static, task metrics of the supernet, the
-static model and the int8 model, the parity tables and the latency tables. Every figure is read from the run's own
+static model and the exported models, the parity tables, the precision mix `auto` chose and the latency tables.
+Every figure is read from the run's own
 reports or measured here, never written by hand.
 """
 
@@ -85,7 +86,9 @@ def _family_summary(res: PipelineResult) -> dict[str, Any]:
         key = exp_report.parent.name
         artifact = exp_report.parent / rep["artifact"]
         fam["exports"][key] = {"passed": rep.get("passed"), "outputs": rep.get("outputs", {}),
-                               "artifact": str(artifact)}
+                               "artifact": str(artifact), "precision": rep.get("precision"),
+                               "requested_precision": rep.get("requested_precision"),
+                               "precision_mix": rep.get("precision_mix")}
         if artifact.suffix == ".onnx":
             fam["metrics"][f"onnx-{key}"] = evaluate_artifact(artifact, res.recipe.resolved())
     prof = out / "profile" / "profile.json"
@@ -184,6 +187,25 @@ def _latency_rows(fam: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def _mix_rows(fam: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Per export that mixed precisions (`--precision int8` / `auto`): what it chose, the candidates' measured time
+    against fp32 (auto), how many quantised groups run in int8 and in float, and each task against its budget."""
+    header = ["export", "chosen", "time vs fp32 (fp32 / int8 / mix)", "int8 groups", "float groups", "tasks"]
+    rows = []
+    for key, exp in fam["exports"].items():
+        mix = exp.get("precision_mix")
+        if not mix:
+            continue
+        costs = {k: c["cost_vs_fp32"] for k, c in mix.get("candidates", {}).items()}
+        cost = " / ".join(_fmt(costs.get(k)) for k in ("fp32", "int8", "mix")) if costs else "-"
+        final = mix.get("final_metrics") or {}
+        tasks = ", ".join(f"{t} {v['metric']} {_fmt(v['value'])} (budget {v['budget']['text']}: "
+                          f"{'ok' if v['passed'] else 'over'})" for t, v in final.items()) or "-"
+        rows.append([key, f"{exp.get('precision')} ({mix.get('chosen', mix.get('mode'))})", cost,
+                     _fmt(mix.get("int8_groups")), _fmt(mix.get("float_groups")), tasks])
+    return header, rows
+
+
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -199,7 +221,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
         if fam.get("delta_mtl") is not None:
             parts += [f"Delta_MTL against single-task baselines: {fam['delta_mtl']:+.2f}%", ""]
         for title, fn in (("Cost", _cost_rows), ("Task metrics", _metrics_rows), ("Parity", _parity_rows),
-                          ("Latency", _latency_rows)):
+                          ("Precision mix", _mix_rows), ("Latency", _latency_rows)):
             parts += [f"### {title}", "", _md_table(*fn(fam)), ""]
         parts += [f"![{Path(p).stem}]({Path(p).relative_to(Path(fam['dir']).parent)})" for p in fam["pictures"]]
         parts.append("")
@@ -223,7 +245,7 @@ def render_html(summary: dict[str, Any]) -> str:
         parts.append(f"<h2>{html.escape(fam['family'])} ({html.escape(fam['recipe'])})</h2>")
         parts.append(f"<p>Decisions: {html.escape(decisions_line(fam['decisions']))}</p>")
         for title, fn in (("Cost", _cost_rows), ("Task metrics", _metrics_rows), ("Parity", _parity_rows),
-                          ("Latency", _latency_rows)):
+                          ("Precision mix", _mix_rows), ("Latency", _latency_rows)):
             parts.append(f"<h3>{title}</h3>" + _html_table(*fn(fam)))
         for pic in fam["pictures"]:
             data = base64.b64encode(Path(pic).read_bytes()).decode()

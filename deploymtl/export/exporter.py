@@ -100,6 +100,7 @@ def run_export(art: StaticArtifact, staging: Path, out: Path, options: ExportOpt
     if options.bake_preprocessing:
         art = baked(art, source.model)
     names = art.task_names
+    options.max_metric_drop.check_tasks(names, "--max-metric-drop / export.max_metric_drop")
     # auto is checked as int8 until the precision stage has chosen (`ExportContext.choose_precision`)
     checked_as = "int8" if options.precision == "auto" else options.precision
     tolerances = resolve_tolerances(checked_as, names, atol=options.atol, rtol=options.rtol,
