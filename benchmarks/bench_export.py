@@ -1,7 +1,10 @@
 """Export benchmark: ONNX Runtime fp32/int8 vs PyTorch eager latency, GFLOP/s against a plain conv stack, and the
 export + verification time of a paper-scale Deeplab-ResNet-34. Writes one JSON document.
 
-    python benchmarks/bench_export.py [-o artifacts/bench/export.json] [--threads 2] [--only pruned|resnet34] [--quick]
+    python benchmarks/bench_export.py [-o FILE] [--threads 2] [--only pruned|resnet34|mix] [--quick]
+
+(`-o` defaults to artifacts/bench/export.json, export_mix.json for `--only mix`: --precision auto and accuracy
+control on the pruned model, a case where all-int8 breaks a budget, the demo's tiny models.)
 
 Models (built from the families' own layers and surgery registry, so they are what `deploymtl prune` emits):
 - *pruned*: Deeplab-ResNet-18 layout, width 32, 96x128 input, three tasks (segmentation, depth, classification) on
@@ -198,29 +201,45 @@ def latency_table(onnx_models: dict, torch_models: dict[str, StaticModel], shape
     return rows
 
 
-def bench_pruned(args: argparse.Namespace, work: Path) -> dict:
-    cfg = BackboneConfig(blocks=[2, 2, 2, 2], width=32, head="light", head_hidden=32)
-    h, w = 96, 128
+PRUNED_CFG = BackboneConfig(blocks=[2, 2, 2, 2], width=32, head="light", head_hidden=32)
+PRUNED_HW = (96, 128)
+
+
+def pruned_model(args: argparse.Namespace, work: Path) -> tuple[StaticModel, dict, dict]:
+    """The pruned ResNet-18-layout model, trained, saved as `work/pruned.pt`: (model, data section, training)."""
+    h, w = PRUNED_HW
     data = {"source": "synthetic", "height": h, "width": w, "train_size": 256, "val_size": 64, "seed": 0}
-    model = build_resnet(cfg, TASKS, keep=0.7)
+    model = build_resnet(PRUNED_CFG, TASKS, keep=0.7)
     training = train(model, DataConfig(**data), args.train_steps)
-    flops = flops_per_image(model, 3, h, w)
     art = StaticArtifact(model=model, family="adashare", tasks=TASKS, plan={"bench": "pruned resnet18 w32"},
                          input={"channels": 3, "height": h, "width": w, "mean": [0.5] * 3, "std": [0.25] * 3},
                          recipe={"name": "bench", "family": "adashare", "tasks": [t.model_dump() for t in TASKS],
                                  "data": data, "export": {"batch": "1:4:8", "calibration_samples": 64}})
     save_static(work / "pruned.pt", art)
+    return model, data, training
+
+
+def export_or_report(model: Path, out: Path, values: dict) -> dict:
+    """`export_model` with these option values; a failed verification's report is kept, honestly, as written."""
+    try:
+        return export_model(model, out, ExportOptions.parse(values)).to_dict()
+    except VerificationError:
+        return json.loads((out / "export_report.json").read_text())
+
+
+def bench_pruned(args: argparse.Namespace, work: Path) -> dict:
+    cfg, (h, w) = PRUNED_CFG, PRUNED_HW
+    model, data, training = pruned_model(args, work)
+    flops = flops_per_image(model, 3, h, w)
     reports = {}
     variants = {"fp32": ("fp32", "symmetric", "ort-cpu"), "int8": ("int8", "symmetric", "ort-cpu"),
                 "int8_asym": ("int8", "asymmetric", "ort-cpu"), "fp32_trt": ("fp32", "symmetric", "trt"),
                 "int8_trt": ("int8", "symmetric", "trt")}
     for name, (precision, activations, runtime) in variants.items():
-        try:
-            options = ExportOptions.parse({"precision": precision, "max_metric_drop": 0.01, "threads": args.threads,
-                                           "int8_activations": activations, "runtime": runtime})
-            reports[name] = export_model(work / "pruned.pt", work / name, options).to_dict()
-        except VerificationError:  # the report is written either way; the figures go in the JSON honestly
-            reports[name] = json.loads((work / name / "export_report.json").read_text())
+        # all-int8 here (no accuracy control): this part measures what int8 itself costs and gains
+        reports[name] = export_or_report(work / "pruned.pt", work / name, {
+            "precision": precision, "max_metric_drop": 0.01, "threads": args.threads, "int8_activations": activations,
+            "runtime": runtime, "accuracy_control": False})
     stack = conv_stack(flops, h, w)
     stack_flops = flops_per_image(stack, 3, h, w)
     from deploymtl.export.onnx import export_onnx
@@ -289,6 +308,80 @@ def bench_pruned(args: argparse.Namespace, work: Path) -> dict:
     }
 
 
+def _mix_summary(report: dict) -> dict:
+    """What a precision-mix export chose, in the JSON: candidates' times, groups per precision, final metrics."""
+    mix = report.get("precision_mix") or {}
+    ac = mix.get("accuracy_control") or {}
+    return {"precision": report.get("precision"), "passed": report.get("passed"), "failures": report.get("failures"),
+            "chosen": mix.get("chosen"), "candidates": mix.get("candidates"), "int8_groups": mix.get("int8_groups"),
+            "float_groups": [(g["name"], g["reason"]) for g in mix.get("groups", []) if g["precision"] == "float"],
+            "reverted_by_accuracy_control": ac.get("reverted"), "accuracy_control_steps": ac.get("steps"),
+            "final_metrics": mix.get("final_metrics"),
+            "metric_gate": {k: {"loss": t["loss"], "budget": t["budget"]["text"], "passed": t["passed"]}
+                            for k, t in ((report.get("metrics") or {}).get("tasks") or {}).items()},
+            "export_seconds": report["timings"]["total"]}
+
+
+def _demo_models(args: argparse.Namespace, work: Path) -> dict[str, Path]:
+    """The demo's pruned tiny models: those of `--demo-dir` (a `deploymtl demo` output) when there, else the
+    tiny recipes trained and pruned here (`deploymtl run` up to prune)."""
+    from deploymtl.config import load_recipe
+    from deploymtl.demo import DEMO_RECIPES, recipes_dir
+    from deploymtl.pipeline import run_pipeline
+
+    found = {}
+    for name in DEMO_RECIPES:
+        recipe = load_recipe(recipes_dir() / f"{name}.yaml")
+        existing = args.demo_dir / recipe.family / "prune" / "pruned.pt"
+        if existing.is_file():
+            found[name] = existing
+            continue
+        run_pipeline(recipe, work / "demo" / recipe.family, stages=("train", "prune"), progress=False,
+                     log=lambda _: None)
+        found[name] = work / "demo" / recipe.family / "prune" / "pruned.pt"
+    return found
+
+
+def bench_mix(args: argparse.Namespace, work: Path) -> dict:
+    """`--precision auto` and accuracy control (`export.mixed`): on the pruned ResNet-18-layout model against fp32
+    and all-int8 (every task's budget 1%); a case where all-int8 breaks one budget (depth 0.3%) and accuracy
+    control fixes it; the demo's tiny models, where int8 does not pay, against fp32. All files in plain sessions,
+    one latency table per model set (the ratios are of one run)."""
+    h, w = PRUNED_HW
+    pruned_model(args, work)
+    src = work / "pruned.pt"
+    common = {"threads": args.threads}
+    budget, tight = "1%", "1%,depth=0.3%"
+    runs = {"fp32": {"precision": "fp32", "max_metric_drop": budget},
+            "int8": {"precision": "int8", "max_metric_drop": budget, "accuracy_control": False},
+            "auto": {"precision": "auto", "max_metric_drop": budget},
+            "int8_depth_0.3pct_no_control": {"precision": "int8", "max_metric_drop": tight, "accuracy_control": False},
+            "int8_depth_0.3pct": {"precision": "int8", "max_metric_drop": tight},
+            "auto_depth_0.3pct": {"precision": "auto", "max_metric_drop": tight}}
+    reports = {k: export_or_report(src, work / "mix" / k, common | v) for k, v in runs.items()}
+    table = latency_table({k: (work / "mix" / k / "model.onnx", "plain") for k in runs}, {}, (3, h, w), args.threads,
+                          args.repeats)
+    resnet = {"budgets": {"default": budget, "tight": tight}, "latency": table,
+              "auto_vs_best_of_fp32_and_int8": {
+                  b: round(r["auto_ms"] / min(r["fp32_ms"], r["int8_ms"]), 3) for b, r in table.items()},
+              "auto_depth_0.3pct_vs_fp32": {b: round(r["auto_depth_0.3pct_ms"] / r["fp32_ms"], 3)
+                                            for b, r in table.items()},
+              "int8_depth_0.3pct_vs_fp32": {b: round(r["int8_depth_0.3pct_ms"] / r["fp32_ms"], 3)
+                                            for b, r in table.items()},
+              "exports": {k: _mix_summary(r) for k, r in reports.items()}}
+    tiny = {}
+    for name, path in _demo_models(args, work).items():
+        out = work / "tiny" / name
+        rep = {k: export_or_report(path, out / k, common | {"precision": k}) for k in ("fp32", "auto")}
+        art_input = json.loads((out / "fp32" / "export_report.json").read_text())["inputs"]["shape"][1:]
+        lat = latency_table({k: (out / k / "model.onnx", "plain") for k in rep}, {}, tuple(art_input),
+                            args.threads, args.repeats)
+        tiny[name] = {"model": str(path), "latency": lat,
+                      "auto_vs_fp32": {b: round(r["auto_ms"] / r["fp32_ms"], 3) for b, r in lat.items()},
+                      "auto": _mix_summary(rep["auto"])}
+    return {"resnet18_pruned": resnet, "tiny_demo_models": tiny}
+
+
 def bench_resnet34(args: argparse.Namespace, work: Path) -> dict:
     cfg = BackboneConfig(blocks="resnet34", width=64, head="aspp", head_hidden=256)
     h, w = 288, 384
@@ -315,14 +408,20 @@ def bench_resnet34(args: argparse.Namespace, work: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("-o", "--out", type=Path, default=Path(__file__).resolve().parents[1] / "artifacts" / "bench"
-                    / "export.json")
+    ap.add_argument("-o", "--out", type=Path, default=None, help="default artifacts/bench/export.json "
+                    "(export_mix.json for --only mix)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--train-steps", type=int, default=150)
-    ap.add_argument("--only", choices=("pruned", "resnet34"), help="run one part of the benchmark")
+    ap.add_argument("--only", choices=("pruned", "resnet34", "mix"), help="run one part of the benchmark (mix: "
+                    "--precision auto and accuracy control, written to export_mix.json unless -o is given)")
+    ap.add_argument("--demo-dir", type=Path, default=Path(__file__).resolve().parents[1] / "artifacts" / "demo",
+                    help="mix: a `deploymtl demo` output whose pruned tiny models to use (else trained here)")
     ap.add_argument("--quick", action="store_true", help="few repeats and training steps (smoke run)")
     args = ap.parse_args(argv)
+    if args.out is None:
+        args.out = Path(__file__).resolve().parents[1] / "artifacts" / "bench" / (
+            "export_mix.json" if args.only == "mix" else "export.json")
     if args.quick:
         args.repeats, args.train_steps = 3, 10
     torch.set_num_threads(args.threads)
@@ -339,6 +438,8 @@ def main(argv: list[str] | None = None) -> int:
             result["pruned"] = bench_pruned(args, Path(tmp))
         if args.only in (None, "resnet34"):
             result["resnet34"] = bench_resnet34(args, Path(tmp))
+        if args.only == "mix":  # its own document: a run of its own, minutes longer
+            result["mix"] = bench_mix(args, Path(tmp))
     result["load_average_at_end"] = os.getloadavg()
     write_json(args.out, result)
     json.dump(result, sys.stdout, indent=1)

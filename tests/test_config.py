@@ -77,7 +77,7 @@ def test_defaults_and_overrides(tmp_path: Path) -> None:
      "task 'd': kind depth has 1 channels, got 3"),
     ({"tasks": [{"name": "a b", "kind": "depth"}]}, "tasks.0.name", "String should match pattern"),
     ({"data": {"source": "coco"}}, "data.source", "Input should be 'synthetic' or 'nyuv2'"),
-    ({"export": {"precisions": ["fp8"]}}, "export.precisions.0", "Input should be 'fp32', 'fp16' or 'int8'"),
+    ({"export": {"precisions": ["fp8"]}}, "export.precisions.0", "Input should be 'fp32', 'fp16', 'int8' or 'auto'"),
     ({"model": {"widht": 8}}, "model.widht", "Extra inputs are not permitted"),
     ({"search": {"policy_epochs": "many"}}, "search.policy_epochs", "Input should be a valid integer"),
     ({"model": 5}, "model", "Input should be a valid dictionary"),

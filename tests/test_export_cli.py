@@ -42,11 +42,11 @@ def _run(capsys, *args):
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--target", "tflite"], "--target: unknown target 'tflite' (expected one of onnx, trt)"),
-    (["--precision", "int4"], "--precision: unknown precision 'int4' (expected one of fp32, fp16, int8)"),
+    (["--precision", "int4"], "--precision: unknown precision 'int4' (expected one of fp32, fp16, int8, auto)"),
     (["--batch", "4:2:1"], "--batch: '4:2:1' needs 1 <= MIN <= OPT <= MAX"),
     (["--batch", "a:b"], "--batch: 'a:b' is not a batch specification"),
     (["--tol", "seg"], "--tol 'seg' is not a per-output tolerance"),
-    (["--max-metric-drop", "-1"], "--max-metric-drop -1.0"),
+    (["--max-metric-drop", "-1"], "--max-metric-drop -1 (expected a fraction >= 0"),
     (["--opset", "13"], "--opset 13 is too old (expected >= 17)"),
     (["--int8-activations", "sideways"], "--int8-activations: unknown scheme 'sideways'"),
     (["--int8-output-layers", "fp8"], "--int8-output-layers: unknown precision 'fp8'"),

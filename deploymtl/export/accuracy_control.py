@@ -37,7 +37,7 @@ class Step:
 
 @dataclass
 class ControlResult:
-    float_groups: list[str]  # in the order they were reverted (the `start` ones first)
+    float_groups: list[str]  # every float group: the `start` ones, then those reverted, in order
     gate: GateReport  # on the whole split, at the end
     steps: list[Step] = field(default_factory=list)
     rankings: list[list[dict[str, Any]]] = field(default_factory=list)  # each ranking: group, worst ratio on subset
@@ -47,7 +47,8 @@ class ControlResult:
         return self.gate.passed
 
     def to_dict(self) -> dict[str, Any]:
-        return {"passed": self.passed, "reverted": list(self.float_groups), "steps": [s.to_dict() for s in self.steps],
+        return {"passed": self.passed, "reverted": [s.reverted for s in self.steps],
+                "steps": [s.to_dict() for s in self.steps],
                 "rankings": self.rankings, "final": self.gate.to_dict()}
 
 

@@ -42,6 +42,7 @@ from .quantize import quantize_int8
 from .shaping import shaped_graph
 
 SPEED_MARGIN = 0.01  # a group starts float when that makes the graph at least 1% faster (below: timing noise)
+FINAL_ROUNDS = 9  # the last comparison is of three graphs: more rounds, less noise
 MIN_SUBSET = 8  # ranking items at least; else a quarter of the validation split
 
 
@@ -177,7 +178,7 @@ def mixed_int8(ctx: ExportContext, fp32: onnx.ModelProto, batches: list[np.ndarr
         mix = control(start)
         mix_float = frozenset(mix.float_groups) if mix else start
         if mix:
-            report["accuracy_control"] = mix.to_dict()
+            report["accuracy_control"] = mix.to_dict() | {"started_float": sorted(start)}
         candidates = {"mix": mix_float}
         chosen, precision = "mix", "int8"
         if timing is not None:
@@ -185,7 +186,8 @@ def mixed_int8(ctx: ExportContext, fp32: onnx.ModelProto, batches: list[np.ndarr
                 int8 = control(frozenset())
                 candidates["int8"] = frozenset(int8.float_groups) if int8 else frozenset()
             final = time_graphs({"fp32": variants.shaped(None)} |
-                                {k: variants.shaped(v) for k, v in candidates.items()}, **timing)
+                                {k: variants.shaped(v) for k, v in candidates.items()},
+                                **(timing | {"batches": sorted({1, o.batch.opt, o.batch.max})}), rounds=FINAL_ROUNDS)
             costs = {k: relative_cost(v, final["fp32"]) for k, v in final.items()}
             chosen = min(costs, key=lambda k: (costs[k], k != "fp32"))  # a tie goes to fp32: nothing to lose
             report["candidates"] = {k: {"ms": final[k], "cost_vs_fp32": round(costs[k], 4),
