@@ -20,6 +20,7 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -154,23 +155,16 @@ class ExportConfig(_Strict):
     runtime: Runtime | None = Field(default=None, description="the runtime `onnx` targets are shaped for "
                                     "(default ort-cpu); the `trt` target is always shaped for trt")
 
-    @field_validator("max_metric_drop")
+    @field_validator("max_metric_drop", "batch")
     @classmethod
-    def _budgets(cls, value: Any) -> Any:
+    def _parsed(cls, value: Any, info: ValidationInfo) -> Any:
+        """Checked by the one parser each has (budgets, MIN:OPT:MAX); the recipe keeps the value as written."""
+        parse = parse_budgets if info.field_name == "max_metric_drop" else parse_batch
         try:
-            parse_budgets(value, where="max_metric_drop")
+            parse(value, where=str(info.field_name))
         except DeploymtlError as exc:
-            raise ValueError(exc.one_line().removeprefix("max_metric_drop")) from None
+            raise ValueError(exc.one_line().removeprefix(f"{info.field_name}").removeprefix(": ").strip()) from None
         return value
-
-    @field_validator("batch")
-    @classmethod
-    def _batch(cls, text: str) -> str:
-        try:
-            parse_batch(text, where="batch")
-        except DeploymtlError as exc:
-            raise ValueError(exc.one_line().removeprefix("batch: ")) from None
-        return text
 
 
 class ProfileConfig(_Strict):
