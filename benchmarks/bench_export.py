@@ -344,33 +344,32 @@ def _demo_models(args: argparse.Namespace, work: Path) -> dict[str, Path]:
 
 def bench_mix(args: argparse.Namespace, work: Path) -> dict:
     """`--precision auto` and accuracy control (`export.mixed`): on the pruned ResNet-18-layout model against fp32
-    and all-int8 (every task's budget 1%); a case where all-int8 breaks one budget (depth 0.3%) and accuracy
+    and all-int8 (every task's budget 1%); a case where all-int8 breaks one budget (`--tight-budget`) and accuracy
     control fixes it; the demo's tiny models, where int8 does not pay, against fp32. All files in plain sessions,
     one latency table per model set (the ratios are of one run)."""
     h, w = PRUNED_HW
     pruned_model(args, work)
     src = work / "pruned.pt"
     common = {"threads": args.threads}
-    budget, tight = "1%", "1%,depth=0.3%"
+    budget, tight = "1%", args.tight_budget
     runs = {"fp32": {"precision": "fp32", "max_metric_drop": budget},
             "int8": {"precision": "int8", "max_metric_drop": budget, "accuracy_control": False},
             "auto": {"precision": "auto", "max_metric_drop": budget},
-            "int8_depth_0.3pct_no_control": {"precision": "int8", "max_metric_drop": tight, "accuracy_control": False},
-            "int8_depth_0.3pct": {"precision": "int8", "max_metric_drop": tight},
-            "auto_depth_0.3pct": {"precision": "auto", "max_metric_drop": tight}}
+            "int8_tight_no_control": {"precision": "int8", "max_metric_drop": tight, "accuracy_control": False},
+            "int8_tight": {"precision": "int8", "max_metric_drop": tight},
+            "auto_tight": {"precision": "auto", "max_metric_drop": tight}}
     reports = {k: export_or_report(src, work / "mix" / k, common | v) for k, v in runs.items()}
     table = latency_table({k: (work / "mix" / k / "model.onnx", "plain") for k in runs}, {}, (3, h, w), args.threads,
                           args.repeats)
     resnet = {"budgets": {"default": budget, "tight": tight}, "latency": table,
               "auto_vs_best_of_fp32_and_int8": {
                   b: round(r["auto_ms"] / min(r["fp32_ms"], r["int8_ms"]), 3) for b, r in table.items()},
-              "auto_depth_0.3pct_vs_fp32": {b: round(r["auto_depth_0.3pct_ms"] / r["fp32_ms"], 3)
-                                            for b, r in table.items()},
-              "int8_depth_0.3pct_vs_fp32": {b: round(r["int8_depth_0.3pct_ms"] / r["fp32_ms"], 3)
-                                            for b, r in table.items()},
+              "auto_tight_vs_fp32": {b: round(r["auto_tight_ms"] / r["fp32_ms"], 3) for b, r in table.items()},
+              "int8_tight_vs_fp32": {b: round(r["int8_tight_ms"] / r["fp32_ms"], 3) for b, r in table.items()},
+              "int8_tight_vs_all_int8": {b: round(r["int8_tight_ms"] / r["int8_ms"], 3) for b, r in table.items()},
               "exports": {k: _mix_summary(r) for k, r in reports.items()}}
     tiny = {}
-    for name, path in _demo_models(args, work).items():
+    for name, path in ({} if args.skip_tiny else _demo_models(args, work)).items():
         out = work / "tiny" / name
         rep = {k: export_or_report(path, out / k, common | {"precision": k}) for k in ("fp32", "auto")}
         art_input = json.loads((out / "fp32" / "export_report.json").read_text())["inputs"]["shape"][1:]
@@ -415,6 +414,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-steps", type=int, default=150)
     ap.add_argument("--only", choices=("pruned", "resnet34", "mix"), help="run one part of the benchmark (mix: "
                     "--precision auto and accuracy control, written to export_mix.json unless -o is given)")
+    ap.add_argument("--tight-budget", default="1%,seg=0.02%", help="mix: budgets that all-int8 misses on the "
+                    "trained model (its seg mIoU drop was 0.043%%), for accuracy control to fix")
+    ap.add_argument("--skip-tiny", action="store_true", help="mix: leave out the demo's tiny models")
     ap.add_argument("--demo-dir", type=Path, default=Path(__file__).resolve().parents[1] / "artifacts" / "demo",
                     help="mix: a `deploymtl demo` output whose pruned tiny models to use (else trained here)")
     ap.add_argument("--quick", action="store_true", help="few repeats and training steps (smoke run)")

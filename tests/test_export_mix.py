@@ -268,3 +268,18 @@ def test_int8_without_accuracy_control_is_all_int8(model_path, tmp_path):
     report = json.loads((out / "export_report.json").read_text())
     assert report["precision_mix"] is None and report["options"]["accuracy_control"] is False
     assert np.isfinite(report["metrics"]["tasks"]["depth"]["loss"])
+
+
+def test_the_demo_summary_shows_the_chosen_mix():
+    from deploymtl.demo import _mix_rows
+
+    fam = {"exports": {"fp32": {"precision": "fp32", "precision_mix": None},
+                       "auto": {"precision": "int8", "precision_mix": {
+                           "mode": "auto", "chosen": "mix", "int8_groups": 9, "float_groups": 2,
+                           "candidates": {"fp32": {"cost_vs_fp32": 1.0}, "int8": {"cost_vs_fp32": 0.62},
+                                          "mix": {"cost_vs_fp32": 0.6}},
+                           "final_metrics": {"depth": {"metric": "abs_err", "value": 0.31, "passed": True,
+                                                       "budget": {"text": "0.3%"}}}}}}}
+    header, rows = _mix_rows(fam)
+    assert len(rows) == 1 and rows[0][:5] == ["auto", "int8 (mix)", "1 / 0.62 / 0.6", "9", "2"]
+    assert rows[0][5] == "depth abs_err 0.31 (budget 0.3%: ok)" and header[0] == "export"
