@@ -52,7 +52,8 @@ class Budget(BaseModel):
     def ratio(self, loss: float) -> float:
         """Loss over allowance: <= 1 fits; what accuracy control ranks the tasks by (the worst one first)."""
         if self.value > 0:
-            return loss / self.value if not self.fits(loss) or loss < self.value else 1.0
+            ratio = loss / self.value
+            return min(ratio, 1.0) if self.fits(loss) else ratio  # a loss at the budget, rounding included, is 1
         return 0.0 if loss <= 0 else math.inf
 
     def text(self) -> str:

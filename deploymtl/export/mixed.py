@@ -31,7 +31,6 @@ import torch
 
 from ..backends.base import InputSpec
 from ..backends.torch_runner import TorchRunner
-from ..budgets import Budgets
 from ..onnxkit.session import QUIET, open_session
 from ..verify.metrics_gate import GateReport, evaluate, metric_gate
 from .accuracy_control import ControlResult, accuracy_control
@@ -157,9 +156,8 @@ def mixed_int8(ctx: ExportContext, fp32: onnx.ModelProto, batches: list[np.ndarr
         variants.groups = {g.name: g for g in groups}
         names = [g.name for g in groups]
         log(f"precision mix: {len(groups)} quantised group(s)")
-        report: dict[str, Any] = {"mode": "auto" if auto else "int8", "groups": [], "budgets":
-                                  o.max_metric_drop.to_dict(ctx.names) if isinstance(o.max_metric_drop, Budgets)
-                                  else None}
+        report: dict[str, Any] = {"mode": "auto" if auto else "int8", "groups": [],
+                                  "budgets": o.max_metric_drop.to_dict(ctx.names)}
         missing = [t for t in ctx.names if t not in ctx.samples.sets["val"].targets]
         validation = None if missing or not o.accuracy_control else _Validation(ctx, variants)
         if validation is None:

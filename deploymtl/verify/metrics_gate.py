@@ -17,14 +17,13 @@ reported with its delta; only the primary one gates.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from ..budgets import Budgets, parse_budgets
+from ..budgets import Budget, Budgets, parse_budgets
 from ..metrics import TaskMeter
 from ..tasks import TaskSpec
 
@@ -48,10 +47,7 @@ def evaluate(runner: _Infer, images: torch.Tensor, targets: dict[str, torch.Tens
 
 def relative_drop(reference: float, candidate: float, lower_is_better: bool) -> float:
     """Relative loss in the worse direction (negative = improvement); see the module docstring."""
-    if not (math.isfinite(reference) and math.isfinite(candidate)):
-        return math.inf if math.isfinite(reference) else 0.0
-    worse = (candidate - reference) if lower_is_better else (reference - candidate)
-    return worse / abs(reference) if abs(reference) >= 1e-12 else worse
+    return Budget(value=0.0).loss(reference, candidate, lower_is_better)  # the one loss rule, relative
 
 
 @dataclass
