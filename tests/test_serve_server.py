@@ -1,7 +1,7 @@
-"""One real Triton (PyTriton's tritonserver) serving a toy artifact and a model repository written by
-`deploymtl export --target triton`: answers over HTTP and gRPC equal `session.infer`, concurrent clients are
-batched by Triton, malformed requests get 4xx while the server keeps serving, and `deploymtl profile --url`
-measures it with Triton's statistics."""
+"""One real Triton (the tritonserver PyTriton bundles, deploymtl's session in its python backend) serving a toy
+artifact and a model repository written by `deploymtl export --target triton`: answers over HTTP and gRPC equal
+`session.infer`, concurrent clients are batched by Triton, malformed requests get 4xx while the server keeps
+serving, and `deploymtl profile --url` measures it with Triton's statistics."""
 
 from __future__ import annotations
 
@@ -39,12 +39,13 @@ def served(tmp_path_factory, tiny_onnx):
     models += load_served(repo, ServeOptions(threads=1))
     server = TritonServer(models, free_ports())
     server.start()
+    sessions = {m.name: m.open_session() for m in models}  # the served files, opened as each instance opens them
     try:
-        yield {"server": server, "models": {m.name: m for m in models}, "repo": repo}
+        yield {"server": server, "models": {m.name: m for m in models}, "sessions": sessions, "repo": repo}
     finally:
         server.stop()
-        for m in models:
-            m.close()
+        for s in sessions.values():
+            s.close()
 
 
 def _http(served):
@@ -64,8 +65,7 @@ def _infer(client, module, model, x, outputs):
 
 @pytest.mark.parametrize("model", ["toy", "tiny"])
 def test_http_and_grpc_answers_equal_session_infer(served, model):
-    m = served["models"][model]
-    session = m.sessions[0]
+    session = served["sessions"][model]
     x = session.example(3, seed=7)
     expected = session.infer(x)
     for client, module in ((_http(served), httpclient), (_grpc(served), grpcclient)):
@@ -76,7 +76,7 @@ def test_http_and_grpc_answers_equal_session_infer(served, model):
 
 
 def test_concurrent_clients_are_batched_by_triton(served):
-    session = served["models"]["toy"].sessions[0]
+    session = served["sessions"]["toy"]
     images = [session.example(1, seed=i) for i in range(24)]
     answers = [None] * len(images)
     before = _http(served).get_inference_statistics("toy")["model_stats"][0]
@@ -136,7 +136,7 @@ def test_malformed_requests_get_4xx_and_the_server_keeps_serving(served):
         g.infer("tiny", [bad])
     assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
     assert g.is_server_ready() and g.is_model_ready("tiny")
-    session = served["models"]["tiny"].sessions[0]
+    session = served["sessions"]["tiny"]
     x = session.example(1, seed=3)
     assert np.array_equal(_infer(g, grpcclient, "tiny", x, ["depth"])["depth"], session.infer(x)["depth"])
     g.close()

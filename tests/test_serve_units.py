@@ -1,14 +1,17 @@
-"""The serving pieces that need no server: port probes, the libpython and numpy guards, start-failure messages,
-Triton URLs and statistics deltas, the batcher-setting resolution, and the load patterns on a fake service."""
+"""The serving pieces that need no server: port probes, the stub's environment and the numpy guard, start-failure
+messages, Triton URLs and statistics deltas, the batcher-setting resolution, and the load patterns on a fake
+service."""
 
 from __future__ import annotations
 
 import json
 import os
 import socket
+import sys
 import sysconfig
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +21,7 @@ from deploymtl.profile.loadgen import closed_loop, open_loop
 from deploymtl.profile.remote import _sum_versions, parse_url, stats_delta
 from deploymtl.profile.sweep import SweepSettings
 from deploymtl.serve.batching import resolve_batching
-from deploymtl.serve.environment import check_numpy, explain_start_failure, libpython_first, shared_libpython
+from deploymtl.serve.environment import check_numpy, explain_start_failure, shared_libpython, stub_environment
 from deploymtl.serve.ports import Ports, check_ports, port_in_use
 
 
@@ -52,20 +55,23 @@ def test_port_options_are_checked_before_probing():
                                                  "metrics": "http://127.0.0.1:3/metrics"}
 
 
-def test_libpython_first_puts_this_interpreters_libdir_first_once_and_restores(monkeypatch):
+def test_stub_environment_puts_this_interpreters_libdir_first_and_the_bundled_libs_last(tmp_path):
+    import deploymtl
+
     lib = shared_libpython()
     if lib is None:
         pytest.skip("this interpreter has no shared libpython")
     libdir = str(lib.parent)
     assert lib.name == sysconfig.get_config_var("INSTSONAME")
-    monkeypatch.setenv("LD_LIBRARY_PATH", f"/opt/a:{libdir}:/opt/b")
-    with libpython_first():
-        assert os.environ["LD_LIBRARY_PATH"] == f"{libdir}:/opt/a:/opt/b"
-    assert os.environ["LD_LIBRARY_PATH"] == f"/opt/a:{libdir}:/opt/b"
-    monkeypatch.delenv("LD_LIBRARY_PATH")
-    with libpython_first():
-        assert os.environ["LD_LIBRARY_PATH"] == libdir
-    assert "LD_LIBRARY_PATH" not in os.environ
+    base = {"LD_LIBRARY_PATH": f"/opt/a:{libdir}:/opt/b", "PATH": "/usr/bin", "PYTHONPATH": "/opt/py", "HOME": "/h"}
+    env = stub_environment(tmp_path / "libs", base)
+    assert env["LD_LIBRARY_PATH"] == f"{libdir}:/opt/a:/opt/b:{tmp_path / 'libs'}"
+    assert env["PATH"] == f"{os.path.dirname(sys.executable)}:/usr/bin" and env["HOME"] == "/h"
+    pythonpath = env["PYTHONPATH"].split(":")
+    assert pythonpath[0] == str(Path(deploymtl.__file__).resolve().parent.parent) and pythonpath[-1] == "/opt/py"
+    assert sysconfig.get_paths()["purelib"] in pythonpath
+    assert base["LD_LIBRARY_PATH"] == f"/opt/a:{libdir}:/opt/b"  # the caller's mapping is not changed
+    assert "LD_LIBRARY_PATH" in stub_environment(tmp_path, {})
 
 
 def test_numpy_2_is_refused_with_the_fix():

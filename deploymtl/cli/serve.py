@@ -1,4 +1,5 @@
-"""`deploymtl serve ARTIFACT|REPO`: a real Triton Inference Server (PyTriton) with deploymtl's runtime as the model;
+"""`deploymtl serve ARTIFACT|REPO`: a real Triton Inference Server (the tritonserver PyTriton bundles) with
+deploymtl's runtime as the model, in Triton's python backend;
 `--check` validates a repository offline instead. Library: `deploymtl.serve`."""
 
 from __future__ import annotations
@@ -47,30 +48,26 @@ def serve(
         _check(path, name)
         return
     check_finite("--max-delay-ms", max_delay_ms)
-    from ..serve.environment import require_pytriton
+    from ..serve.environment import require_serving
     from ..serve.ports import Ports, check_ports
     from ..serve.server import TritonServer, serve_until_signal
 
-    require_pytriton()  # before loading models: a missing extra or numpy 2 is the first thing to say
+    require_serving()  # before loading models: a missing extra or numpy 2 is the first thing to say
     ports = check_ports(Ports(host, http_port, grpc_port, metrics_port))  # and a taken port the second
     options = ServeOptions(name=name, provider=provider, threads=threads,
                            instances=instances, preferred=_sizes(preferred), max_delay_ms=max_delay_ms,
                            profile=profile, max_batch=max_batch)
     models = load_served(path, options)
-    try:
-        server = TritonServer(models, ports, log_file=log_file)
+    server = TritonServer(models, ports, log_file=log_file)
 
-        def ready(s: TritonServer) -> None:
-            for m in s.models:
-                typer.echo(f"serving {m.describe()}")
-            u = s.urls
-            typer.echo(f"ready: http {u['http']} (health {u['http']}/v2/health/ready), grpc {u['grpc']}, metrics "
-                       f"{u['metrics']}; SIGINT or SIGTERM stops", err=False)
+    def ready(s: TritonServer) -> None:
+        for m in s.models:
+            typer.echo(f"serving {m.describe()}")
+        u = s.urls
+        typer.echo(f"ready: http {u['http']} (health {u['http']}/v2/health/ready), grpc {u['grpc']}, metrics "
+                   f"{u['metrics']}; SIGINT or SIGTERM stops", err=False)
 
-        serve_until_signal(server, ready)
-    finally:
-        for m in models:
-            m.close()
+    serve_until_signal(server, ready)
     typer.echo("stopped")
 
 

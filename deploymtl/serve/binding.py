@@ -1,28 +1,26 @@
-"""What `deploymtl serve` puts on Triton: a model name, its tensors, batching and one inference function per instance.
+"""What `deploymtl serve` puts on Triton: a model name, its tensors, batching, and what each instance loads.
 
-From an artifact (`pruned.pt`, `model.onnx`, `model.plan`): the artifact's `Session` (`deploymtl.runtime.load`),
-`max_batch_size` = the artifact's maximum batch (the batch specification's MAX; `--max-batch` for torch files,
-which record none), the batcher setting resolved by `batching.py`, and the output dtypes and dims of a warm-up
-inference at batch 1 and at the maximum (what the session really returns).
+From an artifact (`pruned.pt`, `model.onnx`, `model.plan`): `max_batch_size` = the artifact's maximum batch (the
+batch specification's MAX; `--max-batch` for torch files, which record none), the batcher setting resolved by
+`batching.py`, and the output dtypes and dims of a warm-up inference at batch 1 and at the maximum (what the
+session really returns).
 
 From a model repository (`deploymtl export --target triton`): the model directory is checked
-(`validate.check_model_dir`) and its config.pbtxt read; its model file is loaded as a Session, with the config's
-`max_batch_size`, dynamic batching, instance count and kind (KIND_GPU: ONNX Runtime's CUDA provider, or its
-TensorRT provider when the config asks for the TensorRT accelerator), and `intra_op_thread_count`. The warm-up
+(`validate.check_model_dir`) and its config.pbtxt read; its model file is what the instances load, with the
+config's `max_batch_size`, dynamic batching, instance count and kind (KIND_GPU: ONNX Runtime's CUDA provider, or
+its TensorRT provider when the config asks for the TensorRT accelerator), and `intra_op_thread_count`. The warm-up
 outputs must match the config's outputs, so what Triton announces is what the session returns.
 
-Triton's dynamic batcher forms the batches; PyTriton's `@batch` hands the concatenated batch to the function and
-splits the answer back per request. Each instance gets its own session (a session runs one call at a time).
+The check runs here, in the serving process, on one session that is closed afterwards; the sessions that serve
+are opened by Triton's python backend, one per instance, from the same file with the same provider and threads
+(python_model.py, model_store.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from ..errors import DeploymtlError
 from ..runtime.session import Session, load
@@ -52,23 +50,26 @@ class ServeOptions:
 @dataclass
 class ServedModel:
     name: str
-    sessions: list[Session]
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     batching: Batching
     source: Path
     model_file: Path
+    provider: str = "cpu"
+    threads: int | None = None
+    instances: int = 1
+    max_batch: int | None = None  # torch artifacts: the limit their sessions are opened with
     info: dict[str, Any] = field(default_factory=dict)
 
-    def close(self) -> None:
-        for s in self.sessions:
-            s.close()
+    def open_session(self) -> Session:
+        """A session on the served file, opened as each instance opens it (for tests and comparisons)."""
+        return load(self.model_file, provider=self.provider, threads=self.threads, max_batch=self.max_batch)
 
     def describe(self) -> str:
         b = self.batching
         return (f"{self.name} ({self.model_file}, tasks {', '.join(o.name for o in self.outputs)}): max batch "
                 f"{b.max_batch_size}, preferred {list(b.preferred)}, queue delay {b.max_delay_ms:g} ms "
-                f"({b.source}), {len(self.sessions)} instance(s)")
+                f"({b.source}), {self.instances} instance(s)")
 
 
 def load_served(path: str | Path, options: ServeOptions = ServeOptions()) -> list[ServedModel]:
@@ -83,21 +84,9 @@ def load_served(path: str | Path, options: ServeOptions = ServeOptions()) -> lis
         if options.name is None and not (p / "config.pbtxt").is_file():
             names = sorted(d.name for d in p.iterdir() if (d / "config.pbtxt").is_file())
             if len(names) > 1:
-                return _all_or_none([lambda n=n: from_repository(p / n, options) for n in names])
+                return [from_repository(p / n, options) for n in names]
         return [from_repository(find_model(p, options.name), options)]
     return [from_artifact(p, options)]
-
-
-def _all_or_none(loaders: list[Callable[[], ServedModel]]) -> list[ServedModel]:
-    loaded: list[ServedModel] = []
-    try:
-        for loader in loaders:
-            loaded.append(loader())
-    except BaseException:
-        for m in loaded:
-            m.close()
-        raise
-    return loaded
 
 
 def from_artifact(path: Path, options: ServeOptions) -> ServedModel:
@@ -108,21 +97,16 @@ def from_artifact(path: Path, options: ServeOptions) -> ServedModel:
     if options.max_batch is not None and not torch_file:
         raise DeploymtlError(f"--max-batch applies to torch artifacts; {path.name} records its own maximum",
                              hint="re-export with another --batch to change it")
-    sessions = _sessions(count, lambda: load(path, provider=options.provider, threads=options.threads,
-                                             max_batch=(options.max_batch or DEFAULT_TORCH_MAX_BATCH)
-                                             if torch_file else None))
-    s = sessions[0]
-    limit = s.max_batch or DEFAULT_TORCH_MAX_BATCH
-    try:
+    max_batch = (options.max_batch or DEFAULT_TORCH_MAX_BATCH) if torch_file else None
+    with load(path, provider=options.provider, threads=options.threads, max_batch=max_batch) as s:
+        limit = s.max_batch or DEFAULT_TORCH_MAX_BATCH
         batching = resolve_batching(path, limit, preferred=options.preferred, max_delay_ms=options.max_delay_ms,
                                     profile=options.profile)
-        outputs = _warm_up(sessions, batching.max_batch_size)
-    except BaseException:
-        _close(sessions)
-        raise
-    spec = s.input_spec
+        outputs = _warm_up(s, batching.max_batch_size)
+        spec, info = s.input_spec, s.info()
     inputs = (TensorSpec(spec.name, spec.dtype, (spec.channels, spec.height, spec.width)),)
-    return ServedModel(model_name(path, options.name), sessions, inputs, outputs, batching, path, path, s.info())
+    return ServedModel(model_name(path, options.name), inputs, outputs, batching, path, path, options.provider,
+                       options.threads, count, max_batch, info)
 
 
 def from_repository(model_dir: Path, options: ServeOptions) -> ServedModel:
@@ -136,32 +120,13 @@ def from_repository(model_dir: Path, options: ServeOptions) -> ServedModel:
     if kind == "KIND_GPU" and checked.interface.platform == "onnxruntime_onnx" and provider == "cpu":
         accelerated = cfg.optimization.execution_accelerators.gpu_execution_accelerator
         provider = "trt" if any(a.name == "tensorrt" for a in accelerated) else "cuda"
-    sessions = _sessions(count, lambda: load(checked.model_file, provider=provider, threads=threads))
-    try:
-        batching = batching_of(cfg, f"{model_dir / 'config.pbtxt'}")
-        outputs = _warm_up(sessions, batching.max_batch_size)
-        _check_outputs(tensors(cfg, "output"), outputs, model_dir)
-    except BaseException:
-        _close(sessions)
-        raise
-    return ServedModel(checked.name, sessions, tuple(tensors(cfg, "input")), tuple(tensors(cfg, "output")), batching,
-                       model_dir, checked.model_file, sessions[0].info())
-
-
-def _sessions(count: int, open_one: Callable[[], Session]) -> list[Session]:
-    sessions: list[Session] = []
-    try:
-        for _ in range(count):
-            sessions.append(open_one())
-    except BaseException:
-        _close(sessions)
-        raise
-    return sessions
-
-
-def _close(sessions: list[Session]) -> None:
-    for s in sessions:
-        s.close()
+    batching = batching_of(cfg, f"{model_dir / 'config.pbtxt'}")
+    with load(checked.model_file, provider=provider, threads=threads) as s:
+        outputs = _warm_up(s, batching.max_batch_size)
+        info = s.info()
+    _check_outputs(tensors(cfg, "output"), outputs, model_dir)
+    return ServedModel(checked.name, tuple(tensors(cfg, "input")), tuple(tensors(cfg, "output")), batching,
+                       model_dir, checked.model_file, provider, threads, count, None, info)
 
 
 def _int_parameter(params: dict[str, str], key: str, where: Path) -> int | None:
@@ -173,14 +138,11 @@ def _int_parameter(params: dict[str, str], key: str, where: Path) -> int | None:
     return int(value)
 
 
-def _warm_up(sessions: list[Session], max_batch: int) -> tuple[TensorSpec, ...]:
-    """Run each session at batch 1 and at the maximum; the outputs' dtypes and per-sample dims."""
-    outputs: tuple[TensorSpec, ...] = ()
-    for s in sessions:
-        for b in sorted({1, max_batch}):
-            out = s.infer(s.example(b))
-        outputs = tuple(TensorSpec(k, v.dtype.name, tuple(v.shape[1:])) for k, v in out.items())
-    return outputs
+def _warm_up(session: Session, max_batch: int) -> tuple[TensorSpec, ...]:
+    """Run the session at batch 1 and at the maximum; the outputs' dtypes and per-sample dims."""
+    for b in sorted({1, max_batch}):
+        out = session.infer(session.example(b))
+    return tuple(TensorSpec(k, v.dtype.name, tuple(v.shape[1:])) for k, v in out.items())
 
 
 def _check_outputs(declared: list[TensorSpec], actual: tuple[TensorSpec, ...], where: Path) -> None:
@@ -192,35 +154,3 @@ def _check_outputs(declared: list[TensorSpec], actual: tuple[TensorSpec, ...], w
             seen = f"{real.dtype} {list(real.dims)}" if real else "nothing"
             raise DeploymtlError(f"{where / 'config.pbtxt'}: output '{t.name}' is declared {t.dtype} {list(t.dims)} "
                                  f"but the model returns {seen}", hint="re-run deploymtl export --target triton")
-
-
-def bind(triton: Any, served: ServedModel) -> None:
-    """Bind `served` on a `pytriton.triton.Triton`: tensors, ModelConfig with the dynamic batcher, one function per
-    session, strict output checks."""
-    from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
-
-    b = served.batching
-    config = ModelConfig(max_batch_size=b.max_batch_size, batcher=DynamicBatcher(
-        max_queue_delay_microseconds=b.max_queue_delay_us, preferred_batch_size=list(b.preferred) or None))
-    triton.bind(model_name=served.name, infer_func=[infer_function(s, served) for s in served.sessions],
-                inputs=[Tensor(name=t.name, dtype=np.dtype(t.dtype), shape=t.dims) for t in served.inputs],
-                outputs=[Tensor(name=t.name, dtype=np.dtype(t.dtype), shape=t.dims) for t in served.outputs],
-                config=config, strict=True)
-
-
-def infer_function(session: Session, served: ServedModel) -> Callable[..., dict[str, np.ndarray]]:
-    from pytriton.decorators import batch
-
-    input_name = served.inputs[0].name
-    names = [o.name for o in served.outputs]
-
-    @batch
-    def infer(**inputs: np.ndarray) -> dict[str, np.ndarray]:
-        try:
-            out = session.infer(inputs[input_name])
-        except Exception as exc:  # a client gets this one line, not a traceback through deploymtl's internals
-            message = exc.one_line() if isinstance(exc, DeploymtlError) else f"{type(exc).__name__}: {exc}"
-            raise RuntimeError(f"deploymtl model {served.name}: {message}") from None
-        return {n: out[n] for n in names}
-
-    return infer

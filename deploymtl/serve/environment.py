@@ -1,43 +1,37 @@
-"""What the machine must offer before `deploymtl serve` starts a Triton, and the one thing serve changes for it.
+"""What the machine must offer before `deploymtl serve` starts a Triton, and the environment tritonserver gets.
 
-- The `[serve]` extra: PyTriton (`nvidia-pytriton`, which bundles tritonserver and its python backend).
-- numpy < 2 in this process: PyTriton 0.7 passes tensors through numpy and, under numpy 2, answers every request
-  with HTTP 200 and *empty* outputs. Refused up front with the fix.
-- libpython: the python backend's stub (`triton_python_backend_stub`, spawned by tritonserver) links
-  `libpython3.X.so.1.0` by soname. The dynamic loader finds the system's copy first (e.g. Debian's 3.11.2), while
-  the stub runs this interpreter's standard library; an interpreter of another build (pyenv, a custom prefix)
-  then fails to load the model with `'_thread.RLock' object has no attribute '_recursion_count'`. Putting this
-  interpreter's own LIBDIR first on LD_LIBRARY_PATH while PyTriton starts tritonserver (PyTriton copies
-  os.environ into the child, tritonserver passes it on to the stub) makes the stub load the matching library.
-  It is set only around the start and restored afterwards; an interpreter built without a shared libpython gets
-  no change, and a load that still fails this way is explained in one line (`explain_start_failure`).
+- The `[serve]` extra: PyTriton (`nvidia-pytriton`), for the tritonserver binary and python backend it bundles
+  (bundled.py).
+- numpy < 2: the extra pins it, because PyTriton 0.7 (whose python layer answered every request with HTTP 200 and
+  *empty* outputs under numpy 2) requires it; serve refuses numpy >= 2 up front with the fix rather than find out
+  per request.
+- The stub's environment (`stub_environment`): the python backend's stub (`triton_python_backend_stub`, spawned
+  by tritonserver) links `libpython3.X.so.1.0` by soname. The dynamic loader finds the system's copy first (e.g.
+  Debian's 3.11.2), while the stub runs this interpreter's standard library; an interpreter of another build
+  (pyenv, a custom prefix) then fails to load the model with `'_thread.RLock' object has no attribute
+  '_recursion_count'`. This interpreter's own LIBDIR goes first on LD_LIBRARY_PATH (nothing for a build without a
+  shared libpython), the bundled libraries last; this interpreter's bin folder goes first on PATH and its
+  site-packages and deploymtl itself on PYTHONPATH, so the stub imports the same deploymtl, onnxruntime and numpy
+  as the process that checked the models. Only the child's environment changes, never this process's; a load
+  that still fails this way is explained in one line (`explain_start_failure`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import sys
 import sysconfig
-from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 from ..errors import DeploymtlError
+from .bundled import require_bundled_triton
 
-SERVE_EXTRA = 'pip install -e ".[serve]" (nvidia-pytriton; Linux x86_64, glibc >= 2.35)'
 
-
-def require_pytriton() -> ModuleType:
-    """`pytriton.triton`, after the numpy guard; one-line errors naming the extra or the numpy fix."""
+def require_serving() -> None:
+    """The numpy guard, then the bundled tritonserver; one-line errors naming the fix."""
     check_numpy()
-    try:
-        import pytriton.triton as triton
-    except ImportError as exc:
-        raise DeploymtlError(f"deploymtl serve needs PyTriton, which is not installed ({exc.name or exc})",
-                             hint=f"install it with {SERVE_EXTRA}") from None
-    return triton
+    require_bundled_triton()
 
 
 def check_numpy(version: str | None = None) -> None:
@@ -60,22 +54,21 @@ def shared_libpython() -> Path | None:
     return Path(libdir) / soname
 
 
-@contextlib.contextmanager
-def libpython_first() -> Iterator[None]:
-    """LD_LIBRARY_PATH starts with this interpreter's LIBDIR inside the block (see the module docstring)."""
+def stub_environment(bundled_libs: Path, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment tritonserver and its stubs run with (module docstring)."""
+    import deploymtl
+
+    env = dict(os.environ if base is None else base)
     lib = shared_libpython()
-    old = os.environ.get("LD_LIBRARY_PATH")
-    if lib is not None:
-        libdir = str(lib.parent)
-        rest = [p for p in (old or "").split(":") if p and p != libdir]
-        os.environ["LD_LIBRARY_PATH"] = ":".join([libdir, *rest])
-    try:
-        yield
-    finally:  # tritonserver has copied the environment by the time the start returns
-        if old is None:
-            os.environ.pop("LD_LIBRARY_PATH", None)
-        else:
-            os.environ["LD_LIBRARY_PATH"] = old
+    first = [str(lib.parent)] if lib is not None else []
+    rest = [p for p in env.get("LD_LIBRARY_PATH", "").split(":") if p and p not in first]
+    env["LD_LIBRARY_PATH"] = ":".join([*first, *rest, str(bundled_libs)])
+    bin_dir = str(Path(sys.executable).parent)
+    env["PATH"] = ":".join([bin_dir, *(p for p in env.get("PATH", "").split(":") if p and p != bin_dir)])
+    paths = [str(Path(deploymtl.__file__).resolve().parent.parent),
+             *dict.fromkeys(sysconfig.get_paths()[k] for k in ("purelib", "platlib"))]
+    env["PYTHONPATH"] = ":".join([*paths, *(p for p in env.get("PYTHONPATH", "").split(":") if p and p not in paths)])
+    return env
 
 
 _IN_USE = re.compile(r"failed to start (HTTP|GRPC|Metrics) service: Unavailable - Socket '([^']+)' already in use")

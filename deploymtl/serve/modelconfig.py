@@ -64,6 +64,7 @@ class ConfigSpec:
     parameters: dict[str, str] = field(default_factory=dict)
     warmup: tuple[Warmup, ...] = ()
     trt_accelerator: str | None = None  # FP32 / FP16: ONNX Runtime's TensorRT execution accelerator (GPU)
+    backend: str | None = None  # instead of a platform: "python" for the models deploymtl serve runs itself
 
 
 def data_type(dtype: str) -> str:
@@ -76,7 +77,11 @@ def data_type(dtype: str) -> str:
 def build_config(spec: ConfigSpec) -> Any:
     """The ModelConfig message for `spec`."""
     mc = schema()
-    cfg = mc.ModelConfig(name=spec.name, platform=spec.platform, max_batch_size=spec.batching.max_batch_size)
+    cfg = mc.ModelConfig(name=spec.name, max_batch_size=spec.batching.max_batch_size)
+    if spec.backend is not None:
+        cfg.backend = spec.backend
+    else:
+        cfg.platform = spec.platform
     for tensors, field_ in ((spec.inputs, cfg.input), (spec.outputs, cfg.output)):
         for t in tensors:
             entry = field_.add(name=t.name, data_type=mc.DataType.Value(data_type(t.dtype)))

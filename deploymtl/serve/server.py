@@ -1,39 +1,56 @@
-"""A real Triton Inference Server in front of deploymtl sessions, started through PyTriton, stopped once.
+"""A real Triton Inference Server in front of deploymtl sessions: PyTriton's bundled tritonserver, started once,
+stopped once.
 
 `TritonServer(models, ports)`: `start()` probes the ports (ports.py), makes a temporary folder this server owns
-(PyTriton's workspace, with the tritonserver copy and its sockets, and the server log unless `log_file` is
-given), binds every model (binding.py), and starts tritonserver with LD_LIBRARY_PATH fixed for the python
-backend (environment.py); it returns once every model is ready (about 3 s). `stop()` stops tritonserver
-(about 4 s: in-flight requests finish within `exit_timeout_secs`) and removes the folder; it runs once, however
-often it is called. Endpoints listen on `ports.host` only (loopback by default: PyTriton's own default is every
-interface). Every endpoint but statistics stays behind PyTriton's access token (model control, shared memory,
-trace, logging), so a second server cannot load models into this one; statistics stay open for
-`deploymtl profile --url`.
+(the python backend's folder of links, bundled.py; the model store, model_store.py; the server log unless
+`log_file` is given), and starts tritonserver on that store, with every served model a python-backend model
+whose instances run deploymtl's session inside the backend's stub (python_model.py). It returns once Triton
+reports ready (every model loaded, about 3 s). `stop()` sends SIGTERM (in-flight requests finish within
+`exit_timeout_secs`), kills what is left after a grace period, and removes the folder; it runs once, however often
+it is called. Endpoints listen on `ports.host` only (loopback by default). Model control, shared memory, trace and
+logging stay behind an access token this server draws and never prints, so no other process can load models
+into it; statistics stay open for `deploymtl profile --url`.
 
-PyTriton ties tritonserver's life to the thread that started it (PR_SET_PDEATHSIG), so `start()` must run on a
-thread that outlives the server: the main thread in `deploymtl serve`. `serve_until_signal` installs SIGINT and
-SIGTERM handlers before the start (a signal during the start stops the server right after it), waits, watches
-the server, ignores further signals while it stops, and restores the previous handlers.
+Why not PyTriton's own `Triton.bind`: its proxy model relays every batch from the stub to the binding process
+over ZeroMQ and a shared-memory tensor store (four thread hand-overs and two manager round trips per batch);
+measured on the tiny demo models that path cost 6-8 ms per execution against 0.1-0.3 ms for the stub running
+the session itself (benchmarks/bench_serve.py), more than the models compute.
+
+tritonserver dies with the thread that started it (PR_SET_PDEATHSIG), so that no server outlives a killed
+`deploymtl serve`: `start()` must run on a thread that outlives the server, the main thread in `deploymtl serve`.
+`serve_until_signal` installs SIGINT and SIGTERM handlers before the start (a signal during the start stops the
+server right after it), waits, watches the server, ignores further signals while it stops, and restores the
+previous handlers.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import secrets
 import shutil
 import signal
+import subprocess
 import tempfile
 import threading
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO
 
 from ..errors import DeploymtlError
-from .binding import ServedModel, bind
-from .environment import explain_start_failure, last_log_error, libpython_first, require_pytriton
+from .binding import ServedModel
+from .bundled import require_bundled_triton
+from .environment import check_numpy, explain_start_failure, last_log_error, stub_environment
+from .model_store import write_model_store
 from .ports import Ports, check_ports
 
 EXIT_TIMEOUT_S = 5  # below ~2 s tritonserver exits non-gracefully and leaks shared memory
-OPEN_ENDPOINTS = ("statistics",)
-RESTRICTED = ["shared-memory", "model-repository", "trace", "logging"]
+KILL_AFTER_S = EXIT_TIMEOUT_S + 15
+READY_TIMEOUT_S = 120.0
+RESTRICTED = "shared-memory,model-repository,trace,logging"
 
 
 class TritonServer:
@@ -46,7 +63,8 @@ class TritonServer:
         self.models = list(models)
         self.ports = ports
         self.log_file = log_file
-        self._triton: Any = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
         self._tmp: Path | None = None
         self._stopped = False
         self._lock = threading.Lock()
@@ -60,24 +78,20 @@ class TritonServer:
         return self.log_file or (self._tmp / "triton.log" if self._tmp else None)
 
     def start(self) -> TritonServer:
-        triton_mod = require_pytriton()
+        check_numpy()
+        bundled = require_bundled_triton()
         check_ports(self.ports)
         if self.log_file is not None:
             self.log_file.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = Path(tempfile.mkdtemp(prefix="deploymtl-serve-"))
         try:
-            h = self.ports.host
-            config = triton_mod.TritonConfig(
-                http_address=h, http_port=self.ports.http, grpc_address=h, grpc_port=self.ports.grpc,
-                allow_metrics=True, metrics_address=h, metrics_port=self.ports.metrics, allow_gpu_metrics=False,
-                exit_timeout_secs=EXIT_TIMEOUT_S, log_file=str(self.log_path))
-            self._triton = triton_mod.Triton(config=config, workspace=str(self._tmp / "workspace"),
-                                             security_config=triton_mod.TritonSecurityConfig(
-                                                 restricted_endpoints=RESTRICTED))
-            for m in self.models:
-                bind(self._triton, m)
-            with libpython_first():
-                self._triton.run()
+            backends = bundled.backend_directory(self._tmp)
+            store = write_model_store(self.models, self._tmp / "models")
+            self._log = open(self.log_path, "ab")  # noqa: SIM115 - tritonserver writes to it until stop()
+            self._proc = subprocess.Popen(self._command(bundled.binary, store, backends), stdin=subprocess.DEVNULL,
+                                          stdout=self._log, stderr=subprocess.STDOUT,
+                                          env=stub_environment(bundled.libs), preexec_fn=_die_with_parent)
+            self._wait_ready()
         except BaseException as exc:
             log_text = self._read_log()
             self.stop()
@@ -86,8 +100,35 @@ class TritonServer:
             raise explain_start_failure(exc, log_text) from None
         return self
 
+    def _command(self, binary: Path, store: Path, backends: Path) -> list[str]:
+        h, p = self.ports.host, self.ports
+        token = f"triton-access-token={secrets.token_urlsafe(24)}"
+        return [str(binary), f"--model-repository={store}", f"--backend-directory={backends}",
+                f"--http-address={h}", f"--http-port={p.http}", f"--grpc-address={h}", f"--grpc-port={p.grpc}",
+                "--allow-metrics=true", "--allow-gpu-metrics=false", f"--metrics-address={h}",
+                f"--metrics-port={p.metrics}", f"--exit-timeout-secs={EXIT_TIMEOUT_S}",
+                f"--backend-config=python,shm-region-prefix-name=deploymtl{secrets.token_hex(6)}_",
+                f"--http-restricted-api={RESTRICTED}:{token}", f"--grpc-restricted-protocol={RESTRICTED}:{token}"]
+
+    def _wait_ready(self) -> None:
+        url = f"{self.urls['http']}/v2/health/ready"
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self._proc is None or self._proc.poll() is not None:
+                code = self._proc.returncode if self._proc is not None else None
+                raise RuntimeError(f"tritonserver exited with status {code} while starting")
+            try:
+                with urllib.request.urlopen(url, timeout=1.0) as r:
+                    if r.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass  # not listening yet, or models still loading (400)
+            time.sleep(0.1)
+        raise DeploymtlError(f"tritonserver was not ready within {READY_TIMEOUT_S:g} s",
+                             hint="see the tritonserver log (--log-file)")
+
     def is_alive(self) -> bool:
-        return self._triton is not None and not self._stopped and self._triton.is_alive()
+        return self._proc is not None and not self._stopped and self._proc.poll() is None
 
     def last_error(self) -> str:
         """The last error line of the server log, for a server that died."""
@@ -99,9 +140,16 @@ class TritonServer:
                 return
             self._stopped = True
         try:
-            if self._triton is not None:
-                self._triton.stop()
+            if self._proc is not None and self._proc.poll() is None:
+                self._proc.send_signal(signal.SIGTERM)
+                try:
+                    self._proc.wait(timeout=KILL_AFTER_S)
+                except subprocess.TimeoutExpired:
+                    self._proc.kill()
+                    self._proc.wait()
         finally:
+            if self._log is not None:
+                self._log.close()
             if self._tmp is not None:
                 shutil.rmtree(self._tmp, ignore_errors=True)
 
@@ -117,6 +165,12 @@ class TritonServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the thread that started it ends (a killed `deploymtl serve`)."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def serve_until_signal(server: TritonServer, on_ready: Callable[[TritonServer], None] = lambda _s: None,

@@ -17,18 +17,15 @@ import tempfile
 from pathlib import Path
 
 from ..errors import DeploymtlError
+from .bundled import SERVE_EXTRA, bundled_triton
 
 _MISSING_BACKEND = re.compile(r"unable to find backend library for backend '(\w+)'")
 _ERROR = re.compile(r'^E\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] "?(.*?)"?\s*$')
 
 
 def bundled_tritonserver() -> Path | None:
-    try:
-        import pytriton
-    except ImportError:
-        return None
-    path = Path(pytriton.__file__).parent / "tritonserver" / "bin" / "tritonserver"
-    return path if path.is_file() else None
+    found = bundled_triton()
+    return found.binary if found is not None else None
 
 
 def triton_accepts(model_dir: str | Path, timeout_s: float = 60.0) -> str:
@@ -36,7 +33,7 @@ def triton_accepts(model_dir: str | Path, timeout_s: float = 60.0) -> str:
     (the config is accepted), or raises DeploymtlError with Triton's reason."""
     binary = bundled_tritonserver()
     if binary is None:
-        raise DeploymtlError("the bundled tritonserver is not installed", hint='pip install -e ".[serve]"')
+        raise DeploymtlError("the bundled tritonserver is not installed", hint=f"install it with {SERVE_EXTRA}")
     d = Path(model_dir).resolve()
     with tempfile.TemporaryDirectory(prefix="deploymtl-tritoncheck-") as tmp:
         (Path(tmp) / d.name).symlink_to(d, target_is_directory=True)  # a repository of this model only
