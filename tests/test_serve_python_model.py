@@ -77,6 +77,7 @@ def test_the_model_store_is_a_python_backend_model_triton_can_parse(toy_model, t
     assert [o.name for o in cfg.output] == ["seg", "depth", "count"] and list(cfg.input[0].dims) == [3, 48, 64]
     params = {k: v.string_value for k, v in cfg.parameters.items()}
     assert params == {"deploymtl_model": str(toy_model.model_file.resolve()), "deploymtl_provider": "cpu",
+                      "deploymtl_spinning": "0",
                       "deploymtl_threads": "1"}
     assert (store / "toy" / "1" / "model.py").read_text() == MODEL_PY
 
@@ -123,3 +124,18 @@ def test_split_rows_keeps_request_order():
     parts = split_rows(out, [2, 1, 3])
     assert [p["a"][:, 0].tolist() for p in parts] == [[0, 1], [2], [3, 4, 5]]
     assert [p["b"].tolist() for p in parts] == [[0, 10], [20], [30, 40, 50]]
+
+
+def _spinning(model) -> str:
+    return model.session.runner.session.get_session_options().get_session_config_entry(
+        "session.intra_op.allow_spinning")
+
+
+def test_instances_sleep_between_batches_unless_spinning_is_asked_for(tmp_path, pb_utils):
+    toy = toy_onnx(tmp_path / "toy" / "model.onnx", max_batch=4)
+    for spinning, expected in ((False, "0"), (True, "1")):
+        [served] = load_served(toy, ServeOptions(name="toy", threads=1, spinning=spinning))
+        store = write_model_store([served], tmp_path / f"store{expected}")
+        model = _initialized(store, "toy")
+        assert _spinning(model) == expected
+        model.finalize()

@@ -22,8 +22,9 @@ def artifact_kind(path: str | Path) -> str:
 
 
 def open_runner(path: str | Path, *, provider: str = "cpu", device: str = "cpu", threads: int | None = None,
-                max_batch: int | None = None) -> Runner:
-    """A runner for the artifact at `path`. `provider` selects the ONNX Runtime execution provider."""
+                max_batch: int | None = None, spinning: bool | None = None) -> Runner:
+    """A runner for the artifact at `path`. `provider` selects the ONNX Runtime execution provider;
+    `spinning` its idle threads' busy-wait (ONNX only; None: ONNX Runtime's default)."""
     kind = artifact_kind(path)
     if kind == "torch":
         from .torch_runner import TorchRunner
@@ -32,7 +33,7 @@ def open_runner(path: str | Path, *, provider: str = "cpu", device: str = "cpu",
     if kind == "onnx":
         from .ort_runner import OrtRunner
 
-        return OrtRunner(path, provider=provider, threads=threads)
+        return OrtRunner(path, provider=provider, threads=threads, spinning=spinning)
     from .trt_runner import TrtRunner  # lazy: needs the tensorrt extra and a GPU
 
     return TrtRunner.from_engine(path)

@@ -23,10 +23,11 @@ from .base import InputSpec, Runner
 class OrtRunner(Runner):
     backend = "onnxruntime"
 
-    def __init__(self, path: str | Path, provider: str = "cpu", threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, provider: str = "cpu", threads: int | None = None,
+                 spinning: bool | None = None) -> None:
         execution_provider(provider)  # an unknown or missing provider is named before the file is read
         load_onnx(path)  # a missing, empty or unreadable file is named here, not inside ONNX Runtime
-        self.session = open_session(path, provider=provider, threads=threads, label=path)
+        self.session = open_session(path, provider=provider, threads=threads, spinning=spinning, label=path)
         meta = from_props(self.session.get_modelmeta().custom_metadata_map)
         spec = _input_spec(self.session, meta, path)
         outputs = [o.name for o in self.session.get_outputs()]

@@ -37,6 +37,9 @@ def serve(
     max_delay_ms: float | None = typer.Option(None, "--max-delay-ms", help="Dynamic batcher queue delay."),
     profile: Path | None = typer.Option(None, "--profile", help="profile.json to take the batcher setting from."),
     max_batch: int | None = typer.Option(None, "--max-batch", min=1, help="Max batch of a pruned.pt (default 8)."),
+    ort_spinning: bool = typer.Option(False, "--ort-spinning/--no-ort-spinning",
+                                      help="Let ONNX Runtime's idle threads busy-wait between batches (off: they would "
+                                           "take CPU from tritonserver and the network)."),
     log_file: Path | None = typer.Option(None, "--log-file", help="Keep tritonserver's log in this file."),
     check: bool = typer.Option(False, "--check", help="Validate REPO offline and exit, without serving."),
 ) -> None:
@@ -56,7 +59,7 @@ def serve(
     ports = check_ports(Ports(host, http_port, grpc_port, metrics_port))  # and a taken port the second
     options = ServeOptions(name=name, provider=provider, threads=threads,
                            instances=instances, preferred=_sizes(preferred), max_delay_ms=max_delay_ms,
-                           profile=profile, max_batch=max_batch)
+                           profile=profile, max_batch=max_batch, spinning=ort_spinning)
     models = load_served(path, options)
     server = TritonServer(models, ports, log_file=log_file)
 

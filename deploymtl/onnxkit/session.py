@@ -34,12 +34,15 @@ def execution_provider(provider: str) -> str:
 
 
 def open_session(model: onnx.ModelProto | bytes | str | Path, *, provider: str = "cpu", threads: int | None = None,
-                 log_severity: int | None = None, label: str | Path | None = None) -> ort.InferenceSession:
+                 spinning: bool | None = None, log_severity: int | None = None,
+                 label: str | Path | None = None) -> ort.InferenceSession:
     """An `InferenceSession` on `model` (a path, serialized bytes or a proto) running on exactly `provider`.
 
     `threads`: intra-op threads (inter-op 1: the graphs are one chain of layers); None leaves ONNX Runtime's
-    default (one per core). `log_severity`: ONNX Runtime's level (None: its default, warnings). `label` names the
-    model in errors (default: the path, or "<in-memory graph>")."""
+    default (one per core). `spinning`: False stops idle intra-op threads from busy-waiting for the next run
+    (`session.intra_op.allow_spinning` 0: right for a session sharing its CPUs, e.g. behind a server); None leaves
+    ONNX Runtime's default (spinning). `log_severity`: ONNX Runtime's level (None: its default, warnings). `label`
+    names the model in errors (default: the path, or "<in-memory graph>")."""
     import onnxruntime as ort
 
     wanted = execution_provider(provider)
@@ -47,6 +50,8 @@ def open_session(model: onnx.ModelProto | bytes | str | Path, *, provider: str =
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+    if spinning is not None:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     if log_severity is not None:
         opts.log_severity_level = log_severity
     if isinstance(model, onnx.ModelProto):

@@ -94,13 +94,15 @@ class Session:
 
 
 def load(path: str | Path, *, provider: str = "cpu", device: str = "cpu", threads: int | None = None,
-         max_batch: int | None = None) -> Session:
+         max_batch: int | None = None, spinning: bool | None = None) -> Session:
     """Open the artifact at `path`.
 
     provider: ONNX Runtime execution provider for `.onnx` files (cpu, cuda, trt); no fallback.
     device:   torch device for `pruned.pt` / `supernet.pt` (cpu, cuda, cuda:N).
     threads:  intra-op threads (ONNX Runtime session option; torch's process-wide setting).
     max_batch: batch limit for torch artifacts, which record none (ONNX/TensorRT carry theirs).
+    spinning: False keeps ONNX Runtime's idle intra-op threads from busy-waiting (for sessions that share their
+              CPUs, e.g. behind a server); None: ONNX Runtime's default. ONNX files only.
     """
     p = Path(path)
     if provider not in PROVIDER_CHOICES:
@@ -110,7 +112,7 @@ def load(path: str | Path, *, provider: str = "cpu", device: str = "cpu", thread
             raise DeploymtlError(f"{name} is {value!r}", hint="expected an integer >= 1 (or None)")
     kind = artifact_kind(p)
     if kind == "onnx":
-        runner = open_runner(p, provider=provider, threads=threads)
+        runner = open_runner(p, provider=provider, threads=threads, spinning=spinning)
     elif kind == "torch":
         if provider != "cpu":
             raise DeploymtlError(f"provider '{provider}' applies to ONNX models, not to the torch artifact {p}",

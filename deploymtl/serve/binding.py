@@ -45,6 +45,7 @@ class ServeOptions:
     max_delay_ms: float | None = None
     profile: Path | None = None
     max_batch: int | None = None  # torch artifacts only
+    spinning: bool = False  # ONNX Runtime's idle threads busy-waiting (off: they would take the server's CPUs)
 
 
 @dataclass
@@ -59,11 +60,13 @@ class ServedModel:
     threads: int | None = None
     instances: int = 1
     max_batch: int | None = None  # torch artifacts: the limit their sessions are opened with
+    spinning: bool = False
     info: dict[str, Any] = field(default_factory=dict)
 
     def open_session(self) -> Session:
         """A session on the served file, opened as each instance opens it (for tests and comparisons)."""
-        return load(self.model_file, provider=self.provider, threads=self.threads, max_batch=self.max_batch)
+        return load(self.model_file, provider=self.provider, threads=self.threads, max_batch=self.max_batch,
+                    spinning=self.spinning)
 
     def describe(self) -> str:
         b = self.batching
@@ -106,7 +109,7 @@ def from_artifact(path: Path, options: ServeOptions) -> ServedModel:
         spec, info = s.input_spec, s.info()
     inputs = (TensorSpec(spec.name, spec.dtype, (spec.channels, spec.height, spec.width)),)
     return ServedModel(model_name(path, options.name), inputs, outputs, batching, path, path, options.provider,
-                       options.threads, count, max_batch, info)
+                       options.threads, count, max_batch, options.spinning, info)
 
 
 def from_repository(model_dir: Path, options: ServeOptions) -> ServedModel:
@@ -126,7 +129,7 @@ def from_repository(model_dir: Path, options: ServeOptions) -> ServedModel:
         info = s.info()
     _check_outputs(tensors(cfg, "output"), outputs, model_dir)
     return ServedModel(checked.name, tuple(tensors(cfg, "input")), tuple(tensors(cfg, "output")), batching,
-                       model_dir, checked.model_file, provider, threads, count, None, info)
+                       model_dir, checked.model_file, provider, threads, count, None, options.spinning, info)
 
 
 def _int_parameter(params: dict[str, str], key: str, where: Path) -> int | None:

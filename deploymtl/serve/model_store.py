@@ -4,7 +4,8 @@ Not the user's repository (that one, from `deploymtl export --target triton`, na
 tensorrt backends and is left untouched): a private folder the server owns, with per model
 
     NAME/config.pbtxt   backend "python"; the served max_batch_size, dynamic batcher, tensors and instance count;
-                        parameters deploymtl_model / _provider / _threads / _max_batch (what each instance loads)
+                        parameters deploymtl_model / _provider / _spinning / _threads / _max_batch (what each
+                        instance loads)
     NAME/1/model.py     `from deploymtl.serve.python_model import TritonPythonModel`
 
 Instances are KIND_CPU for the python backend whatever the provider: the stub is a CPU process, and ONNX Runtime's
@@ -22,7 +23,8 @@ MODEL_PY = "from deploymtl.serve.python_model import TritonPythonModel  # noqa: 
 
 
 def instance_parameters(m: ServedModel) -> dict[str, str]:
-    params = {"deploymtl_model": str(m.model_file.resolve()), "deploymtl_provider": m.provider}
+    params = {"deploymtl_model": str(m.model_file.resolve()), "deploymtl_provider": m.provider,
+              "deploymtl_spinning": "1" if m.spinning else "0"}
     if m.threads is not None:
         params["deploymtl_threads"] = str(m.threads)
     if m.max_batch is not None:

@@ -6,7 +6,8 @@ dynamic batcher formed, `finalize` at unload. Requests and answers travel betwee
 shared memory; the session runs in the stub itself, so a batch costs one hand-over each way and nothing else.
 
 The config's `parameters` (written by model_store.py) say what to load: `deploymtl_model` (the artifact or the
-repository's model file), `deploymtl_provider`, `deploymtl_threads`, `deploymtl_max_batch` (torch artifacts).
+repository's model file), `deploymtl_provider`, `deploymtl_spinning` ("0": ONNX Runtime's idle threads sleep
+instead of busy-waiting on CPUs the server shares), `deploymtl_threads`, `deploymtl_max_batch` (torch artifacts).
 A batch is the requests' images concatenated in arrival order; each request gets its own rows of every output
 back. A failing batch answers each of its requests with the error in one line; the instance keeps serving.
 """
@@ -18,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-PARAMETERS = ("deploymtl_model", "deploymtl_provider", "deploymtl_threads", "deploymtl_max_batch")
+PARAMETERS = ("deploymtl_model", "deploymtl_provider", "deploymtl_spinning", "deploymtl_threads", "deploymtl_max_batch")
 
 
 def _parameters(model_config: dict[str, Any]) -> dict[str, str]:
@@ -47,7 +48,8 @@ class TritonPythonModel:
             raise ValueError(f"model {args.get('model_name')}: config.pbtxt lacks parameters {missing}")
         threads, max_batch = params.get("deploymtl_threads"), params.get("deploymtl_max_batch")
         self.session = load(params["deploymtl_model"], provider=params["deploymtl_provider"],
-                            threads=int(threads) if threads else None, max_batch=int(max_batch) if max_batch else None)
+                            threads=int(threads) if threads else None, max_batch=int(max_batch) if max_batch else None,
+                            spinning=params.get("deploymtl_spinning", "0") == "1")
         self.input_name = config["input"][0]["name"]
         self.output_names = [o["name"] for o in config["output"]]
         self.model_name = args.get("model_name", "model")
