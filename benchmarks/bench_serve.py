@@ -141,6 +141,85 @@ class ServerProcess:
         self.proc.wait(timeout=60)
 
 
+def _cpu_s(pid: int) -> float:
+    """utime + stime of a live process, in seconds (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _tree(pid: int) -> dict[int, str]:
+    """`pid` and its live descendants, each with its role: serve (deploymtl serve), tritonserver, stub."""
+    parents, names = {}, {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                names[int(entry.name)] = (entry / "cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+    found, frontier = {pid: "serve"}, [pid]
+    while frontier:
+        p = frontier.pop()
+        for child, parent in parents.items():
+            if parent == p and child not in found:
+                cmd = names.get(child, "")
+                found[child] = "stub" if "python_backend_stub" in cmd else "tritonserver" if "tritonserver" in cmd \
+                    else "other"
+                frontier.append(child)
+    return found
+
+
+def _timed_loop(call_factory, concurrency: int, seconds: float) -> int:
+    """`concurrency` threads calling in closed loop for `seconds`; the number of completed calls."""
+    calls = [call_factory() for _ in range(concurrency)]
+    stop_at = time.monotonic() + seconds
+    counts = [0] * concurrency
+
+    def work(k: int) -> None:
+        while time.monotonic() < stop_at:
+            calls[k]()
+            counts[k] += 1
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(counts)
+
+
+def cpu_split(server_pid: int, url: str, family: str, model_file: Path, threads: int, batching: dict[str, Any],
+              concurrency: int, seconds: float) -> dict[str, Any]:
+    """CPU milliseconds per image, by process, served (client = this process, tritonserver, stub) and in-process
+    (this process alone), at one concurrency: where a served image's CPU goes on a machine the client shares."""
+    from deploymtl.profile.remote import RemoteModel
+    from deploymtl.runtime import Batcher, load
+
+    remote = RemoteModel.connect(url, family)
+    factory = remote.make_call(remote.example())
+    tree = _tree(server_pid)
+    me = os.getpid()
+    before = {p: _cpu_s(p) for p in [me, *tree]}
+    t0 = time.monotonic()
+    images = _timed_loop(factory, concurrency, seconds)
+    elapsed = time.monotonic() - t0
+    served: dict[str, float] = {"client": (_cpu_s(me) - before[me]) * 1e3 / images}
+    for pid, role in tree.items():
+        served[role] = served.get(role, 0.0) + (_cpu_s(pid) - before[pid]) * 1e3 / images
+    with load(model_file, threads=threads) as session:
+        x = session.example(1)
+        with Batcher(session, max_batch=batching["max_batch_size"],
+                     max_delay_ms=batching["max_queue_delay_us"] / 1e3,
+                     preferred_batch_sizes=tuple(batching["preferred"])) as batcher:
+            c0, t1 = _cpu_s(me), time.monotonic()
+            local = _timed_loop(lambda: (lambda: batcher.infer(x)), concurrency, seconds)
+            local_elapsed, local_cpu = time.monotonic() - t1, _cpu_s(me) - c0
+    return {"concurrency": concurrency, "seconds": seconds,
+            "served": {"images_per_s": images / elapsed, "cpu_ms_per_image": served,
+                       "cpu_ms_per_image_total": sum(served.values())},
+            "in_process": {"images_per_s": local / local_elapsed, "cpu_ms_per_image": local_cpu * 1e3 / local}}
+
+
 def direct_ms(path: Path, threads: int, batches: list[int]) -> dict[int, float]:
     """Median `session.infer` time per batch size in this process (the model's own compute, no serving)."""
     from deploymtl.profile.sweep import SweepSettings, measure
@@ -168,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--protocol", choices=["http", "grpc"], default="http")
     ap.add_argument("--preferred", default=None, help="override the packaged batcher setting, e.g. 4")
     ap.add_argument("--max-delay-ms", type=float, default=None, help="override the packaged queue delay")
+    ap.add_argument("--cpu-concurrency", type=int, default=8, help="concurrency of the CPU-split measurement")
+    ap.add_argument("--cpu-seconds", type=float, default=3.0, help="duration of each CPU-split run (0: skip)")
     ap.add_argument("--out", type=Path, default=ROOT / "artifacts" / "bench" / "serve.json")
     args = ap.parse_args(argv)
 
@@ -205,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
                 row["direct_compute_per_execution_ms"] = own  # the same batches, run directly
                 row["serving_overhead_per_execution_ms"] = (row["server_compute_per_execution_ms"] - own
                                                             if own is not None else None)
+            if args.cpu_seconds > 0:
+                summary["cpu_split"] = cpu_split(srv.proc.pid, url, family, model_file, args.threads,
+                                                 profile["server"]["batching"], args.cpu_concurrency, args.cpu_seconds)
             results.append(summary | {"source": str(sources[family]), "direct_ms": direct})
     out = {"benchmark": "serve", "protocol": args.protocol, "threads": args.threads, "instances": args.instances,
            "batching_override": {"preferred": args.preferred, "max_delay_ms": args.max_delay_ms},
@@ -219,6 +303,12 @@ def main(argv: list[str] | None = None) -> int:
                   f"{row['in_process_p99_ms']:6.2f} ms | ratio {row['throughput_ratio']:.2f} | server batch "
                   f"{row['server_avg_batch'] or 0:.2f}, compute/exec {row['server_compute_per_execution_ms'] or 0:.2f} "
                   f"ms (direct {row['direct_compute_per_execution_ms'] or 0:.2f})")
+        if "cpu_split" in r:
+            cs = r["cpu_split"]
+            parts = ", ".join(f"{k} {v:.2f}" for k, v in cs["served"]["cpu_ms_per_image"].items())
+            print(f"  CPU per image at c={cs['concurrency']}: served {cs['served']['cpu_ms_per_image_total']:.2f} ms "
+                  f"({parts}) at {cs['served']['images_per_s']:.0f} img/s; in-process "
+                  f"{cs['in_process']['cpu_ms_per_image']:.2f} ms at {cs['in_process']['images_per_s']:.0f} img/s")
         e = r["edge"]
         print(f"  edge 4x30 fps: served p99 {e['served']['p99_ms']:.2f} ms, {e['served']['deadline_missed']}/"
               f"{e['served']['frames']} late; in-process p99 {e['in_process']['p99_ms']:.2f} ms, "
