@@ -105,6 +105,33 @@ def test_serve_process_stops_cleanly_on_sigterm(toy, tmp_path):
         s.bind(("127.0.0.1", ports.http))
 
 
+def test_a_killed_serve_process_takes_tritonserver_and_its_stubs_down(toy, tmp_path):
+    pytest.importorskip("pytriton", reason="needs the [serve] extra (nvidia-pytriton)")
+    ports = free_ports()
+    cmd = [sys.executable, "-m", "deploymtl.cli.main", "serve", str(toy), "--name", "toy", "--threads", "1",
+           "--http-port", str(ports.http), "--grpc-port", str(ports.grpc), "--metrics-port", str(ports.metrics)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        output = _Output(proc)
+        output.wait_for("ready: http", READY_S)
+        children = _children(proc.pid)
+        names = [Path(f"/proc/{c}/cmdline").read_bytes().decode(errors="replace") for c in children]
+        assert any("python_backend_stub" in n for n in names), "the model runs in a python-backend stub"
+        proc.kill()  # no handler runs: PR_SET_PDEATHSIG must stop tritonserver, which stops its stubs
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + STOP_S
+        while any(Path(f"/proc/{c}").exists() for c in children) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [c for c in children if Path(f"/proc/{c}").exists()]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        for c in _children(proc.pid):
+            os.kill(c, signal.SIGKILL)
+
+
 def test_a_taken_port_is_one_line_and_exit_2_at_once(toy, capsys):
     pytest.importorskip("pytriton", reason="needs the [serve] extra (nvidia-pytriton)")
     ports = free_ports()

@@ -12,7 +12,7 @@ In-process, when ARTIFACT is given: the artifact's `Session` behind a `Batcher` 
 (max_batch_size, preferred sizes, queue delay, read from the server's model config), under the same closed-loop
 levels (threads calling `Batcher.infer`) and the same frames in real time (`edge.replay`). The two sides take
 turns level by level, so a machine whose load drifts (a shared CPU) weighs on both alike. The ratio of the two
-throughputs is what serving through Triton costs (protocol, copies, PyTriton's proxy) at equal batching.
+throughputs is what serving through Triton costs (client, protocol, Triton's front end, copies) at equal batching.
 
 Statistics need the `statistics` endpoint; when the server refuses it (a token), the client-side figures are
 still measured and a warning says so.

@@ -1,11 +1,10 @@
 """The three ports `deploymtl serve` listens on, checked and probed before anything starts.
 
-tritonserver reports a taken port within a second, but PyTriton only notices when its readiness wait times out
-(60 s for HTTP, 120 s for gRPC), and if the HTTP port belongs to another Triton it talks to that server instead.
-So each port is bound once here, with SO_REUSEADDR (a port in TIME_WAIT, left by recent clients, is free for
-tritonserver too): EADDRINUSE becomes a one-line error naming the port and the option to change. A host that
-is not an address of this machine is reported the same way. A start can still race with another process after
-the probe; the server's log is the backstop (server.py).
+tritonserver gives up on a taken port and exits, but a readiness poll on a taken HTTP port may reach whatever
+listens there (another Triton answers "ready"). So each port is bound once here, with SO_REUSEADDR (a port in
+TIME_WAIT, left by recent clients, is free for tritonserver too): EADDRINUSE becomes a one-line error naming the
+port and the option to change. A host that is not an address of this machine is reported the same way. A start
+can still race with another process after the probe; the server's log is the backstop (server.py).
 """
 
 from __future__ import annotations
