@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
 import sys
 import sysconfig
 import threading
@@ -210,3 +211,17 @@ def test_open_loop_releases_requests_on_time_and_marks_failures():
     assert errors == ["RuntimeError: boom"] and np.isnan(latency).sum() == 1 and np.isnan(latency[4])
     ok = latency[~np.isnan(latency)]
     assert (ok >= 0.002).all() and (ok < 0.5).all()
+
+
+def test_stale_serve_folders_of_dead_processes_are_removed_and_live_ones_kept(tmp_path):
+    from deploymtl.serve.server import TMP_PREFIX, remove_stale_folders
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    live = tmp_path / f"{TMP_PREFIX}{os.getpid()}-abc"
+    stale = tmp_path / f"{TMP_PREFIX}{dead.pid}-def"
+    other = tmp_path / f"{TMP_PREFIX}xyz"  # not ours to judge
+    for d in (live, stale, other):
+        (d / "models").mkdir(parents=True)
+    assert remove_stale_folders(tmp_path) == [stale]
+    assert live.is_dir() and other.is_dir() and not stale.exists()

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import secrets
 import shutil
 import signal
@@ -51,6 +52,7 @@ EXIT_TIMEOUT_S = 5  # below ~2 s tritonserver exits non-gracefully and leaks sha
 KILL_AFTER_S = EXIT_TIMEOUT_S + 15
 READY_TIMEOUT_S = 120.0
 RESTRICTED = "shared-memory,model-repository,trace,logging"
+TMP_PREFIX = "deploymtl-serve-"  # + the owning process id: folders of dead owners are removed at the next start
 
 
 class TritonServer:
@@ -83,7 +85,8 @@ class TritonServer:
         check_ports(self.ports)
         if self.log_file is not None:
             self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = Path(tempfile.mkdtemp(prefix="deploymtl-serve-"))
+        remove_stale_folders()
+        self._tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-"))
         try:
             backends = bundled.backend_directory(self._tmp)
             store = write_model_store(self.models, self._tmp / "models")
@@ -165,6 +168,18 @@ class TritonServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def remove_stale_folders(root: Path | None = None) -> list[Path]:
+    """Remove the temporary folders of `deploymtl serve` processes that no longer exist (a killed serve cannot
+    clean up; its tritonserver stops with it); returns what was removed."""
+    removed = []
+    for d in Path(root or tempfile.gettempdir()).glob(f"{TMP_PREFIX}*-*"):
+        pid = d.name[len(TMP_PREFIX):].split("-", 1)[0]
+        if d.is_dir() and pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+    return removed
 
 
 def _die_with_parent() -> None:
