@@ -37,6 +37,8 @@ def served(tmp_path_factory, tiny_onnx):
     toy = toy_onnx(root / "toy" / "model.onnx", max_batch=8)
     models = load_served(toy, ServeOptions(name="toy", threads=1, preferred=[4, 8], max_delay_ms=20.0))
     models += load_served(repo, ServeOptions(threads=1))
+    pruned = tiny_onnx.parent.parent / "pruned.pt"  # a torch artifact: the stub imports torch and runs it
+    models += load_served(pruned, ServeOptions(name="torch", threads=1, max_batch=4))
     server = TritonServer(models, free_ports())
     server.start()
     sessions = {m.name: m.open_session() for m in models}  # the served files, opened as each instance opens them
@@ -63,7 +65,7 @@ def _infer(client, module, model, x, outputs):
     return {n: result.as_numpy(n) for n in outputs}
 
 
-@pytest.mark.parametrize("model", ["toy", "tiny"])
+@pytest.mark.parametrize("model", ["toy", "tiny", "torch"])
 def test_http_and_grpc_answers_equal_session_infer(served, model):
     session = served["sessions"][model]
     x = session.example(3, seed=7)
