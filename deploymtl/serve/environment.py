@@ -2,9 +2,9 @@
 
 - The `[serve]` extra: PyTriton (`nvidia-pytriton`), for the tritonserver binary and python backend it bundles
   (bundled.py).
-- numpy < 2: the extra pins it, because PyTriton 0.7 (whose python layer answered every request with HTTP 200 and
-  *empty* outputs under numpy 2) requires it; serve refuses numpy >= 2 up front with the fix rather than find out
-  per request.
+- numpy < 2: nvidia-pytriton 0.7 declares `numpy<2` (its python layer answered every request with HTTP 200 and
+  *empty* outputs under numpy 2), so the extra installs numpy 1.x; an environment forced past that is refused up
+  front with the fix rather than found out per request.
 - The stub's environment (`stub_environment`): the python backend's stub (`triton_python_backend_stub`, spawned
   by tritonserver) links `libpython3.X.so.1.0` by soname. The dynamic loader finds the system's copy first (e.g.
   Debian's 3.11.2), while the stub runs this interpreter's standard library; an interpreter of another build
