@@ -90,7 +90,8 @@ class TritonServer:
         try:
             backends = bundled.backend_directory(self._tmp)
             store = write_model_store(self.models, self._tmp / "models")
-            self._log = open(self.log_path, "ab")  # noqa: SIM115 - tritonserver writes to it until stop()
+            self._log = open(self.log_path, "wb")  # noqa: SIM115 - tritonserver writes to it until stop(); a fresh log,
+            # so that a failed start is explained by this run's lines only
             self._proc = subprocess.Popen(self._command(bundled.binary, store, backends), stdin=subprocess.DEVNULL,
                                           stdout=self._log, stderr=subprocess.STDOUT,
                                           env=stub_environment(bundled.libs), preexec_fn=_die_with_parent)
