@@ -82,13 +82,14 @@ def _check(path: Path, name: str | None) -> None:
                              hint="expected REPO or REPO/NAME written by deploymtl export --target triton")
     dirs = [find_model(path, name)] if name or (path / "config.pbtxt").is_file() else \
         [d for d in sorted(path.iterdir()) if (d / "config.pbtxt").is_file()] or [find_model(path)]
-    from ..serve.tritoncheck import bundled_tritonserver, triton_accepts
+    from ..serve.bundled import bundled_triton
+    from ..serve.tritoncheck import triton_accepts
 
     for d in dirs:
         m = check_model_dir(d)
         typer.echo(f"{d}: valid ({m.config.platform}, {m.model_file.name}, max_batch_size {m.config.max_batch_size}, "
                    f"outputs {', '.join(o.name for o in m.config.output)})")
-        if bundled_tritonserver() is not None:
+        if bundled_triton() is not None:
             backend = triton_accepts(d)
             typer.echo(f"{d}: PyTriton's tritonserver parsed and accepted the config; it stopped where it needs the "
                        f"{backend} backend, which it does not bundle (dims and dtypes: checked against the model file)")

@@ -25,13 +25,13 @@ import sysconfig
 from pathlib import Path
 
 from ..errors import DeploymtlError
-from .bundled import require_bundled_triton
+from .bundled import BundledTriton, require_bundled_triton
 
 
-def require_serving() -> None:
+def require_serving() -> BundledTriton:
     """The numpy guard, then the bundled tritonserver; one-line errors naming the fix."""
     check_numpy()
-    require_bundled_triton()
+    return require_bundled_triton()
 
 
 def check_numpy(version: str | None = None) -> None:

@@ -18,18 +18,9 @@ from pathlib import Path
 
 from .binding import ServedModel
 from .modelconfig import CONFIG_NAME, ConfigSpec, build_config, render
+from .python_model import instance_parameters
 
 MODEL_PY = "from deploymtl.serve.python_model import TritonPythonModel  # noqa: F401 (Triton's python backend)\n"
-
-
-def instance_parameters(m: ServedModel) -> dict[str, str]:
-    params = {"deploymtl_model": str(m.model_file.resolve()), "deploymtl_provider": m.provider,
-              "deploymtl_spinning": "1" if m.spinning else "0"}
-    if m.threads is not None:
-        params["deploymtl_threads"] = str(m.threads)
-    if m.max_batch is not None:
-        params["deploymtl_max_batch"] = str(m.max_batch)
-    return params
 
 
 def write_model_store(models: list[ServedModel], store: Path) -> Path:
@@ -37,7 +28,8 @@ def write_model_store(models: list[ServedModel], store: Path) -> Path:
     for m in models:
         spec = ConfigSpec(name=m.name, platform="", backend="python", inputs=m.inputs, outputs=m.outputs,
                           batching=m.batching, instance_kind="KIND_CPU", instances=m.instances,
-                          parameters=instance_parameters(m))
+                          parameters=instance_parameters(m.model_file, m.provider, m.spinning, m.threads,
+                                                         m.max_batch))
         (store / m.name / "1").mkdir(parents=True)
         (store / m.name / CONFIG_NAME).write_text(render(build_config(spec), f"deploymtl serve: {m.describe()}"))
         (store / m.name / "1" / "model.py").write_text(MODEL_PY)

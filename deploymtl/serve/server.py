@@ -43,8 +43,7 @@ from typing import IO
 
 from ..errors import DeploymtlError
 from .binding import ServedModel
-from .bundled import require_bundled_triton
-from .environment import check_numpy, explain_start_failure, last_log_error, stub_environment
+from .environment import explain_start_failure, last_log_error, require_serving, stub_environment
 from .model_store import write_model_store
 from .ports import Ports, check_ports
 
@@ -80,8 +79,7 @@ class TritonServer:
         return self.log_file or (self._tmp / "triton.log" if self._tmp else None)
 
     def start(self) -> TritonServer:
-        check_numpy()
-        bundled = require_bundled_triton()
+        bundled = require_serving()
         check_ports(self.ports)
         if self.log_file is not None:
             self.log_file.parent.mkdir(parents=True, exist_ok=True)

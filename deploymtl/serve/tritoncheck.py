@@ -17,23 +17,16 @@ import tempfile
 from pathlib import Path
 
 from ..errors import DeploymtlError
-from .bundled import SERVE_EXTRA, bundled_triton
+from .bundled import require_bundled_triton
 
 _MISSING_BACKEND = re.compile(r"unable to find backend library for backend '(\w+)'")
 _ERROR = re.compile(r'^E\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] "?(.*?)"?\s*$')
 
 
-def bundled_tritonserver() -> Path | None:
-    found = bundled_triton()
-    return found.binary if found is not None else None
-
-
 def triton_accepts(model_dir: str | Path, timeout_s: float = 60.0) -> str:
     """Run the bundled tritonserver's repository poll on `model_dir` alone; returns the backend it stopped at
     (the config is accepted), or raises DeploymtlError with Triton's reason."""
-    binary = bundled_tritonserver()
-    if binary is None:
-        raise DeploymtlError("the bundled tritonserver is not installed", hint=f"install it with {SERVE_EXTRA}")
+    binary = require_bundled_triton().binary
     d = Path(model_dir).resolve()
     with tempfile.TemporaryDirectory(prefix="deploymtl-tritoncheck-") as tmp:
         (Path(tmp) / d.name).symlink_to(d, target_is_directory=True)  # a repository of this model only
