@@ -718,6 +718,38 @@ def test_task_cancelled_while_its_expired_request_is_being_ended():
     assert (s["requests"], s["timed_out"], s["cancelled"], s["queued"]) == (1, 1, 0, 0) and balanced(s)
 
 
+def test_an_abandoned_request_ending_as_its_loop_stops_logs_nothing(caplog):
+    """A task is cut off after the worker claimed its request as timed out; the worker ends it in the loop's last
+    turn (asyncio.run stops the loop right after the main task). Its outcome is dropped on purpose, so asyncio must
+    not log it later as "exception was never retrieved"."""
+    clock = ManualClock()
+    b = Batcher(model, input_spec=SPEC, max_batch=8, max_delay_ms=1000, clock=clock, start=False)
+    loop = asyncio.new_event_loop()
+
+    async def main() -> list[Any]:
+        task = asyncio.ensure_future(b.infer_async(image(1), timeout=0.02))
+        await asyncio.sleep(0)  # the task enqueues its request
+        clock.advance(0.02)
+        with b._cond:
+            expired, _ = b._take_locked(clock(), select=False)  # claimed as timed out, its future not yet set
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return expired
+
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        expired = loop.run_until_complete(main())
+        Batcher._end_expired(expired)  # the worker's turn, after the main task ended
+        loop.call_soon(loop.stop)  # the loop's last turn runs what was scheduled so far, then it is closed
+        loop.run_forever()
+        loop.close()
+        del expired
+        gc.collect()
+    assert "never retrieved" not in caplog.text
+    s = b.stats()
+    assert (s["requests"], s["timed_out"], s["cancelled"]) == (1, 1, 0) and balanced(s)
+
+
 @pytest.mark.parametrize("inner_timeout", [None, 0.008], ids=["outer cut-off", "outer and own timeout"])
 def test_asyncio_cancel_storm(inner_timeout, caplog):
     """300 tasks, each cut off by an outer wait_for after 1-20 ms, against a 10 ms delay."""

@@ -67,20 +67,15 @@ from .request import (
     abandoned_error,
     cancel_owned,
     complete,
+    drop,
     log,
+    loop_mirror,
     split_outputs,
 )
 
 __all__ = ["Batcher", "BatcherClosedError", "ManualClock", "QueueFullError", "RequestTimeoutError"]
 
 _RETRY_S = 0.01  # the worker's pause after its own bookkeeping failed, so a persistent fault cannot spin a core
-
-
-def _dropped(waiter: asyncio.Future) -> None:
-    """An abandoned request's asyncio future: its outcome is dropped on purpose (asyncio would log it as never
-    retrieved, since the shield stops listening once the wait is over)."""
-    if not waiter.cancelled():
-        waiter.exception()
 
 
 class ManualClock:
@@ -219,13 +214,13 @@ class Batcher:
         req_x, squeeze = self._validate(x)
         timeout = self._timeout(timeout)
         req = self._enqueue(req_x, squeeze, timeout)
-        waiter = asyncio.wrap_future(req.future)
-        try:  # shielded: only the batcher cancels the request's future; this task's end goes through _abandon
+        waiter = loop_mirror(req.future)
+        try:  # shielded: the mirror stays live for the outcome of a request that ended as the wait ran out
             try:
                 return await asyncio.wait_for(asyncio.shield(waiter), timeout)
             except (asyncio.TimeoutError, TimeoutError):  # the wait ran out, or the request's own timeout
                 if self._abandon(req, "timed_out"):
-                    waiter.add_done_callback(_dropped)
+                    drop(waiter)
                     raise RequestTimeoutError(f"request did not complete within {timeout} s",
                                               hint="raise the timeout or lower the load") from None
             return await asyncio.shield(waiter)  # it had ended as the wait ran out: its own outcome, at once
@@ -233,7 +228,7 @@ class Batcher:
             if waiter.cancelled():  # the batcher cancelled it: closed without drain before it ran
                 raise BatcherClosedError("the request was cancelled: the batcher was closed before it ran") from None
             self._abandon(req, "cancelled")  # False: it ended meanwhile; either way this task drops the outcome
-            waiter.add_done_callback(_dropped)
+            drop(waiter)
             raise
 
     def _claim_idle(self, n: int) -> bool:

@@ -8,6 +8,7 @@ done-callback raises away from the thread that ends it.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import logging
 from collections.abc import Callable
@@ -137,3 +138,37 @@ def abandoned_error(outcome: str | None) -> BaseException:
         return concurrent.futures.CancelledError()
     return RequestTimeoutError("the caller stopped waiting before the request completed",
                                hint="raise the timeout or lower the load")
+
+
+def loop_mirror(fut: concurrent.futures.Future) -> asyncio.Future:
+    """An asyncio future on the running loop that takes `fut`'s outcome, one way. Unlike `asyncio.wrap_future`,
+    cancelling the mirror leaves `fut` alone (only the batcher ends a request), and a cancelled mirror ignores
+    the outcome that arrives later, so a dropped one is never logged as "exception was never retrieved"."""
+    loop = asyncio.get_running_loop()
+    mirror = loop.create_future()
+
+    def copy(src: concurrent.futures.Future) -> None:  # on the loop
+        if mirror.done():
+            return
+        if src.cancelled():
+            mirror.cancel()
+        elif (exc := src.exception()) is not None:
+            mirror.set_exception(exc)
+        else:
+            mirror.set_result(src.result())
+
+    def relay(src: concurrent.futures.Future) -> None:  # on the thread that ended the request
+        try:
+            loop.call_soon_threadsafe(copy, src)
+        except RuntimeError:
+            pass  # the loop is closed: nobody waits for this outcome any more
+
+    fut.add_done_callback(relay)
+    return mirror
+
+
+def drop(mirror: asyncio.Future) -> None:
+    """The task stops waiting: the mirror's outcome, arrived or not, is dropped now (in the loop's thread, so no
+    later turn of the loop is needed to mark it retrieved)."""
+    if not mirror.cancel() and not mirror.cancelled():
+        mirror.exception()  # it had arrived: mark it retrieved
