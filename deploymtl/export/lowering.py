@@ -55,6 +55,7 @@ from onnx import numpy_helper
 
 from ..onnxkit.cpu import simd_block
 from ..onnxkit.index import GraphIndex, attr, drop_unused_initializers, value_shapes
+from .channel_selection import select_in_blocked_layout
 
 
 def _activation_q(node: onnx.NodeProto | None, g: GraphIndex) -> bool:
@@ -297,7 +298,7 @@ def resize_as_matmul(model: onnx.ModelProto, max_input: int = MATMUL_RESIZE_MAX)
     return replaced
 
 
-REWRITES = ("padded_convs", "uint8_tensors", "matmul_resizes")  # what `shape_for_ort_cpu` counts
+REWRITES = ("padded_convs", "uint8_tensors", "matmul_resizes", "selection_convs")  # what `shape_for_ort_cpu` counts
 
 
 def shape_for_ort_cpu(model: onnx.ModelProto, block: int | None = None) -> tuple[onnx.ModelProto, dict[str, int]]:
@@ -308,6 +309,8 @@ def shape_for_ort_cpu(model: onnx.ModelProto, block: int | None = None) -> tuple
     shaped.CopyFrom(model)
     folded = fold_relu_into_uint8(shaped)  # first: padding then sees Conv -> Relu -> Q -> DQ -> Conv
     resized = resize_as_matmul(shaped)
-    counts = {"padded_convs": pad_conv_channels(shaped, block or simd_block()), "uint8_tensors": folded,
-              "matmul_resizes": resized}
+    block = block or simd_block()
+    selections = select_in_blocked_layout(shaped, block)  # before padding: its 1x1 convs are plain readers there
+    counts = {"padded_convs": pad_conv_channels(shaped, block), "uint8_tensors": folded,
+              "matmul_resizes": resized, "selection_convs": selections}
     return (shaped, counts) if any(counts.values()) else (model, counts)
