@@ -21,6 +21,9 @@ reuses it as is):
    convolution's output to the next multiple and zero input columns pad its readers: the padded channels are
    exactly 0 (bias 0, ReLU(0) = 0) and contribute exact zeros, so the outputs are unchanged up to summation order.
    On the benchmark's pruned ResNet-18 (`benchmarks/bench_export.py`) this makes fp32 1.2-1.5x faster.
+4. `select_in_blocked_layout` (fp32, `channel_selection.py`): channel selections (Gather, Slice, Split on the
+   channel axis) as 1x1 convolutions over concats padded to the SIMD block, so the tensors stay in the blocked
+   layout between convolutions.
 
 The int8 rewrite:
 
@@ -303,8 +306,9 @@ REWRITES = ("padded_convs", "uint8_tensors", "matmul_resizes", "selection_convs"
 
 def shape_for_ort_cpu(model: onnx.ModelProto, block: int | None = None) -> tuple[onnx.ModelProto, dict[str, int]]:
     """A copy of `model` (fp32, or int8 Q/DQ) in the ONNX Runtime CPU form, and what was rewritten:
-    {"padded_convs": n, "uint8_tensors": m, "matmul_resizes": k}. `block` is the SIMD block to pad to (default:
-    this CPU's, `onnxkit.cpu.simd_block`); with nothing to rewrite, `model` itself (not a copy)."""
+    {"padded_convs": n, "uint8_tensors": m, "matmul_resizes": k, "selection_convs": s}. `block` is the SIMD block
+    to pad to (default: this CPU's, `onnxkit.cpu.simd_block`); with nothing to rewrite, `model` itself (not a
+    copy)."""
     shaped = onnx.ModelProto()
     shaped.CopyFrom(model)
     folded = fold_relu_into_uint8(shaped)  # first: padding then sees Conv -> Relu -> Q -> DQ -> Conv

@@ -73,5 +73,5 @@ def shape_for_runtime(ctx: ExportContext, proto: onnx.ModelProto) -> tuple[onnx.
         proto, counts = shape_for_ort_cpu(proto, block)
     ctx.log(f"shaped for ort-cpu (SIMD block {block}): {counts['padded_convs']} convolution(s) padded, "
             f"{counts['uint8_tensors']} tensor(s) requantised to uint8, {counts['matmul_resizes']} resize(s) as "
-            "MatMuls")
+            f"MatMuls, {counts['selection_convs']} channel selection(s) as 1x1 convolutions")
     return proto, RuntimeSection(runtime, block, counts)
