@@ -17,7 +17,7 @@ from deploymtl.export.lowering import shape_for_ort_cpu
 from deploymtl.export.onnx import export_onnx
 from deploymtl.export.simplify import PASSES, run_pass
 from deploymtl.families import build_supernet, family_spec
-from deploymtl.onnxkit.index import value_shapes
+from deploymtl.onnxkit.index import attr, value_shapes
 from deploymtl.surgery.plan import make_plan
 from deploymtl.tasks import TaskSpec
 
@@ -184,6 +184,9 @@ def test_the_gated_static_graph_selects_in_the_blocked_layout(gated_static, tmp_
     assert concats and all(shapes[i][1] % BLOCK == 0 for n in concats for i in n.input)
     after = _optimized(shaped, tmp_path)
     assert not {"Gather", "Slice", "Split"} & set(after) and after["ReorderInput"] == 0
+    # the two task branches of every layer run as grouped convolutions (export/branch_merge.py)
+    assert counts["merged_branches"] == 4 and any(n.op_type == "Conv" and attr(n, "group", 1) == 2
+                                                  for n in shaped.graph.node)
     x = np.random.default_rng(1).standard_normal((2, 3, 48, 64)).astype(np.float32)
     with torch.inference_mode():
         want = static.infer(torch.from_numpy(x))

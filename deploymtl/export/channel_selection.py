@@ -19,9 +19,11 @@ than its FLOPs promise.
    output in whole blocks anyway, so the padded filters cost nothing there;
 2. a selection of channels (Gather with constant indices, Slice with constant bounds and step 1, Split, all on
    axis 1) of a 4-D tensor whose channel count is a multiple of the block: a 1x1 Conv with a 0/1 matrix, which
-   runs blocked. Each output value is 1 * x + 0 * (the other channels): exactly x for finite inputs. ONNX Runtime
-   then fuses a following per-channel Mul into that Conv and an Add of two such Convs into the first's sum input,
-   so psi' costs no elementwise pass either.
+   runs blocked. Each output value is 1 * x + 0 * (the other channels): exactly x for finite inputs;
+3. a blend of such selections, a per-channel (or scalar) Mul of one and Adds of those over the same input (psi' =
+   sum_t w_t phi'_t), becomes one 1x1 Conv with the summed matrix: it is a linear map of the concat, and the
+   selections it read are left to the branches that read them (which `branch_merge` can then run together). The
+   sums run in another order: equal to float rounding.
 
 Only narrow tensors (at most `MAX_CHANNELS` selected-from channels): the 1x1 Conv costs one multiply-add per
 input channel for each value it outputs where a copy costs one move, which pays while the per-node costs of the
@@ -182,7 +184,7 @@ def select_in_blocked_layout(model: onnx.ModelProto, block: int, max_channels: i
     for node in [n for n in g.nodes if n.op_type == "Concat"]:
         _pad_concat(g, node, shapes, block, max_channels, picks_of)
     graph_inputs = {i.name for i in g.inputs}
-    nodes, converted = [], 0
+    nodes, converted, made = [], 0, set()
     for node in model.graph.node:
         channels = _channels(shapes, node.input[0]) if node.op_type in _SELECTIONS and node.input else None
         picks = picks_of.get(id(node))
@@ -194,11 +196,71 @@ def select_in_blocked_layout(model: onnx.ModelProto, block: int, max_channels: i
             continue
         convs, weights = _as_convs(node, node.input[0], picks, _channels(shapes, node.input[0]))
         nodes += convs
+        made.update(c.output[0] for c in convs)
         model.graph.initializer.extend(weights)
         converted += 1
     if converted or picks_of:
         del model.graph.node[:]
-        model.graph.node.extend(nodes)
+        model.graph.node.extend(_fold_blends(nodes, made, model.graph))
         del model.graph.value_info[:]  # channel counts changed; ONNX Runtime infers them again
         drop_unused_initializers(model.graph)
     return converted
+
+
+def _fold_blends(nodes: list[onnx.NodeProto], made: set[str], graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """Step 3 of the module docstring: a per-channel Mul of a selection and a sum of such products over one input
+    become one 1x1 Conv (psi' = sum_t w_t phi'_t of a concat is a linear map of it). The selection itself stays
+    for its other readers, so a branch that reads phi'_t reads it alone."""
+    consts = {t.name: t for t in graph.initializer}
+    producer = {o: n for n in nodes for o in n.output}
+    readers: dict[str, int] = {}
+    for n in nodes:
+        for i in n.input:
+            readers[i] = readers.get(i, 0) + 1
+    maps: dict[str, tuple[str, np.ndarray]] = {}  # tensor -> (input, 1x1 matrix) for selections and blends
+
+    def linear(name: str) -> tuple[str, np.ndarray] | None:
+        if name in maps:
+            return maps[name]
+        node = producer.get(name)
+        if name in made and node is not None:
+            return node.input[0], numpy_helper.to_array(consts[node.input[1]])[:, :, 0, 0]
+        return None
+
+    out = []
+    for node in nodes:
+        folded = None
+        if node.op_type == "Mul" and len(node.input) == 2:
+            x, k = (node.input if node.input[1] in consts else node.input[::-1])
+            base = linear(x) if k in consts else None
+            scale = numpy_helper.to_array(consts[k]) if base is not None else None
+            per_channel = scale is not None and (scale.size == 1 or (
+                scale.ndim in (3, 4) and scale.shape[-2:] == (1, 1) and scale.size == base[1].shape[0]))
+            if per_channel:  # a scalar, or one factor per channel broadcast over (C, 1, 1)
+                folded = base[0], base[1] * scale.reshape(-1, 1).astype(np.float32)
+        elif node.op_type == "Add" and len(node.input) == 2:
+            a, b = linear(node.input[0]), linear(node.input[1])
+            if a is not None and b is not None and a[0] == b[0] and a[1].shape == b[1].shape:
+                folded = a[0], a[1] + b[1]
+        if folded is None:
+            out.append(node)
+            continue
+        maps[node.output[0]] = folded
+        made.add(node.output[0])
+        name = f"{node.name or node.output[0]}/blend"
+        weight = numpy_helper.from_array(folded[1][:, :, None, None].astype(np.float32), name)
+        graph.initializer.append(weight)
+        consts[name] = weight
+        conv = onnx.helper.make_node("Conv", [folded[0], name], [node.output[0]], name=f"{name}/Conv")
+        producer[node.output[0]] = conv
+        out.append(conv)
+    # the products and partial sums nothing reads any more go (a selection still read by its branch stays)
+    used = {i for n in out for i in n.input} | {o.name for o in graph.output}
+    while True:
+        dead = [n for n in out if n.output[0] in maps or n.output[0] in made]
+        dead = [n for n in dead if not any(o in used for o in n.output)]
+        if not dead:
+            return out
+        gone = set(map(id, dead))
+        out = [n for n in out if id(n) not in gone]
+        used = {i for n in out for i in n.input} | {o.name for o in graph.output}

@@ -58,6 +58,7 @@ from onnx import numpy_helper
 
 from ..onnxkit.cpu import simd_block
 from ..onnxkit.index import GraphIndex, attr, drop_unused_initializers, value_shapes
+from .branch_merge import merge_sibling_branches
 from .channel_selection import select_in_blocked_layout
 
 
@@ -301,7 +302,8 @@ def resize_as_matmul(model: onnx.ModelProto, max_input: int = MATMUL_RESIZE_MAX)
     return replaced
 
 
-REWRITES = ("padded_convs", "uint8_tensors", "matmul_resizes", "selection_convs")  # what `shape_for_ort_cpu` counts
+# what `shape_for_ort_cpu` counts
+REWRITES = ("padded_convs", "uint8_tensors", "matmul_resizes", "selection_convs", "merged_branches")
 
 
 def shape_for_ort_cpu(model: onnx.ModelProto, block: int | None = None) -> tuple[onnx.ModelProto, dict[str, int]]:
@@ -315,6 +317,7 @@ def shape_for_ort_cpu(model: onnx.ModelProto, block: int | None = None) -> tuple
     resized = resize_as_matmul(shaped)
     block = block or simd_block()
     selections = select_in_blocked_layout(shaped, block)  # before padding: its 1x1 convs are plain readers there
+    merged = merge_sibling_branches(shaped, block)  # after: the branches then start at their selection convs
     counts = {"padded_convs": pad_conv_channels(shaped, block), "uint8_tensors": folded,
-              "matmul_resizes": resized, "selection_convs": selections}
+              "matmul_resizes": resized, "selection_convs": selections, "merged_branches": merged}
     return (shaped, counts) if any(counts.values()) else (model, counts)
