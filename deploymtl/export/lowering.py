@@ -24,6 +24,7 @@ reuses it as is):
 4. `select_in_blocked_layout` (fp32, `channel_selection.py`): channel selections (Gather, Slice, Split on the
    channel axis) as 1x1 convolutions over concats padded to the SIMD block, so the tensors stay in the blocked
    layout between convolutions.
+5. `merge_sibling_branches` (fp32, `branch_merge.py`): the task branches of a layer as grouped convolutions.
 
 The int8 rewrite:
 
@@ -308,9 +309,9 @@ REWRITES = ("padded_convs", "uint8_tensors", "matmul_resizes", "selection_convs"
 
 def shape_for_ort_cpu(model: onnx.ModelProto, block: int | None = None) -> tuple[onnx.ModelProto, dict[str, int]]:
     """A copy of `model` (fp32, or int8 Q/DQ) in the ONNX Runtime CPU form, and what was rewritten:
-    {"padded_convs": n, "uint8_tensors": m, "matmul_resizes": k, "selection_convs": s}. `block` is the SIMD block
-    to pad to (default: this CPU's, `onnxkit.cpu.simd_block`); with nothing to rewrite, `model` itself (not a
-    copy)."""
+    {"padded_convs": n, "uint8_tensors": m, "matmul_resizes": k, "selection_convs": s, "merged_branches": b}.
+    `block` is the SIMD block to pad to (default: this CPU's, `onnxkit.cpu.simd_block`); with nothing to rewrite,
+    `model` itself (not a copy)."""
     shaped = onnx.ModelProto()
     shaped.CopyFrom(model)
     folded = fold_relu_into_uint8(shaped)  # first: padding then sees Conv -> Relu -> Q -> DQ -> Conv
