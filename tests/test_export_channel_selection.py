@@ -102,6 +102,10 @@ def test_a_gated_layer_runs_blocked_with_the_same_values(tmp_path: Path) -> None
     assert select_in_blocked_layout(shaped, BLOCK) == 4  # 3 Gathers and the residual Slice
     ops = collections.Counter(n.op_type for n in shaped.graph.node)
     assert not {"Gather", "Slice", "Split"} & set(ops) and ops["Concat"] == 1
+    # psi' = cu * pick_u + cv * pick_v is one 1x1 conv of the concat: no Mul left, one Add (the residual's)
+    assert ops["Mul"] == 0 and ops["Add"] == 1
+    psi = next(n for n in shaped.graph.node if n.output[0] == "psi")
+    assert psi.op_type == "Conv" and psi.input[0] == "cat"
     shapes = value_shapes(shaped)
     assert [shapes[i][1] for i in ("a", "b", "cat")] == [8, 8, 16]  # 3 -> 8 and 5 -> 8 zero channels
     x = RNG.standard_normal((2, 3, 12, 16)).astype(np.float32)
