@@ -30,6 +30,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..onnxkit.index import GraphIndex, attr, drop_unused_initializers, value_shapes
+from .channel_selection import float_conv, spread_columns
 
 MAX_WASTE = 0.0  # padding work a merge may add, relative to the siblings' block-rounded convolution work
 _CONV_ATTRS = ("kernel_shape", "strides", "pads", "dilations")
@@ -54,12 +55,6 @@ class _Chains:
         self.g = GraphIndex(model.graph)
         self.block = block
 
-    def conv_ok(self, node: onnx.NodeProto) -> bool:
-        g = self.g
-        return (attr(node, "group", 1) == 1 and node.input[1] in g.initializers
-                and (len(node.input) < 3 or not node.input[2] or node.input[2] in g.initializers)
-                and attr(node, "auto_pad", "NOTSET") == "NOTSET")
-
     def walk(self, tensor: str, members: list[onnx.NodeProto], memo: dict[str, _Step | str],
              stop: set[str]) -> _Step | str:
         """The chain producing `tensor`, back to the tensors it starts at: those produced by anything but a Conv
@@ -69,7 +64,7 @@ class _Chains:
         node = self.g.producer.get(tensor)
         step: _Step | str = tensor
         if tensor not in stop and node is not None and len(node.output) == 1 and (
-                (node.op_type == "Conv" and self.conv_ok(node)) or node.op_type == "Relu"
+                (node.op_type == "Conv" and float_conv(self.g, node)) or node.op_type == "Relu"
                 or (node.op_type == "Add" and len(node.input) == 2)):
             step = _Step(node)
             members.append(node)
@@ -88,31 +83,22 @@ class _Chains:
             key += (tuple(w[2:]), tuple(tuple(attr(n, a, ()) or ()) for a in _CONV_ATTRS))
         return (*key, *(self.signature(i) for i in step.inputs))
 
-    def couts(self, step: _Step | str, out: list[int]) -> list[int]:
-        """Output channels of the chain's convolutions, in walk order."""
+    def conv_dims(self, step: _Step | str, out: list[list[int]]) -> list[list[int]]:
+        """Weight shapes (out, in, kh, kw) of the chain's convolutions, in walk order."""
         if isinstance(step, _Step):
             if step.node.op_type == "Conv":
-                out.append(int(self.g.initializers[step.node.input[1]].dims[0]))
+                out.append(list(self.g.initializers[step.node.input[1]].dims))
             for i in step.inputs:
-                self.couts(i, out)
-        return out
-
-    def work(self, step: _Step | str, out: list[float]) -> list[float]:
-        """Per convolution (walk order): kernel area x input channels, the work of one output channel."""
-        if isinstance(step, _Step):
-            if step.node.op_type == "Conv":
-                d = self.g.initializers[step.node.input[1]].dims
-                out.append(float(d[1] * d[2] * d[3]))
-            for i in step.inputs:
-                self.work(i, out)
+                self.conv_dims(i, out)
         return out
 
 
 def _groups(chains: _Chains, siblings: list[tuple[int, _Step]]) -> list[list[tuple[int, _Step]]]:
     """Sets of siblings worth merging: greedily, widest first, while padding adds at most MAX_WASTE."""
     b = chains.block
-    shape = {i: [_round(c, b) for c in chains.couts(s, [])] for i, s in siblings}
-    work = chains.work(siblings[0][1], [])
+    shape = {i: [_round(d[0], b) for d in chains.conv_dims(s, [])] for i, s in siblings}
+    # the work of one output channel of each convolution: input channels x kernel area
+    work = [float(d[1] * d[2] * d[3]) for d in chains.conv_dims(siblings[0][1], [])]
     order = sorted(siblings, key=lambda s: -sum(shape[s[0]]))
     out: list[list[tuple[int, _Step]]] = []
     for sib in order:
@@ -197,11 +183,8 @@ def _remap_reader(g: GraphIndex, reader: onnx.NodeProto, new_of_old: np.ndarray,
     positions: a Conv's weight columns or a Gather's indices; None if it reads the concat otherwise."""
     if len(reader.input) < 2:
         return None
-    if reader.op_type == "Conv" and attr(reader, "group", 1) == 1 and reader.input[1] in g.initializers:
-        w = g.initializer_value(reader.input[1])
-        wide = np.zeros((w.shape[0], width, *w.shape[2:]), w.dtype)
-        wide[:, new_of_old] = w
-        return 1, wide
+    if float_conv(g, reader):
+        return 1, spread_columns(g.initializer_value(reader.input[1]), new_of_old, width)
     idx = g.constant_value(reader.input[1]) if reader.op_type == "Gather" else None
     if idx is not None and attr(reader, "axis", 0) in (1, -3) and idx.ndim == 1:
         return 1, new_of_old[idx].astype(np.int64)

@@ -94,10 +94,18 @@ def _as_convs(node: onnx.NodeProto, source: str, picks: list[np.ndarray], channe
     return nodes, weights
 
 
-def _float_conv(g: GraphIndex, node: onnx.NodeProto | None) -> bool:
+def float_conv(g: GraphIndex, node: onnx.NodeProto | None) -> bool:
+    """A plain Conv (group 1, explicit pads) with constant weights and bias: one whose channels can be moved."""
     return (node is not None and node.op_type == "Conv" and attr(node, "group", 1) == 1
-            and node.input[1] in g.initializers and (len(node.input) < 3 or not node.input[2]
-                                                     or node.input[2] in g.initializers))
+            and attr(node, "auto_pad", "NOTSET") == "NOTSET" and node.input[1] in g.initializers
+            and (len(node.input) < 3 or not node.input[2] or node.input[2] in g.initializers))
+
+
+def spread_columns(w: np.ndarray, positions: np.ndarray, width: int) -> np.ndarray:
+    """A Conv weight whose input channel j moves to `positions[j]` of a `width`-channel input (zeros elsewhere)."""
+    wide = np.zeros((w.shape[0], width, *w.shape[2:]), w.dtype)
+    wide[:, positions] = w
+    return wide
 
 
 def _leaves(g: GraphIndex, tensor: str, shapes: dict[str, list[int | None]], block: int
@@ -107,7 +115,7 @@ def _leaves(g: GraphIndex, tensor: str, shapes: dict[str, list[int | None]], blo
     if len(g.readers(tensor)) != 1 or tensor in g.outputs:
         return None
     node = g.producer.get(tensor)
-    if _float_conv(g, node):
+    if float_conv(g, node):
         return [node]
     if node is not None and node.op_type in ("Gather", "Slice") and len(node.output) == 1:
         channels = _channels(shapes, node.input[0])
@@ -144,7 +152,7 @@ def _pad_concat(g: GraphIndex, concat: onnx.NodeProto, shapes: dict[str, list[in
     selections = {id(r): _picks(g, r, total) for r in readers if r.op_type in _SELECTIONS}
     if not readers or concat.output[0] in g.outputs or any(
             (r.op_type not in _SELECTIONS or selections[id(r)] is None) and not (
-                _float_conv(g, r) and r.input[0] == concat.output[0]) for r in readers):
+                float_conv(g, r) and r.input[0] == concat.output[0]) for r in readers):
         return False
     padded = [c + (-c % block) for c in counts]
     if sum(padded) > max_channels:
@@ -165,10 +173,7 @@ def _pad_concat(g: GraphIndex, concat: onnx.NodeProto, shapes: dict[str, list[in
         if r.op_type in _SELECTIONS:
             picks_of[id(r)] = [new_pos[idx] for idx in selections[id(r)]]
         else:
-            w = g.initializer_value(r.input[1])
-            wide = np.zeros((w.shape[0], sum(padded), *w.shape[2:]), w.dtype)
-            wide[:, new_pos] = w
-            _set(g, r, 1, wide)
+            _set(g, r, 1, spread_columns(g.initializer_value(r.input[1]), new_pos, sum(padded)))
     shapes[concat.output[0]] = [*shapes[concat.output[0]][:1], sum(padded), *shapes[concat.output[0]][2:]]
     return True
 
@@ -213,10 +218,6 @@ def _fold_blends(nodes: list[onnx.NodeProto], made: set[str], graph: onnx.GraphP
     for its other readers, so a branch that reads phi'_t reads it alone."""
     consts = {t.name: t for t in graph.initializer}
     producer = {o: n for n in nodes for o in n.output}
-    readers: dict[str, int] = {}
-    for n in nodes:
-        for i in n.input:
-            readers[i] = readers.get(i, 0) + 1
     maps: dict[str, tuple[str, np.ndarray]] = {}  # tensor -> (input, 1x1 matrix) for selections and blends
 
     def linear(name: str) -> tuple[str, np.ndarray] | None:
