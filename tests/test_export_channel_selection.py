@@ -189,6 +189,12 @@ def test_the_gated_static_graph_selects_in_the_blocked_layout(gated_static, tmp_
     after = _optimized(shaped, tmp_path)
     assert not {"Gather", "Slice", "Split"} & set(after) and after["ReorderInput"] == 0
     # the two task branches of every layer run as grouped convolutions (export/branch_merge.py)
+    # the heads' picks of the last concat are folded into the convolutions reading them
+    # (export/selection_folding.py): no bias-free 1x1 map is left in front of them
+    assert counts["folded_selections"] == 3  # the heads' input pick and each head's own
+    producer = {o: n for n in shaped.graph.node for o in n.output}
+    heads = [n for n in shaped.graph.node if n.op_type == "Conv" and n.name.startswith("layers.head")]
+    assert heads and all(producer[n.input[0]].op_type in ("Concat", "Relu") for n in heads)
     assert counts["merged_branches"] == 4 and any(n.op_type == "Conv" and attr(n, "group", 1) == 2
                                                   for n in shaped.graph.node)
     x = np.random.default_rng(1).standard_normal((2, 3, 48, 64)).astype(np.float32)

@@ -233,7 +233,7 @@ def test_cpu_lowering_pads_odd_channel_counts(fp32: onnx.ModelProto, tmp_path: P
 
     lowered, counts = shape_for_ort_cpu(fp32, block=8)  # AVX2's block; 11 -> 16, 13 -> 16
     assert counts == {"padded_convs": 2, "uint8_tensors": 0, "matmul_resizes": 0, "selection_convs": 0,
-                      "merged_branches": 0}
+                      "merged_branches": 0, "folded_selections": 0}
     shapes = {i.name: tuple(i.dims) for i in lowered.graph.initializer}
     convs = {n.name: shapes[n.input[1]] for n in lowered.graph.node if n.op_type == "Conv"}
     assert convs["layers.b0_conv1/Conv"][0] == 16 and convs["layers.b0_conv2/Conv"][1] == 16
@@ -248,7 +248,7 @@ def test_cpu_lowering_pads_odd_channel_counts(fp32: onnx.ModelProto, tmp_path: P
                     _run(lowered, x, ort.GraphOptimizationLevel.ORT_ENABLE_ALL), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     nothing = {"padded_convs": 0, "uint8_tensors": 0, "matmul_resizes": 0, "selection_convs": 0,
-               "merged_branches": 0}
+               "merged_branches": 0, "folded_selections": 0}
     assert shape_for_ort_cpu(fp32, block=1) == (fp32, nothing)
     # narrower than AVX-512's block of 16: padding would add more than half the work again, so it is left alone
     assert shape_for_ort_cpu(fp32, block=16) == (fp32, nothing)
@@ -263,7 +263,7 @@ def test_cpu_lowering_pads_int8_convolutions_through_their_qdq(fp32: onnx.ModelP
     plain, _ = shape_for_ort_cpu(q8, block=16)
     padded, counts = shape_for_ort_cpu(q8, block=8)
     assert counts == {"padded_convs": 2, "uint8_tensors": 4, "matmul_resizes": 0, "selection_convs": 0,
-                      "merged_branches": 0}
+                      "merged_branches": 0, "folded_selections": 0}
     inits = {i.name: onnx.numpy_helper.to_array(i) for i in padded.graph.initializer}
     producer = {o: n for n in padded.graph.node for o in n.output}
     conv1 = next(n for n in padded.graph.node if n.name == "layers.b0_conv1/Conv")

@@ -136,7 +136,7 @@ def test_the_form_is_recorded_in_the_file_and_the_report(exported) -> None:
     # b0/b1 conv1 padded; the stem, b0_relu1, b0_relu and b1_relu1 ReLUs folded (b1_relu is read by the float heads)
     # 24 x 32 heads: Resize; no channel selection in this layout
     assert rewrites == {"padded_convs": 2, "uint8_tensors": 4, "matmul_resizes": 0, "selection_convs": 0,
-                        "merged_branches": 0}
+                        "merged_branches": 0, "folded_selections": 0}
 
 
 def test_ort_cpu_fp32_file_carries_the_padding(exported) -> None:

@@ -61,6 +61,7 @@ from ..onnxkit.cpu import simd_block
 from ..onnxkit.index import GraphIndex, attr, drop_unused_initializers, value_shapes
 from .branch_merge import merge_sibling_branches
 from .channel_selection import select_in_blocked_layout
+from .selection_folding import fold_selections_into_convs
 
 
 def _activation_q(node: onnx.NodeProto | None, g: GraphIndex) -> bool:
@@ -304,12 +305,14 @@ def resize_as_matmul(model: onnx.ModelProto, max_input: int = MATMUL_RESIZE_MAX)
 
 
 # what `shape_for_ort_cpu` counts
-REWRITES = ("padded_convs", "uint8_tensors", "matmul_resizes", "selection_convs", "merged_branches")
+REWRITES = ("padded_convs", "uint8_tensors", "matmul_resizes", "selection_convs", "merged_branches",
+            "folded_selections")
 
 
 def shape_for_ort_cpu(model: onnx.ModelProto, block: int | None = None) -> tuple[onnx.ModelProto, dict[str, int]]:
     """A copy of `model` (fp32, or int8 Q/DQ) in the ONNX Runtime CPU form, and what was rewritten:
-    {"padded_convs": n, "uint8_tensors": m, "matmul_resizes": k, "selection_convs": s, "merged_branches": b}.
+    {"padded_convs": n, "uint8_tensors": m, "matmul_resizes": k, "selection_convs": s, "merged_branches": b,
+    "folded_selections": f}.
     `block` is the SIMD block to pad to (default: this CPU's, `onnxkit.cpu.simd_block`); with nothing to rewrite,
     `model` itself (not a copy)."""
     shaped = onnx.ModelProto()
@@ -319,6 +322,8 @@ def shape_for_ort_cpu(model: onnx.ModelProto, block: int | None = None) -> tuple
     block = block or simd_block()
     selections = select_in_blocked_layout(shaped, block)  # before padding: its 1x1 convs are plain readers there
     merged = merge_sibling_branches(shaped, block)  # after: the branches then start at their selection convs
+    composed = fold_selections_into_convs(shaped)  # after both: the heads' maps then feed one grouped conv
     counts = {"padded_convs": pad_conv_channels(shaped, block), "uint8_tensors": folded,
-              "matmul_resizes": resized, "selection_convs": selections, "merged_branches": merged}
+              "matmul_resizes": resized, "selection_convs": selections, "merged_branches": merged,
+              "folded_selections": composed}
     return (shaped, counts) if any(counts.values()) else (model, counts)

@@ -27,7 +27,8 @@ from .context import ExportContext
 # What each runtime's form is, in the words the report and the CLI help use.
 RUNTIMES = {
     "ort-cpu": ("ONNX Runtime CPU: odd channel counts padded to the SIMD block, int8 ReLUs folded into uint8, head "
-                "resizes as MatMuls, channel selections and sibling branches as (grouped) convolutions"),
+                "resizes as MatMuls, channel selections and sibling branches as (grouped) convolutions, channel maps "
+                "folded into their readers"),
     "trt": "TensorRT: symmetric int8 Q/DQ as quantised, lint-clean",
     "generic": "any runtime: the graph as exported and quantised",
 }
@@ -75,5 +76,6 @@ def shape_for_runtime(ctx: ExportContext, proto: onnx.ModelProto) -> tuple[onnx.
     ctx.log(f"shaped for ort-cpu (SIMD block {block}): {counts['padded_convs']} convolution(s) padded, "
             f"{counts['uint8_tensors']} tensor(s) requantised to uint8, {counts['matmul_resizes']} resize(s) as "
             f"MatMuls, {counts['selection_convs']} channel selection(s) as 1x1 convolutions, "
-            f"{counts['merged_branches']} branch(es) merged into grouped convolutions")
+            f"{counts['merged_branches']} branch(es) merged into grouped convolutions, "
+            f"{counts['folded_selections']} channel map(s) folded into their readers")
     return proto, RuntimeSection(runtime, block, counts)
