@@ -191,7 +191,11 @@ def test_the_gated_static_graph_selects_in_the_blocked_layout(gated_static, tmp_
     # the two task branches of every layer run as grouped convolutions (export/branch_merge.py)
     # the heads' picks of the last concat are folded into the convolutions reading them
     # (export/selection_folding.py): no bias-free 1x1 map is left in front of them
-    assert counts["folded_selections"] == 3  # the heads' input pick and each head's own
+    # the heads' input pick and each head's own into their readers; layer 0's two picks of its stacked first
+    # convolution's filters into one convolution per pick
+    assert counts["folded_selections"] == 5
+    l0 = [n.name for n in shaped.graph.node if n.name.startswith("layers.l0_conv1/") and n.op_type == "Conv"]
+    assert len(l0) == 2 and all("/split/" in name for name in l0)
     producer = {o: n for n in shaped.graph.node for o in n.output}
     heads = [n for n in shaped.graph.node if n.op_type == "Conv" and n.name.startswith("layers.head")]
     assert heads and all(producer[n.input[0]].op_type in ("Concat", "Relu") for n in heads)

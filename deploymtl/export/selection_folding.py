@@ -15,7 +15,14 @@ reader is a convolution it can fold into (otherwise the map stays for the others
 tiny GatedMTL model that folds the heads' selection (192 of 128 channels) into their grouped 3x3 convolution and
 each head's pick of its 16 channels into its 1x1 output convolution: the pair measured 0.765 ms of the file's
 4.36 (1 thread, batch 8), the composed convolution about 0.47; the branch inputs' selections stay (composing
-would double their convolutions' work). fp32 graphs only, as `channel_selection`.
+would double their convolutions' work).
+
+The other side: a Conv whose output (directly or through a ReLU) is read only by 0/1 picks (at most one 1 per
+row) runs as one Conv per pick with the picked filters, S relu(W x + b) = relu((S W) x + S b), exact (copies).
+Layer 0 of the GatedMTL static graph stacks its branches' first convolutions into one and picks each branch's
+filters back out; split, the picks and their copies go and the filters are computed once, as before. Only when
+the picks take at most the filters there are (overlapping picks would compute shared filters twice).
+fp32 graphs only, as `channel_selection`.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import numpy as np
 import onnx
 
 from ..onnxkit.index import GraphIndex, attr, drop_unused_initializers
+from .channel_selection import float_conv
 
 MAX_GROWTH = 0.10  # extra multiply-adds a fold may cost, relative to the map's and its readers' own
 
@@ -91,9 +99,11 @@ def fold_selections_into_convs(model: onnx.ModelProto, max_growth: float = MAX_G
                     a.i = 1
         gone.add(id(node))
         folded += 1
+    splits, split_picks = _split_producers(g, gone)
+    folded += split_picks
     if folded:
         removed = {o for n in model.graph.node if id(n) in gone for o in n.output}
-        kept = [n for n in model.graph.node if id(n) not in gone]
+        kept = [m for n in model.graph.node if id(n) not in gone for m in splits.get(id(n), [n])]
         del model.graph.node[:]
         model.graph.node.extend(kept)
         stale = [v for v in model.graph.value_info if v.name in removed]
@@ -101,3 +111,51 @@ def fold_selections_into_convs(model: onnx.ModelProto, max_growth: float = MAX_G
             model.graph.value_info.remove(v)
         drop_unused_initializers(model.graph)
     return folded
+
+
+def _row_picks(s: np.ndarray) -> np.ndarray | None:
+    """For a 0/1 matrix with at most one 1 per row: the column each row copies (-1: a row of zeros), else None."""
+    if not np.isin(s, (0.0, 1.0)).all() or (s.sum(axis=1) > 1).any():
+        return None
+    return np.where(s.any(axis=1), s.argmax(axis=1), -1)
+
+
+def _split_producers(g: GraphIndex, gone: set[int]) -> tuple[dict[int, list[onnx.NodeProto]], int]:
+    """The module docstring's second rewrite: a Conv (through a ReLU) whose output is read only by row picks runs
+    as one Conv per pick with the picked filters, when the picks take no more filters than it has. Returns, by id
+    of each split Conv, the nodes replacing it, and the number of picks removed; the ReLU and the picks join
+    `gone`."""
+    splits: dict[int, list[onnx.NodeProto]] = {}
+    removed = 0
+    for tensor in {n.input[0] for n in g.nodes if id(n) not in gone and _linear_map(g, n) is not None}:
+        picks = g.readers(tensor)
+        rows = [_row_picks(m) if r.input[0] == tensor and (m := _linear_map(g, r)) is not None else None
+                for r in picks]
+        relu = g.producer.get(tensor)
+        conv = g.producer.get(relu.input[0]) if relu is not None and relu.op_type == "Relu" else relu
+        if (any(r is None for r in rows) or tensor in g.outputs or conv is None or not float_conv(g, conv)
+                or id(conv) in splits or (conv is not relu and (len(g.readers(conv.output[0])) != 1
+                                                             or conv.output[0] in g.outputs))):
+            continue
+        w = g.initializer_value(conv.input[1])
+        bias = g.initializer_value(conv.input[2]) if len(conv.input) > 2 and conv.input[2] else np.zeros(len(w))
+        if sum(int((r >= 0).sum()) for r in rows) > len(w):
+            continue  # the picks overlap: split, the shared filters would run twice
+        nodes = []
+        for pick, r in zip(picks, rows, strict=True):
+            name = f"{conv.name or conv.output[0]}/split/{pick.name or pick.output[0]}"
+            keep = np.clip(r, 0, None)
+            g.add_initializer(onnx.numpy_helper.from_array(np.where((r >= 0)[:, None, None, None], w[keep], 0)
+                                                           .astype(np.float32), f"{name}/weight"))
+            g.add_initializer(onnx.numpy_helper.from_array(np.where(r >= 0, bias[keep], 0).astype(np.float32),
+                                                           f"{name}/bias"))
+            out = pick.output[0] if conv is relu else f"{name}/pre_relu"
+            nodes.append(onnx.helper.make_node("Conv", [conv.input[0], f"{name}/weight", f"{name}/bias"], [out],
+                                               name=f"{name}/Conv"))
+            nodes[-1].attribute.extend(conv.attribute)
+            if conv is not relu:
+                nodes.append(onnx.helper.make_node("Relu", [out], [pick.output[0]], name=f"{name}/Relu"))
+        splits[id(conv)] = nodes
+        gone.update(id(n) for n in [relu, *picks] if n is not conv)
+        removed += len(picks)
+    return splits, removed
