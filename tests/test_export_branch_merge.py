@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
+from onnx_helpers import copy_model, run_x
 
 from deploymtl.export.branch_merge import merge_sibling_branches
 from deploymtl.onnxkit.index import attr
@@ -53,21 +54,11 @@ def _layer(widths: list[int], leak: bool = False) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
 
 
-def _run(model: onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(None, {"x": x})
-
-
-def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    return out
 
 
 def test_three_task_branches_become_one_grouped_chain(tmp_path: Path) -> None:
     model = _layer([3, 5, 2])
-    merged = _copy(model)
+    merged = copy_model(model)
     assert merge_sibling_branches(merged, BLOCK) == 2
     convs = [n for n in merged.graph.node if n.op_type == "Conv"]
     assert len(convs) == 2 + 4  # stem and reader; one pick, downsample, conv1, conv2 for all three
@@ -75,7 +66,7 @@ def test_three_task_branches_become_one_grouped_chain(tmp_path: Path) -> None:
     concat = next(n for n in merged.graph.node if n.op_type == "Concat")
     assert len(concat.input) == 1  # the three branches, each padded to 8 channels
     x = RNG.standard_normal((2, 3, 12, 16)).astype(np.float32)
-    np.testing.assert_allclose(_run(merged, x)[0], _run(model, x)[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(run_x(merged, x)[0], run_x(model, x)[0], rtol=1e-5, atol=1e-5)
     opts = ort.SessionOptions()
     opts.optimized_model_filepath, opts.log_severity_level = str(tmp_path / "o.onnx"), 3
     ort.InferenceSession(merged.SerializeToString(), opts, providers=["CPUExecutionProvider"])
@@ -85,12 +76,12 @@ def test_three_task_branches_become_one_grouped_chain(tmp_path: Path) -> None:
 
 def test_a_wide_branch_is_not_padded_to_by_narrow_ones() -> None:
     model = _layer([64, 3, 5])
-    merged = _copy(model)
+    merged = copy_model(model)
     assert merge_sibling_branches(merged, BLOCK) == 1  # the two narrow ones; 64 alone
     concat = next(n for n in merged.graph.node if n.op_type == "Concat")
     assert len(concat.input) == 2
     x = RNG.standard_normal((1, 3, 12, 16)).astype(np.float32)
-    np.testing.assert_allclose(_run(merged, x)[0], _run(model, x)[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(run_x(merged, x)[0], run_x(model, x)[0], rtol=1e-5, atol=1e-5)
 
 
 def test_a_branch_read_elsewhere_and_an_int8_graph_are_left_alone() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import helper, numpy_helper
+from onnx_helpers import copy_model, run_x
 
 from deploymtl.export.selection_folding import fold_selections_into_convs
 from deploymtl.onnxkit.index import attr
@@ -39,16 +39,6 @@ def _model(map_weight: np.ndarray, readers: list[onnx.NodeProto], inits: list[on
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
 
 
-def _run(model: onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(None, {"x": x})
-
-
-def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    return out
 
 
 def _grouped_heads() -> onnx.ModelProto:
@@ -60,7 +50,7 @@ def _grouped_heads() -> onnx.ModelProto:
 
 def test_a_selection_read_by_a_grouped_conv_becomes_one_plain_conv() -> None:
     model = _grouped_heads()
-    folded = _copy(model)
+    folded = copy_model(model)
     assert fold_selections_into_convs(folded) == 1
     assert [n.name for n in folded.graph.node if n.name == "map"] == []
     heads = folded.graph.node[-1]
@@ -69,7 +59,7 @@ def test_a_selection_read_by_a_grouped_conv_becomes_one_plain_conv() -> None:
         24, 16, 3, 3)
     assert "wm" not in {t.name for t in folded.graph.initializer}  # the map's weight went with it
     x = RNG.standard_normal((2, 3, 9, 12)).astype(np.float32)
-    np.testing.assert_allclose(_run(folded, x)[0], _run(model, x)[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(run_x(folded, x)[0], run_x(model, x)[0], rtol=1e-5, atol=1e-5)
 
 
 def test_a_blend_folds_into_a_strided_and_a_padded_reader_exactly() -> None:
@@ -79,11 +69,11 @@ def test_a_blend_folds_into_a_strided_and_a_padded_reader_exactly() -> None:
     model = _model(blend, readers, [_t("w1", RNG.standard_normal((8, 16, 3, 3))), _t("b1", RNG.standard_normal(8)),
                                     _t("w2", RNG.standard_normal((8, 16, 1, 1)))], ["y1", "y2"],
                    map_bias=np.zeros(16))  # a zero bias is no bias
-    folded = _copy(model)
+    folded = copy_model(model)
     assert fold_selections_into_convs(folded) == 1
     assert all(n.input[0] == "h" for n in folded.graph.node if n.output[0] in ("y1", "y2"))
     x = RNG.standard_normal((2, 3, 9, 12)).astype(np.float32)
-    for got, want in zip(_run(folded, x), _run(model, x), strict=True):
+    for got, want in zip(run_x(folded, x), run_x(model, x), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)  # the border too: the map has no bias
 
 
@@ -138,14 +128,14 @@ def _picked_conv(rows_a: np.ndarray, rows_b: np.ndarray) -> onnx.ModelProto:
 def test_a_conv_read_only_by_disjoint_picks_runs_as_one_conv_per_pick() -> None:
     # the stacked first convolutions of a layer's branches, each branch picking its filters (one zero row: padding)
     model = _picked_conv(np.array([0, 1, 2, 3, 4, 5, -1, 6]), np.arange(7, 16))
-    split = _copy(model)
+    split = copy_model(model)
     assert fold_selections_into_convs(split) == 2
     names = [n.name for n in split.graph.node]
     assert "P" not in names and "pick_a" not in names and "pick_b" not in names
     convs = {n.output[0]: n for n in split.graph.node if n.op_type == "Conv"}
     assert len(convs) == 4  # one conv per pick (8 and 9 filters) and the two readers
     x = RNG.standard_normal((2, 3, 9, 12)).astype(np.float32)
-    for got, want in zip(_run(split, x), _run(model, x), strict=True):
+    for got, want in zip(run_x(split, x), run_x(model, x), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     # picks that share filters would run them twice: left alone
     assert fold_selections_into_convs(_picked_conv(np.arange(0, 10), np.arange(6, 16))) == 0
