@@ -125,17 +125,18 @@ def _split_producers(g: GraphIndex, gone: set[int]) -> tuple[dict[int, list[onnx
     as one Conv per pick with the picked filters, when the picks take no more filters than it has. Returns, by id
     of each split Conv, the nodes replacing it, and the number of picks removed; the ReLU and the picks join
     `gone`."""
+    rows_of = {id(n): _row_picks(m) for n in g.nodes if id(n) not in gone and (m := _linear_map(g, n)) is not None}
     splits: dict[int, list[onnx.NodeProto]] = {}
     removed = 0
-    for tensor in {n.input[0] for n in g.nodes if id(n) not in gone and _linear_map(g, n) is not None}:
+    # graph order (not a set): the file's bytes must not depend on the process's string hashing
+    for tensor in dict.fromkeys(n.input[0] for n in g.nodes if id(n) in rows_of):
         picks = g.readers(tensor)
-        rows = [_row_picks(m) if r.input[0] == tensor and (m := _linear_map(g, r)) is not None else None
-                for r in picks]
-        relu = g.producer.get(tensor)
-        conv = g.producer.get(relu.input[0]) if relu is not None and relu.op_type == "Relu" else relu
-        if (any(r is None for r in rows) or tensor in g.outputs or conv is None or not float_conv(g, conv)
-                or id(conv) in splits or (conv is not relu and (len(g.readers(conv.output[0])) != 1
-                                                             or conv.output[0] in g.outputs))):
+        rows = [rows_of.get(id(r)) if r.input[0] == tensor else None for r in picks]
+        head = g.producer.get(tensor)
+        relu = head if head is not None and head.op_type == "Relu" else None
+        conv = g.producer.get(relu.input[0]) if relu is not None else head
+        if (any(r is None for r in rows) or tensor in g.outputs or not float_conv(g, conv) or id(conv) in splits
+                or (relu is not None and (len(g.readers(conv.output[0])) != 1 or conv.output[0] in g.outputs))):
             continue
         w = g.initializer_value(conv.input[1])
         bias = g.initializer_value(conv.input[2]) if len(conv.input) > 2 and conv.input[2] else np.zeros(len(w))
@@ -144,18 +145,18 @@ def _split_producers(g: GraphIndex, gone: set[int]) -> tuple[dict[int, list[onnx
         nodes = []
         for pick, r in zip(picks, rows, strict=True):
             name = f"{conv.name or conv.output[0]}/split/{pick.name or pick.output[0]}"
-            keep = np.clip(r, 0, None)
-            g.add_initializer(onnx.numpy_helper.from_array(np.where((r >= 0)[:, None, None, None], w[keep], 0)
-                                                           .astype(np.float32), f"{name}/weight"))
-            g.add_initializer(onnx.numpy_helper.from_array(np.where(r >= 0, bias[keep], 0).astype(np.float32),
+            kept, keep = (r >= 0), np.clip(r, 0, None)
+            g.add_initializer(onnx.numpy_helper.from_array(
+                np.where(kept[:, None, None, None], w[keep], 0).astype(np.float32), f"{name}/weight"))
+            g.add_initializer(onnx.numpy_helper.from_array(np.where(kept, bias[keep], 0).astype(np.float32),
                                                            f"{name}/bias"))
-            out = pick.output[0] if conv is relu else f"{name}/pre_relu"
+            out = pick.output[0] if relu is None else f"{name}/pre_relu"
             nodes.append(onnx.helper.make_node("Conv", [conv.input[0], f"{name}/weight", f"{name}/bias"], [out],
                                                name=f"{name}/Conv"))
             nodes[-1].attribute.extend(conv.attribute)
-            if conv is not relu:
+            if relu is not None:
                 nodes.append(onnx.helper.make_node("Relu", [out], [pick.output[0]], name=f"{name}/Relu"))
         splits[id(conv)] = nodes
-        gone.update(id(n) for n in [relu, *picks] if n is not conv)
+        gone.update(id(n) for n in [*picks, relu] if n is not None)
         removed += len(picks)
     return splits, removed
