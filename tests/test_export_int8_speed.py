@@ -284,7 +284,7 @@ def test_cpu_lowering_pads_int8_convolutions_through_their_qdq(fp32: onnx.ModelP
 def test_cpu_form_runs_the_head_upsampling_as_two_matmuls(tmp_path: Path) -> None:
     """A bilinear resize of a small head output to the image size becomes MatMul(R_h, MatMul(X, R_w^T)) with
     ONNX Runtime's own interpolation weights: the same values to float rounding, no Resize left; a larger input
-    (beyond `MATMUL_RESIZE_MAX`) keeps its Resize."""
+    (beyond `MATMUL_RESIZE_MAX`) keeps its Resize; the nodes that computed its sizes are gone."""
     from deploymtl.export.lowering import resize_as_matmul, shape_for_ort_cpu
 
     torch.manual_seed(0)
@@ -296,6 +296,9 @@ def test_cpu_form_runs_the_head_upsampling_as_two_matmuls(tmp_path: Path) -> Non
     assert counts["matmul_resizes"] == 1
     ops = collections.Counter(n.op_type for n in shaped.graph.node)
     assert ops["Resize"] == 0 and ops["MatMul"] == 2
+    # the Shape -> Concat that computed the Resize's sizes (the batch is dynamic) goes with it: ORT would run it
+    assert collections.Counter(n.op_type for n in proto.graph.node)["Shape"] == 1
+    assert ops["Shape"] == ops["Concat"] == 0
     assert [n.name for n in shaped.graph.node if n.op_type == "MatMul"] == ["layers.up/Resize/MatMul",
                                                                               "layers.up/Resize/MatMul_1"]
     x = np.random.default_rng(5).standard_normal((3, 3, H, W)).astype(np.float32)

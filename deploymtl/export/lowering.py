@@ -58,7 +58,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..onnxkit.cpu import simd_block
-from ..onnxkit.index import GraphIndex, attr, drop_unused_initializers, value_shapes
+from ..onnxkit.index import GraphIndex, attr, drop_dead_nodes, drop_unused_initializers, value_shapes
 from .branch_merge import merge_sibling_branches
 from .channel_selection import select_in_blocked_layout
 from .selection_folding import fold_selections_into_convs
@@ -300,6 +300,7 @@ def resize_as_matmul(model: onnx.ModelProto, max_input: int = MATMUL_RESIZE_MAX)
     if replaced:
         del model.graph.node[:]
         model.graph.node.extend(nodes)
+        drop_dead_nodes(model.graph)  # the Shape -> Concat that computed each Resize's sizes: ORT would run them
         drop_unused_initializers(model.graph)
     return replaced
 

@@ -199,6 +199,32 @@ def attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
     return default
 
 
+def _reads(node: onnx.NodeProto) -> Iterator[str]:
+    """The tensor names `node` reads, those its subgraphs (If, Loop, Scan bodies) read from outside included."""
+    yield from node.input
+    for a in node.attribute:
+        for sub in [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs):
+            for n in sub.node:
+                yield from _reads(n)
+
+
+def drop_dead_nodes(graph: onnx.GraphProto) -> int:
+    """Remove the nodes none of whose outputs is read by another node or is a graph output, until none is left (a
+    rewrite that replaces a node can orphan the chain that computed one of its inputs, e.g. the Shape -> Concat of
+    a Resize's sizes); in place, keeping the order of the others; returns the number removed. ONNX Runtime runs
+    such nodes: it does not drop a node for having no reader. Every ONNX operator is side-effect free, so nothing
+    else is lost."""
+    removed = 0
+    while True:
+        used = {name for node in graph.node for name in _reads(node)} | {o.name for o in graph.output}
+        kept = [n for n in graph.node if any(o and o in used for o in n.output)]
+        if len(kept) == len(graph.node):
+            return removed
+        removed += len(graph.node) - len(kept)
+        del graph.node[:]
+        graph.node.extend(kept)
+
+
 def drop_unused_initializers(graph: onnx.GraphProto) -> None:
     """Remove the initializers no node of `graph` reads, in place, keeping the order of the others (the rewrites
     call it last; an index built before is stale afterwards)."""
