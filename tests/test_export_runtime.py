@@ -133,9 +133,9 @@ def test_the_form_is_recorded_in_the_file_and_the_report(exported) -> None:
         assert report["runtime"]["name"] == runtime and report["runtime"]["simd_block"] == block
         assert report["options"]["runtime"] == runtime and report["onnxruntime_cpu_lowering"] == {}
     rewrites = json.loads((exported[("int8", "ort-cpu")] / "export_report.json").read_text())["runtime"]["rewrites"]
-    # b0/b1 conv1 padded; the stem, b0_relu1, b0_relu and b1_relu1 ReLUs folded (b1_relu is read by the float heads)
-    # 24 x 32 heads: Resize; no channel selection in this layout
-    assert rewrites == {"padded_convs": 2, "uint8_tensors": 4, "matmul_resizes": 0, "selection_convs": 0,
+    # b0/b1 conv1 padded; the stem, b0_relu1, b0_relu and b1_relu1 ReLUs folded, and b1_relu (read by the float
+    # heads) moved before its quantiser; 24 x 32 heads: Resize; no channel selection in this layout
+    assert rewrites == {"padded_convs": 2, "uint8_tensors": 5, "matmul_resizes": 0, "selection_convs": 0,
                         "merged_branches": 0, "folded_selections": 0}
 
 
@@ -160,14 +160,14 @@ def test_ort_cpu_fp32_file_carries_the_padding(exported) -> None:
 
 def test_ort_cpu_int8_file_has_no_relu_between_quantised_ops(exported, tmp_path) -> None:
     """The ReLUs are folded into uint8 quantisation in the file: ONNX Runtime runs every int8 convolution and Add as
-    QLinear* with no float ReLU left between them (the last one feeds the fp32 head layers); the trt file as written
-    keeps DQ -> Relu -> Q for ONNX Runtime."""
+    QLinear* with no float ReLU left (the last one, read by the fp32 head layers, is folded into the Add before its
+    quantiser); the trt file as written keeps DQ -> Relu -> Q for ONNX Runtime."""
     shaped_path = exported[("int8", "ort-cpu")] / "model.onnx"
     shaped = onnx.load(shaped_path)
     assert any(z.dtype == np.uint8 and not z.any() for z in _zero_points(shaped))
     assert check_scheme(shaped, ORT_CPU) == [] and check_scheme(shaped) != []  # not TensorRT's scheme
     runs = _ops_ort_runs(shaped_path, tmp_path)
-    assert runs["Relu"] == 1 and runs["QLinearConv"] == 5 and runs["QLinearAdd"] == 2
+    assert runs["Relu"] == 0 and runs["QLinearConv"] == 5 and runs["QLinearAdd"] == 2
     as_trt = _ops_ort_runs(exported[("int8", "trt")] / "model.onnx", tmp_path)
     assert as_trt["Relu"] == 5 and as_trt["QLinearConv"] == 5
 
@@ -187,7 +187,7 @@ def test_lint_says_an_ort_cpu_int8_file_is_not_a_tensorrt_graph(exported, capsys
     first = lint_onnx(path)[0]
     assert (first.severity, first.node, first.op) == ("error", "model", "form")
     assert "not a TensorRT graph" in first.message and "--for ort-cpu" in first.message
-    assert "4 uint8 quantisers" in first.message and "--for trt" in first.message
+    assert "5 uint8 quantisers" in first.message and "--for trt" in first.message
     assert main(["lint", str(path)]) == 1
     assert "not a TensorRT graph" in capsys.readouterr().out.splitlines()[0]
     assert errors(lint_onnx(exported[("fp32", "ort-cpu")] / "model.onnx")) == []  # padding only: TensorRT reads it
