@@ -10,17 +10,13 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from gated_layout import gated_static_graph
 from onnx import helper, numpy_helper
 
 from deploymtl.export.channel_selection import select_in_blocked_layout
 from deploymtl.export.lowering import shape_for_ort_cpu
-from deploymtl.export.onnx import export_onnx
-from deploymtl.export.simplify import PASSES, run_pass
-from deploymtl.families import build_supernet, family_spec
 from deploymtl.onnxkit.cpu import simd_block
 from deploymtl.onnxkit.index import attr, value_shapes
-from deploymtl.surgery.plan import make_plan
-from deploymtl.tasks import TaskSpec
 
 F = onnx.TensorProto.FLOAT
 # this CPU's SIMD block: the assertions on the graph ONNX Runtime runs (blocked or not) hold for the block its
@@ -165,23 +161,17 @@ def test_a_slice_on_another_axis_a_strided_one_and_a_qdq_graph_are_not_rewritten
 
 @pytest.fixture(scope="module")
 def gated_static() -> tuple[onnx.ModelProto, torch.nn.Module]:
-    """The tiny GatedMTL layout with seeded gates (a quarter task-specific), exported and shaped for ort-cpu."""
-    torch.manual_seed(0)
-    tasks = [TaskSpec(name="seg", kind="segmentation", channels=5), TaskSpec(name="depth", kind="depth")]
-    model = build_supernet("gated", tasks, {"blocks": [1, 1, 1, 1], "width": 8, "head": "light",
-                                            "head_hidden": 16}, {}).eval()
-    g = torch.Generator().manual_seed(0)
-    d = model.decisions()
-    d["gates"] = {t: [[int(v) for v in (torch.rand(s.cout, generator=g) < 0.25).tolist()] for s in model.slots]
-                  for t in model.task_names}
-    model.set_decisions(d)
-    cut = family_spec("gated").surgeon.prepare(model, make_plan(model, "gated"))
-    cut.apply()
-    static = cut.build().build()
-    proto = export_onnx(static, channels=3, height=48, width=64, outputs=cut.tasks)
-    for name in PASSES:  # as `deploymtl export` simplifies before shaping (the blend weights become constants)
-        proto = run_pass(proto, name)
-    return proto, static
+    """The tiny GatedMTL layout with seeded gates, exported and simplified (`gated_layout.py`)."""
+    return gated_static_graph()
+
+
+def _matches_torch(shaped: onnx.ModelProto, static: torch.nn.Module, seed: int) -> None:
+    x = np.random.default_rng(seed).standard_normal((2, 3, 48, 64)).astype(np.float32)
+    with torch.inference_mode():
+        want = static.infer(torch.from_numpy(x))
+    got = dict(zip([o.name for o in shaped.graph.output], _run(shaped, x), strict=True))
+    for task, value in want.items():
+        np.testing.assert_allclose(got[task], value.numpy(), rtol=1e-4, atol=1e-5)
 
 
 def test_the_gated_static_graph_selects_in_the_blocked_layout(gated_static, tmp_path: Path) -> None:
@@ -211,12 +201,7 @@ def test_the_gated_static_graph_selects_in_the_blocked_layout(gated_static, tmp_
     assert heads and all(producer[n.input[0]].op_type in ("Concat", "Relu") for n in heads)
     assert counts["merged_branches"] == 4 and any(n.op_type == "Conv" and attr(n, "group", 1) == 2
                                                   for n in shaped.graph.node)
-    x = np.random.default_rng(1).standard_normal((2, 3, 48, 64)).astype(np.float32)
-    with torch.inference_mode():
-        want = static.infer(torch.from_numpy(x))
-    got = dict(zip([o.name for o in shaped.graph.output], _run(shaped, x), strict=True))
-    for task, value in want.items():
-        np.testing.assert_allclose(got[task], value.numpy(), rtol=1e-4, atol=1e-5)
+    _matches_torch(shaped, static, seed=1)
 
 
 def test_the_gated_static_graph_runs_without_selections_on_this_cpu(gated_static, tmp_path: Path) -> None:
@@ -233,9 +218,4 @@ def test_the_gated_static_graph_runs_without_selections_on_this_cpu(gated_static
     assert selections[1] <= selections[0] / 2 and reorders[1] <= reorders[0] / 2, (selections, reorders)
     if BLOCK == 8:
         assert selections[1] == 0
-    x = np.random.default_rng(2).standard_normal((2, 3, 48, 64)).astype(np.float32)
-    with torch.inference_mode():
-        want = static.infer(torch.from_numpy(x))
-    got = dict(zip([o.name for o in shaped.graph.output], _run(shaped, x), strict=True))
-    for task, value in want.items():
-        np.testing.assert_allclose(got[task], value.numpy(), rtol=1e-4, atol=1e-5)
+    _matches_torch(shaped, static, seed=2)
