@@ -209,3 +209,18 @@ def test_cli_for_flag_and_its_one_line_errors(exported, tmp_path, capsys) -> Non
     assert main(["export", str(model), "--for", "tensorrt", "-o", str(tmp_path / "y")]) == 2
     assert "--for: unknown runtime 'tensorrt'" in capsys.readouterr().err
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_export_of_an_ort_cpu_int8_file_notes_the_form_in_one_line(exported, tmp_path, capsys) -> None:
+    """The ort-cpu int8 file is not a TensorRT graph by design: the export says so in one note, not as one warning per
+    uint8 quantiser; every finding stays in the report. Written for trt, nothing to say."""
+    model = exported[("fp32", "trt")].parent / "pruned.pt"
+    args = ["export", str(model), "--precision", "int8", "--max-metric-drop", "20%", "--threads", "1"]
+    assert main([*args, "-o", str(tmp_path / "cpu")]) == 0
+    lint_lines = [line for line in capsys.readouterr().out.splitlines() if "TensorRT lint" in line]
+    assert len(lint_lines) == 1 and lint_lines[0].startswith("note: TensorRT lint: not a TensorRT graph")
+    report = json.loads((tmp_path / "cpu" / "export_report.json").read_text())
+    findings = len(report["lint"])
+    assert findings > 1 and f"({findings - 1} per-node finding(s) it explains in export_report.json)" in lint_lines[0]
+    assert main([*args, "--for", "trt", "-o", str(tmp_path / "trt")]) == 0
+    assert "TensorRT lint" not in capsys.readouterr().out
