@@ -247,6 +247,34 @@ def test_cpu_lowering_quantizes_after_a_relu_read_in_float(tmp_path: Path) -> No
     assert 0 < np.abs(low - ref).mean() < np.abs(sym - ref).mean()
 
 
+def test_cpu_lowering_leaves_wide_int8_convolutions_odd_where_mlas_gemm_runs_on_amx() -> None:
+    """With AMX, an int8 convolution is padded only up to `INT8_AMX_MAX_WIDTH` channels (an odd-width one runs on
+    MLAS's AMX GEMM instead of its ConvSym kernel); without, and in fp32, every odd width is padded. The values do
+    not depend on it (zero filters)."""
+    from deploymtl.export.lowering import INT8_AMX_MAX_WIDTH, shape_for_ort_cpu
+
+    torch.manual_seed(0)
+    b = GraphBuilder()
+    x = b.relu("stem_relu", _conv(b, "stem", "image", 3, C))
+    x = _conv(b, "narrow2", b.relu("narrow_relu", _conv(b, "narrow", x, C, 23)), 23, C)
+    x = _conv(b, "wide2", b.relu("wide_relu", _conv(b, "wide", b.relu("mid_relu", x), C, 89)), 89, C)
+    b.output("out", x)
+    proto = export_onnx(b.build().eval(), channels=3, height=H, width=W, outputs=["out"])
+    q8 = quantize.quantize_int8(proto, _calibration())
+    assert 32 <= INT8_AMX_MAX_WIDTH < 96
+    amx, plain = (shape_for_ort_cpu(q8, block=16, amx=a) for a in (True, False))
+    assert amx[1]["padded_convs"] == 1 and plain[1]["padded_convs"] == 2
+    assert shape_for_ort_cpu(proto, block=16, amx=True)[1]["padded_convs"] == 2
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in amx[0].graph.initializer}
+    widths = {n.name: inits[n.input[0]].shape[0] for n in amx[0].graph.node
+              if n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]].ndim == 4}
+    assert widths["layers.narrow.weight_DequantizeLinear"] == 32 and widths["layers.wide.weight_DequantizeLinear"] == 89
+    x = np.random.default_rng(6).standard_normal((2, 3, H, W)).astype(np.float32)
+    level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    (a,), (p,) = (_run(m, x, level) for m in (amx[0], plain[0]))
+    np.testing.assert_allclose(a, p, rtol=1e-5, atol=1e-5 * float(np.abs(p).max()))
+
+
 def test_cpu_lowering_carries_uint8_through_maxpool(tmp_path: Path) -> None:
     """stem conv -> ReLU -> MaxPool -> conv: the MaxPool's Q/DQ become uint8 too, so ORT drops them and runs the
     pool on the quantised tensor between two QLinearConvs (no float round trip)."""
