@@ -275,6 +275,36 @@ def test_cpu_lowering_leaves_wide_int8_convolutions_odd_where_mlas_gemm_runs_on_
     np.testing.assert_allclose(a, p, rtol=1e-5, atol=1e-5 * float(np.abs(p).max()))
 
 
+def test_cpu_lowering_of_a_graph_with_unnamed_nodes_adds_distinct_constants() -> None:
+    """Node names are optional in ONNX: the constants the rewrites add are named after each node's output then, so
+    two unnamed ReLUs do not both write `/uint8_scale` (ONNX Runtime would keep one of them for both)."""
+    from onnx import helper
+
+    from deploymtl.export.lowering import shape_for_ort_cpu
+
+    rng = np.random.default_rng(7)
+    inits = [onnx.numpy_helper.from_array((0.2 * rng.standard_normal(s)).astype(np.float32), n)
+             for n, s in (("w0", (C, 3, 3, 3)), ("w1", (C, C, 3, 3)), ("w2", (3, C, 1, 1)))]
+    nodes = [helper.make_node("Conv", ["image", "w0"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["b"]),
+             helper.make_node("Conv", ["b", "w1"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["d"]),
+             helper.make_node("Conv", ["d", "w2"], ["out"])]
+    graph = helper.make_graph(nodes, "unnamed", [helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT,
+                                                                               ["n", 3, H, W])],
+                              [helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, None)], inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    q8 = quantize.quantize_int8(proto, _calibration())
+    lowered, counts = shape_for_ort_cpu(q8, block=16)
+    assert counts["uint8_tensors"] == 2
+    names = [i.name for i in lowered.graph.initializer]
+    assert len(names) == len(set(names))
+    x = np.random.default_rng(8).standard_normal((2, 3, H, W)).astype(np.float32)
+    level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    (ref,), (got,) = (_run(m, x, level) for m in (proto, lowered))
+    assert np.abs(got - ref).max() < 0.05 * np.abs(ref).max()
+
+
 def test_cpu_lowering_carries_uint8_through_maxpool(tmp_path: Path) -> None:
     """stem conv -> ReLU -> MaxPool -> conv: the MaxPool's Q/DQ become uint8 too, so ORT drops them and runs the
     pool on the quantised tensor between two QLinearConvs (no float round trip)."""

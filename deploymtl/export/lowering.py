@@ -90,6 +90,12 @@ def _zero_point_0_q(node: onnx.NodeProto | None, g: GraphIndex) -> bool:
     return zp.dtype in (np.int8, np.uint8) and not zp.any()
 
 
+def _label(node: onnx.NodeProto) -> str:
+    """A unique prefix for the constants a rewrite adds for `node`: its name, or its first output's (node names are
+    optional in ONNX, tensor names unique)."""
+    return node.name or node.output[0]
+
+
 def _scale(g: GraphIndex, q: onnx.NodeProto) -> float:
     return float(g.initializer_value(q.input[1]))
 
@@ -155,7 +161,7 @@ class _Rewrite(GraphIndex):
                 continue
             qs = self.uint8_group(ops[0].output[0])
             if qs is not None and _scale(self, qs[0]) == scale:
-                self.extend_through_sign_preserving(self.to_uint8(qs, ops[0].name), scale)
+                self.extend_through_sign_preserving(self.to_uint8(qs, _label(ops[0])), scale)
 
     def apply(self) -> int:
         if not self.zero_points:
@@ -185,7 +191,7 @@ def fold_relu_into_uint8(model: onnx.ModelProto) -> int:
         g.set_input(relu, 0, q1.input[0])
         g.dropped |= {id(q1), id(dq1)}
         scale = _scale(g, qs[0])
-        g.extend_through_sign_preserving(g.to_uint8(qs, relu.name), scale)
+        g.extend_through_sign_preserving(g.to_uint8(qs, _label(relu)), scale)
     return g.apply() + _quantize_after_float_relus(model)
 
 
@@ -210,9 +216,9 @@ def _quantize_after_float_relus(model: onnx.ModelProto) -> int:
         new_relu = onnx.helper.make_node("Relu", [x], [f"{y}/before_quantize"], name=relu.name)
         new_q = onnx.helper.make_node("QuantizeLinear", [new_relu.output[0], *q.input[1:]], [q.output[0]],
                                       name=q.name)
-        zp = numpy_helper.from_array(np.array(0, dtype=np.uint8), f"{relu.name}/uint8_zero_point")
+        zp = numpy_helper.from_array(np.array(0, dtype=np.uint8), f"{_label(relu)}/uint8_zero_point")
         step = np.asarray(g.initializer_value(q.input[1]) * _INT8_TO_UINT8_STEP, dtype=np.float32)
-        scale = numpy_helper.from_array(step, f"{relu.name}/uint8_scale")
+        scale = numpy_helper.from_array(step, f"{_label(relu)}/uint8_scale")
         g.zero_points.append(zp)
         g.scales.append(scale)
         new_q = onnx.helper.make_node("QuantizeLinear", [new_relu.output[0], scale.name, zp.name], [q.output[0]],
@@ -358,12 +364,12 @@ def resize_as_matmul(model: onnx.ModelProto, max_input: int = MATMUL_RESIZE_MAX)
                 or attr(node, "mode", "nearest") != "linear" or attr(node, "antialias", 0)):
             nodes.append(node)
             continue
-        rh = numpy_helper.from_array(_interpolation(node, x[2], y[2]), f"{node.name}/rows")
-        rw_t = numpy_helper.from_array(_interpolation(node, x[3], y[3]).T.copy(), f"{node.name}/columns")
+        rh = numpy_helper.from_array(_interpolation(node, x[2], y[2]), f"{_label(node)}/rows")
+        rw_t = numpy_helper.from_array(_interpolation(node, x[3], y[3]).T.copy(), f"{_label(node)}/columns")
         model.graph.initializer.extend([rh, rw_t])
         mid = f"{node.output[0]}/columns"
-        nodes.append(onnx.helper.make_node("MatMul", [node.input[0], rw_t.name], [mid], name=f"{node.name}/MatMul"))
-        nodes.append(onnx.helper.make_node("MatMul", [rh.name, mid], [node.output[0]], name=f"{node.name}/MatMul_1"))
+        nodes.append(onnx.helper.make_node("MatMul", [node.input[0], rw_t.name], [mid], name=f"{_label(node)}/MatMul"))
+        nodes.append(onnx.helper.make_node("MatMul", [rh.name, mid], [node.output[0]], name=f"{_label(node)}/MatMul_1"))
         replaced += 1
     if replaced:
         del model.graph.node[:]
