@@ -207,6 +207,17 @@ def test_ort_runner_runs_the_file_as_written_and_names_another_form(fp32: onnx.M
     set_metadata(shaped, meta | {"runtime": {"name": "ort-cpu", "simd_block": 16}})
     onnx.save(shaped, path)
     assert OrtRunner(path, threads=1).notes == []  # the form for this runtime, padded to AVX-512's block
+    from deploymtl.onnxkit.cpu import amx_int8
+
+    for amx in (True, False):  # shaped on a CPU with (without) AMX int8, run on this one
+        del shaped.metadata_props[:]
+        set_metadata(shaped, meta | {"runtime": {"name": "ort-cpu", "simd_block": 16, "int8_amx": amx}})
+        onnx.save(shaped, path)
+        notes = OrtRunner(path, threads=1).notes
+        if amx == amx_int8():
+            assert notes == []
+        else:
+            assert len(notes) == 1 and "AMX int8" in notes[0] and "re-export it on this machine" in notes[0]
     del shaped.metadata_props[:]
     set_metadata(shaped, meta)  # a file of an earlier deploymtl, without `deploymtl.runtime`
     onnx.save(shaped, path)

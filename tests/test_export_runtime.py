@@ -23,7 +23,7 @@ from deploymtl.export.options import ExportOptions
 from deploymtl.export.trt.lint import errors, lint_onnx
 from deploymtl.formats.parity import load_parity
 from deploymtl.formats.static import StaticArtifact, save_static
-from deploymtl.onnxkit.cpu import simd_block
+from deploymtl.onnxkit.cpu import amx_int8, simd_block
 from deploymtl.onnxkit.qdq import ORT_CPU, check_scheme
 from deploymtl.surgery.builder import GraphBuilder
 from deploymtl.tasks import TaskSpec, task_loss
@@ -124,13 +124,16 @@ def test_a_plain_session_on_the_written_file_reproduces_its_parity_set(exported,
 
 
 def test_the_form_is_recorded_in_the_file_and_the_report(exported) -> None:
-    for (_, runtime), folder in exported.items():
+    for (precision, runtime), folder in exported.items():
         proto = onnx.load(folder / "model.onnx")
         meta = json.loads({p.key: p.value for p in proto.metadata_props}["deploymtl.runtime"])
         report = json.loads((folder / "export_report.json").read_text())
         block = simd_block() if runtime == "ort-cpu" else None
-        assert meta == {"name": runtime, "simd_block": block}
+        # an int8 ort-cpu file also records whether it was shaped for ONNX Runtime's AMX int8 GEMM
+        amx = {"int8_amx": amx_int8()} if (precision, runtime) == ("int8", "ort-cpu") else {}
+        assert meta == {"name": runtime, "simd_block": block} | amx
         assert report["runtime"]["name"] == runtime and report["runtime"]["simd_block"] == block
+        assert report["runtime"].get("int8_amx") == amx.get("int8_amx")
         assert report["options"]["runtime"] == runtime and report["onnxruntime_cpu_lowering"] == {}
     rewrites = json.loads((exported[("int8", "ort-cpu")] / "export_report.json").read_text())["runtime"]["rewrites"]
     # b0/b1 conv1 padded; the stem, b0_relu1, b0_relu and b1_relu1 ReLUs folded, and b1_relu (read by the float

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import DeploymtlError
 from ..formats.onnx_metadata import from_props
-from ..onnxkit.cpu import simd_block
+from ..onnxkit.cpu import amx_int8, simd_block
 from ..onnxkit.load import load_onnx
 from ..onnxkit.session import execution_provider, open_session
 from .base import InputSpec, Runner
@@ -60,6 +60,12 @@ def runtime_notes(meta: dict, provider: str, where: str) -> list[str]:
         if isinstance(block, int) and block < simd_block():
             return [f"{where} is padded to a SIMD block of {block} channels, this CPU's block is {simd_block()}: "
                     "re-export it on this machine for full speed"]
+        amx = shaped.get("int8_amx")
+        if precision == "int8" and isinstance(amx, bool) and amx != amx_int8():
+            return [f"{where} was shaped on a CPU {'with' if amx else 'without'} AMX int8 and this one "
+                    f"{'has none' if amx else 'has it'}: its wide int8 convolutions are "
+                    f"{'left unpadded' if amx else 'padded'} for the other CPU's ONNX Runtime kernels; re-export it "
+                    "on this machine for full speed"]
     elif provider == "trt" and name == "ort-cpu" and precision == "int8":
         return [f"{where} is shaped for ort-cpu (uint8 activations), which TensorRT does not read: export with "
                 "`--for trt` for the TensorRT provider"]

@@ -11,7 +11,8 @@ rewrites it in memory later (docs/architecture.md, "The contract"):
 - `generic`: the same graph without the lint promise, for any runtime.
 
 fp16 graphs are the same in every form. The choice is recorded in the file (`deploymtl.runtime` metadata:
-`{"name", "simd_block"}`), in `export_report.json` (`runtime`) and in the parity set's header.
+`{"name", "simd_block"}`, plus `"int8_amx"` for an int8 ort-cpu file: whether it was shaped for ONNX Runtime's AMX
+int8 GEMM, `lowering.INT8_AMX_MAX_WIDTH`), in `export_report.json` (`runtime`) and in the parity set's header.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 
 import onnx
 
-from ..onnxkit.cpu import simd_block
+from ..onnxkit.cpu import amx_int8, simd_block
 from .context import ExportContext
 
 # What each runtime's form is, in the words the report and the CLI help use.
@@ -42,14 +43,17 @@ class RuntimeSection:
     simd_block: int | None = None
     rewrites: dict[str, int] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
+    int8_amx: bool | None = None  # int8 ort-cpu: shaped for an AMX CPU (wide int8 convolutions left unpadded)
 
     def metadata(self) -> dict[str, Any]:
         """The `deploymtl.runtime` value of the file."""
-        return {"name": self.name, "simd_block": self.simd_block}
+        amx = {} if self.int8_amx is None else {"int8_amx": self.int8_amx}
+        return {"name": self.name, "simd_block": self.simd_block} | amx
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "description": RUNTIMES[self.name], "simd_block": self.simd_block,
-                "rewrites": dict(self.rewrites)}
+        amx = {} if self.int8_amx is None else {"int8_amx": self.int8_amx}
+        return {"name": self.name, "description": RUNTIMES[self.name], "simd_block": self.simd_block} | amx | {
+            "rewrites": dict(self.rewrites)}
 
 
 def shaped_graph(proto: onnx.ModelProto, runtime: str, precision: str) -> onnx.ModelProto:
@@ -78,4 +82,5 @@ def shape_for_runtime(ctx: ExportContext, proto: onnx.ModelProto) -> tuple[onnx.
             f"MatMuls, {counts['selection_convs']} channel selection(s) as 1x1 convolutions, "
             f"{counts['merged_branches']} branch(es) merged into grouped convolutions, "
             f"{counts['folded_selections']} channel map(s) folded into their readers")
-    return proto, RuntimeSection(runtime, block, counts)
+    amx = amx_int8() if ctx.options.precision == "int8" else None
+    return proto, RuntimeSection(runtime, block, counts, int8_amx=amx)
