@@ -131,24 +131,29 @@ class _Rewrite(GraphIndex):
             return None
         return qs
 
-    def to_uint8(self, qs: list[onnx.NodeProto], label: str) -> onnx.NodeProto:
-        """Merge `qs` (one tensor, one scale) into the first, with a uint8 zero point 0; its DQs follow. An int8
-        Q's scale becomes 127/255 of itself: the calibrated range [0, 127 s] in 255 steps instead of 127."""
+    def uint8_constants(self, q: onnx.NodeProto, label: str) -> tuple[str, str]:
+        """(scale, zero point) names for `q`'s tensor as uint8 with zero point 0: an int8 Q's scale becomes 127/255
+        of itself (the calibrated range [0, 127 s] in 255 steps instead of 127), a uint8 one's stays. Added to the
+        graph by `apply`: until then no Q reads them as constants."""
         zp = numpy_helper.from_array(np.array(0, dtype=np.uint8), f"{label}/uint8_zero_point")
-        self.zero_points.append(zp)  # added to the graph by `apply`: until then no Q reads it as a constant
+        self.zero_points.append(zp)
+        if self.initializer_value(q.input[2]).dtype != np.int8:
+            return q.input[1], zp.name
+        step = np.asarray(self.initializer_value(q.input[1]) * _INT8_TO_UINT8_STEP, dtype=np.float32)
+        self.scales.append(numpy_helper.from_array(step, f"{label}/uint8_scale"))
+        return f"{label}/uint8_scale", zp.name
+
+    def to_uint8(self, qs: list[onnx.NodeProto], label: str) -> onnx.NodeProto:
+        """Merge `qs` (one tensor, one scale) into the first, as uint8 (`uint8_constants`); its DQs follow."""
         keep = qs[0]
-        scale = keep.input[1]
-        if self.initializer_value(keep.input[2]).dtype == np.int8:
-            step = np.asarray(self.initializer_value(scale) * _INT8_TO_UINT8_STEP, dtype=np.float32)
-            self.scales.append(numpy_helper.from_array(step, f"{label}/uint8_scale"))
-            scale = f"{label}/uint8_scale"
+        scale, zp = self.uint8_constants(keep, label)
         self.set_input(keep, 1, scale)
-        self.set_input(keep, 2, zp.name)
+        self.set_input(keep, 2, zp)
         for q in qs:
             for dq in self.readers(q.output[0]):
                 self.set_input(dq, 0, keep.output[0])
                 self.set_input(dq, 1, scale)
-                self.set_input(dq, 2, zp.name)
+                self.set_input(dq, 2, zp)
         self.dropped |= set(map(id, qs[1:]))
         return keep
 
@@ -213,17 +218,10 @@ def _quantize_after_float_relus(model: onnx.ModelProto) -> int:
                 or any(r.op_type == "QuantizeLinear" for r in readers)):
             continue
         x, y = q.input[0], relu.output[0]
+        scale, zp = g.uint8_constants(q, _label(relu))
         new_relu = onnx.helper.make_node("Relu", [x], [f"{y}/before_quantize"], name=relu.name)
-        new_q = onnx.helper.make_node("QuantizeLinear", [new_relu.output[0], *q.input[1:]], [q.output[0]],
-                                      name=q.name)
-        zp = numpy_helper.from_array(np.array(0, dtype=np.uint8), f"{_label(relu)}/uint8_zero_point")
-        step = np.asarray(g.initializer_value(q.input[1]) * _INT8_TO_UINT8_STEP, dtype=np.float32)
-        scale = numpy_helper.from_array(step, f"{_label(relu)}/uint8_scale")
-        g.zero_points.append(zp)
-        g.scales.append(scale)
-        new_q = onnx.helper.make_node("QuantizeLinear", [new_relu.output[0], scale.name, zp.name], [q.output[0]],
-                                      name=q.name)
-        new_dq = onnx.helper.make_node("DequantizeLinear", [q.output[0], scale.name, zp.name], [y], name=dq.name)
+        new_q = onnx.helper.make_node("QuantizeLinear", [new_relu.output[0], scale, zp], [q.output[0]], name=q.name)
+        new_dq = onnx.helper.make_node("DequantizeLinear", [q.output[0], scale, zp], [y], name=dq.name)
         moved[id(q)] = [new_relu, new_q, new_dq]  # in the Q's place: X is ready there, and the readers come later
         g.dropped |= {id(dq), id(relu)}
     if moved:

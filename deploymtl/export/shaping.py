@@ -51,9 +51,8 @@ class RuntimeSection:
         return {"name": self.name, "simd_block": self.simd_block} | amx
 
     def to_dict(self) -> dict[str, Any]:
-        amx = {} if self.int8_amx is None else {"int8_amx": self.int8_amx}
-        return {"name": self.name, "description": RUNTIMES[self.name], "simd_block": self.simd_block} | amx | {
-            "rewrites": dict(self.rewrites)}
+        return ({"name": self.name, "description": RUNTIMES[self.name]} | self.metadata()
+                | {"rewrites": dict(self.rewrites)})
 
 
 def shaped_graph(proto: onnx.ModelProto, runtime: str, precision: str) -> onnx.ModelProto:

@@ -3,7 +3,10 @@ matrix kernels run on AMX."""
 
 from __future__ import annotations
 
+from functools import cache
 
+
+@cache  # read once per process: the runner's notes and every shaping ask again
 def _cpu_flags() -> str:
     """The first processor's flags line of /proc/cpuinfo ('' where there is none)."""
     try:
