@@ -8,16 +8,33 @@ where ONNX Runtime's per-node costs are about what the arithmetic costs: run as 
 position, the three task branches of such a layer measured 0.68-0.87x the time of three separate ones (2 threads).
 
 `merge_sibling_branches` finds, for each Concat (channel axis), its inputs made of identical chains of Conv (group
-1, constant weights), Relu and Add that start at the same tensors and are read only inside their chain, and
-rewrites each set of siblings as one chain: the first convolution reads the common input once with the siblings'
-filters stacked, every later one is a grouped convolution (one group per sibling), each group padded with zero
-filters and zero input columns to the widest sibling (rounded to the SIMD block, as ONNX Runtime's blocked kernels
-compute anyway). The padded channels are exactly 0 through ReLU and Add, and the Concat's readers (convolutions, or
-Gathers) take the channels at their new positions; the outputs are unchanged up to summation order. Siblings are
-merged only while padding adds at most `MAX_WASTE` to their block-rounded convolution work, 0 by default: only
-branches whose widths round to the same number of blocks share a chain (a 64-filter shared branch stays apart from
-8-filter task branches, and so does a 8-filter task branch from two 16-filter ones). On the tiny GatedMTL model
-allowing 25% merged two more branches, which measured 5-7% faster at batch 1 and 3% slower at batch 8.
+1, constant weights), Relu and Add that start at the same tensors (or at channel selections of one tensor) and are
+read only inside their chain, and rewrites each set of siblings as one chain, in one of two layouts:
+
+- grouped: the first convolution reads the common input once with the siblings' filters stacked (a selection's
+  weights spread over the whole tensor, zero for the channels it did not take), every later one is a grouped
+  convolution (one group per sibling), each group padded with zero filters and zero input columns to the widest
+  sibling (rounded to the SIMD block, as ONNX Runtime's blocked kernels compute anyway). Siblings share a chain
+  only while padding adds at most `MAX_WASTE` to their block-rounded convolution work, 0 by default: only
+  branches whose widths round to the same number of blocks (a 64-filter shared branch stays apart from 8-filter
+  task branches, and so does a 8-filter task branch from two 16-filter ones). On the tiny GatedMTL model allowing
+  25% merged two more branches, which measured 5-7% faster at batch 1 and 3% slower at batch 8;
+- tight: the siblings' channels side by side, each merged tensor rounded to the block once, every convolution a
+  dense one with the siblings' filters on its block diagonal. For branches narrower than a block: the tiny
+  GatedMTL model's first layer (a shared branch of 8 filters, three task branches of 2, each convolution padded
+  to 16 filters by the blocked kernel on its own) becomes one 3x3 convolution of 16 filters over the stacked
+  32-channel tensor, half the multiply-adds of the four, in the blocked layout throughout.
+
+A residual (an Add operand that is a chain input: the block's input itself, or a selection of its channels) becomes
+one 1x1 convolution of the common tensor with a 0/1 matrix into the merged layout (exact for finite values). The
+padded channels are exactly 0 through ReLU and Add, and the Concat's readers (convolutions, or Gathers) take the
+channels at their new positions; the outputs are unchanged up to summation order. Of the two layouts the one whose
+convolutions cost the blocked kernels less is taken, and a merge only while it costs at most `MAX_WASTE` more than
+its siblings on their own (a first convolution reading a few channels of a wide tensor would read all of it
+merged: on the ResNet-34 GatedMTL layout such merges made the file 1.1-1.2x slower). On the tiny GatedMTL model at
+a block of 16 (AMD EPYC, AVX-512) these rules merge 8 branches instead of 3 (the first layer's four tight) and
+brought static / masked on ONNX Runtime from 0.80 to 0.68 at batch 8 (`benchmarks/bench_prune.py`; FLOPs ratio
+0.668).
 fp32 graphs only, as `channel_selection`.
 """
 
@@ -29,8 +46,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ..onnxkit.index import GraphIndex, attr, drop_unused_initializers, value_shapes
-from .channel_selection import float_conv, spread_columns
+from ..onnxkit.index import GraphIndex, attr, drop_dead_nodes, drop_unused_initializers, value_shapes
+from .channel_selection import channel_picks, float_conv, spread_columns
 
 MAX_WASTE = 0.0  # padding work a merge may add, relative to the siblings' block-rounded convolution work
 _CONV_ATTRS = ("kernel_shape", "strides", "pads", "dilations")
@@ -51,9 +68,54 @@ def _round(n: int, block: int) -> int:
 class _Chains:
     """The graph and what one branch chain is made of (`walk`)."""
 
-    def __init__(self, model: onnx.ModelProto, block: int) -> None:
+    def __init__(self, model: onnx.ModelProto, block: int, shapes: dict[str, list[int | None]]) -> None:
         self.g = GraphIndex(model.graph)
         self.block = block
+        self.shapes = shapes
+
+    def channels(self, tensor: str) -> int | None:
+        s = self.shapes.get(tensor)
+        return s[1] if s is not None and len(s) == 4 and s[1] else None
+
+    def source(self, tensor: str) -> tuple[str, int, np.ndarray] | None:
+        """(the tensor a chain input takes its channels from, that tensor's channel count, the channels taken): a
+        constant channel selection (Gather, Slice) of it, or the tensor itself; None when the counts are unknown."""
+        node = self.g.producer.get(tensor)
+        if node is not None and node.op_type in ("Gather", "Slice") and len(node.output) == 1:
+            channels = self.channels(node.input[0])
+            picks = channel_picks(self.g, node, channels) if channels else None
+            if picks is not None:
+                return node.input[0], channels, picks[0]
+        channels = self.channels(tensor)
+        return (tensor, channels, np.arange(channels)) if channels else None
+
+    def common_input(self, tensors: list[str], cin: int) -> tuple[str, int, list[np.ndarray]]:
+        """(tensor, its channels, the channels each sibling's first convolution reads of it) for the siblings'
+        chain inputs `tensors`: one tensor, or channel selections of one (their convolutions then read it whole,
+        with the weights of the channels not selected zero)."""
+        found = [self.source(t) for t in tensors]
+        if all(f is not None for f in found) and len({f[0] for f in found if f is not None}) == 1:
+            return found[0][0], found[0][1], [f[2] for f in found if f is not None]
+        if len(set(tensors)) == 1:  # one tensor of unknown channel count: read as it is
+            return tensors[0], cin, [np.arange(cin)] * len(tensors)
+        raise _NotMergeable
+
+    def work(self, tensor: str, out: int, cin: int, kernel: tuple[int, ...]) -> float:
+        """Multiply-adds of a convolution writing `tensor` with `out` filters over `cin` channels, per image, as
+        the blocked kernels compute them (channel counts rounded up to the block)."""
+        s = self.shapes.get(tensor)
+        area = float(np.prod(s[2:])) if s is not None and len(s) == 4 and all(s[2:]) else 1.0
+        return _round(out, self.block) * _round(cin, self.block) * float(np.prod(kernel)) * area
+
+    def separate_work(self, step: _Step | str) -> float:
+        """`work` of a chain's convolutions run on their own, each padded to the block."""
+        if isinstance(step, str):
+            return 0.0
+        own = 0.0
+        if step.node.op_type == "Conv":
+            w = self.g.initializers[step.node.input[1]].dims
+            own = self.work(step.node.output[0], w[0], w[1], tuple(w[2:]))
+        return own + sum(self.separate_work(i) for i in step.inputs)
 
     def walk(self, tensor: str, members: list[onnx.NodeProto], memo: dict[str, _Step | str],
              stop: set[str]) -> _Step | str:
@@ -74,8 +136,9 @@ class _Chains:
         return step
 
     def signature(self, step: _Step | str) -> tuple:
-        if isinstance(step, str):
-            return ("input", step)
+        if isinstance(step, str):  # siblings may read different channels of one tensor
+            found = self.source(step)
+            return ("input", found[0] if found is not None else step)
         n = step.node
         key: tuple = (n.op_type,)
         if n.op_type == "Conv":
@@ -114,67 +177,159 @@ def _groups(chains: _Chains, siblings: list[tuple[int, _Step]]) -> list[list[tup
     return [grp for grp in out if len(grp) > 1]
 
 
-class _Merge:
-    """Emit one merged chain for `steps` (the siblings, in concat order), bottom up."""
+@dataclass(frozen=True)
+class _Layout:
+    """Where each sibling's channels start in a merged tensor, and how many channels the tensor has."""
 
-    def __init__(self, chains: _Chains, name: str) -> None:
+    offsets: tuple[int, ...]
+    total: int
+
+    def width(self) -> int | None:
+        """The channels per sibling when the siblings sit side by side at one width (a grouped conv's groups)."""
+        n = len(self.offsets)
+        w = self.total // n
+        return w if self.total == n * w and self.offsets == tuple(k * w for k in range(n)) else None
+
+
+class _Merge:
+    """Emit one merged chain for `steps` (the siblings, in concat order), bottom up. Grouped (`tight` False): each
+    sibling's channels padded to the widest sibling's, rounded to the block, every convolution after the first a
+    grouped one. Tight: the siblings' channels side by side, the tensor rounded to the block once, every
+    convolution a dense one with the siblings' filters on its block diagonal (zeros elsewhere): for branches
+    narrower than a block, where grouping would pad each of them to a whole block. `work`: the multiply-adds
+    ONNX Runtime's blocked kernels spend on the emitted convolutions, per image."""
+
+    def __init__(self, chains: _Chains, name: str, tight: bool = False) -> None:
         self.c = chains
         self.name = name
+        self.tight = tight
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
-        self.memo: dict[tuple[int, ...], tuple[str, int]] = {}
+        self.memo: dict[tuple[int, ...], tuple[str, _Layout]] = {}
+        self.work = 0.0
 
     def const(self, array: np.ndarray, label: str) -> str:
         name = f"{self.name}/{label}_{len(self.inits)}"
         self.inits.append(numpy_helper.from_array(array.astype(np.float32), name))
         return name
 
-    def emit(self, steps: list[_Step]) -> tuple[str, int]:
-        """(merged tensor, channels per sibling) for one position of the chains."""
+    def layout(self, widths: list[int]) -> _Layout:
+        b, n = self.c.block, len(widths)
+        if self.tight:
+            offsets = np.concatenate([[0], np.cumsum(widths)[:-1]]).astype(int)
+            return _Layout(tuple(int(o) for o in offsets), _round(sum(widths), b))
+        width = _round(max(widths), b)
+        return _Layout(tuple(k * width for k in range(n)), n * width)
+
+    def conv(self, src: str, weight: np.ndarray, bias: np.ndarray | None, out: str, like: onnx.NodeProto,
+             group: int = 1) -> None:
+        inputs = [src, self.const(weight, "weight")] + ([self.const(bias, "bias")] if bias is not None else [])
+        node = onnx.helper.make_node("Conv", inputs, [out], name=f"{out}/Conv", group=group)
+        node.attribute.extend(a for a in like.attribute if a.name in _CONV_ATTRS)
+        self.nodes.append(node)
+        self.work += self.c.work(like.output[0], weight.shape[0], weight.shape[1], weight.shape[2:])
+
+    def picked(self, tensors: list[str], layout: _Layout) -> tuple[str, _Layout]:
+        """Chain inputs read by an Add (one per sibling, each channels of one common tensor: a residual) as one
+        tensor in `layout`: a 1x1 convolution of the common tensor with a 0/1 matrix, exact for finite values."""
+        found = [self.c.source(t) for t in tensors]
+        if any(f is None for f in found) or len({f[0] for f in found if f is not None}) != 1:
+            raise _NotMergeable
+        src, channels = found[0][0], found[0][1]
+        weight = np.zeros((layout.total, channels, 1, 1), np.float32)
+        for offset, (_, _, picks) in zip(layout.offsets, found, strict=True):
+            weight[offset + np.arange(len(picks)), picks] = 1.0
+        out = f"{self.name}/{tensors[0]}/picked"
+        node = onnx.helper.make_node("Conv", [src, self.const(weight, "picks")], [out], name=f"{out}/Conv")
+        self.nodes.append(node)
+        self.work += self.c.work(tensors[0], layout.total, channels, (1, 1))
+        return out, layout
+
+    def emit(self, steps: list[_Step]) -> tuple[str, _Layout]:
+        """(merged tensor, where each sibling's channels are) for one position of the chains."""
         if isinstance(steps[0], str):
-            raise _NotMergeable  # a Relu or Add reading a chain input: it would have to be copied per sibling
+            raise _NotMergeable  # a Relu reading a chain input: it would have to be copied per sibling
         key = tuple(id(s.node) for s in steps)
         if key in self.memo:
             return self.memo[key]
         first, n, g = steps[0].node, len(steps), self.c.g
         out = f"{self.name}/{first.output[0]}"
         if first.op_type == "Relu":
-            src, width = self.emit([s.inputs[0] for s in steps])
+            src, layout = self.emit([s.inputs[0] for s in steps])
             self.nodes.append(onnx.helper.make_node("Relu", [src], [out], name=f"{out}/Relu"))
         elif first.op_type == "Add":
-            a, wa = self.emit([s.inputs[0] for s in steps])
-            b, wb = self.emit([s.inputs[1] for s in steps])
-            if wa != wb:
+            operands = [[s.inputs[k] for s in steps] for k in (0, 1)]
+            if isinstance(operands[0][0], str):  # the chain's own operand first: a residual takes its layout
+                operands.reverse()
+            a, layout = self.emit(operands[0])
+            b, other = self.picked(operands[1], layout) if isinstance(operands[1][0], str) else self.emit(operands[1])
+            if other != layout:
                 raise _NotMergeable
-            width = wa
             self.nodes.append(onnx.helper.make_node("Add", [a, b], [out], name=f"{out}/Add"))
         else:
             ws = [g.initializer_value(s.node.input[1]) for s in steps]
             bs = [g.initializer_value(s.node.input[2]) if len(s.node.input) > 2 and s.node.input[2] else None
                   for s in steps]
-            width = _round(max(w.shape[0] for w in ws), self.c.block)
-            root = isinstance(steps[0].inputs[0], str)
-            if root:
-                src, cin, group = steps[0].inputs[0], ws[0].shape[1], 1
-            else:
-                src, cin = self.emit([s.inputs[0] for s in steps])
-                group = n
-            weight = np.zeros((n * width, cin, *ws[0].shape[2:]), np.float32)
-            bias = np.zeros(n * width, np.float32)
-            for k, (w, b) in enumerate(zip(ws, bs, strict=True)):
-                weight[k * width:k * width + w.shape[0], :w.shape[1]] = w
+            layout = self.layout([w.shape[0] for w in ws])
+            bias = np.zeros(layout.total, np.float32)
+            for offset, w, b in zip(layout.offsets, ws, bs, strict=True):
                 if b is not None:
-                    bias[k * width:k * width + w.shape[0]] = b
-            conv = onnx.helper.make_node("Conv", [src, self.const(weight, "weight"), self.const(bias, "bias")],
-                                         [out], name=f"{out}/Conv", group=group)
-            conv.attribute.extend(a for a in first.attribute if a.name in _CONV_ATTRS)
-            self.nodes.append(conv)
-        self.memo[key] = (out, width)
-        return out, width
+                    bias[offset:offset + w.shape[0]] = b
+            if isinstance(steps[0].inputs[0], str):  # the first convolution: it reads the common input once
+                src, cin, columns = self.c.common_input([s.inputs[0] for s in steps], ws[0].shape[1])
+                weight = np.zeros((layout.total, cin, *ws[0].shape[2:]), np.float32)
+                for offset, w, cols in zip(layout.offsets, ws, columns, strict=True):
+                    weight[offset:offset + w.shape[0], cols] = w
+                self.conv(src, weight, bias, out, first)
+            else:
+                src, inner = self.emit([s.inputs[0] for s in steps])
+                width = inner.width()
+                if self.tight or width is None:
+                    weight = np.zeros((layout.total, inner.total, *ws[0].shape[2:]), np.float32)
+                    for offset, start, w in zip(layout.offsets, inner.offsets, ws, strict=True):
+                        weight[offset:offset + w.shape[0], start:start + w.shape[1]] = w
+                    self.conv(src, weight, bias, out, first)
+                else:
+                    weight = np.zeros((layout.total, width, *ws[0].shape[2:]), np.float32)
+                    for offset, w in zip(layout.offsets, ws, strict=True):
+                        weight[offset:offset + w.shape[0], :w.shape[1]] = w
+                    self.conv(src, weight, bias, out, first, group=n)
+        self.memo[key] = (out, layout)
+        return out, layout
 
 
 class _NotMergeable(Exception):
     """The siblings do not line up (an Add of differently sized operands, a chain input read by a Relu or Add)."""
+
+
+def _plan(chains: _Chains, concat: onnx.NodeProto, siblings: list[tuple[int, _Step]]
+          ) -> dict[int, tuple[list[int], str, _Layout, _Merge]]:
+    """The cheaper of two ways to run one set of like siblings, keyed by each merge's first concat position: grouped
+    (`_groups`: sets of equally wide ones, the rest on their own) or all of them tight (`_Merge`), by the work the
+    blocked kernels spend. A merge is taken only while it costs at most `MAX_WASTE` more than its siblings on their
+    own: a first convolution that reads a selection of a wide tensor reads all of it once merged, and a residual
+    becomes a 1x1 convolution. {} when nothing pays or lines up."""
+    name = concat.name or concat.output[0]
+    alone = {k: chains.separate_work(s) for k, s in siblings}
+    grouped: dict[int, tuple[list[int], str, _Layout, _Merge]] = {}
+    for grp in _groups(chains, siblings):
+        m = _Merge(chains, f"{name}/merged_{grp[0][0]}")
+        try:
+            tensor, layout = m.emit([s for _, s in grp])
+        except _NotMergeable:
+            continue
+        if m.work <= (1 + MAX_WASTE) * sum(alone[k] for k, _ in grp):
+            grouped[grp[0][0]] = ([k for k, _ in grp], tensor, layout, m)
+    inside = {k for ks, *_ in grouped.values() for k in ks}
+    grouped_work = sum(m.work for *_, m in grouped.values()) + sum(w for k, w in alone.items() if k not in inside)
+    tight = _Merge(chains, f"{name}/merged_{siblings[0][0]}", tight=True)
+    try:
+        tensor, layout = tight.emit([s for _, s in siblings])
+    except _NotMergeable:
+        return grouped
+    if tight.work < grouped_work and tight.work <= (1 + MAX_WASTE) * sum(alone.values()):
+        return {siblings[0][0]: ([k for k, _ in siblings], tensor, layout, tight)}
+    return grouped
 
 
 def _remap_reader(g: GraphIndex, reader: onnx.NodeProto, new_of_old: np.ndarray, width: int
@@ -194,7 +349,7 @@ def _remap_reader(g: GraphIndex, reader: onnx.NodeProto, new_of_old: np.ndarray,
 def _merge_concat(model: onnx.ModelProto, concat: onnx.NodeProto, block: int,
                   shapes: dict[str, list[int | None]]) -> int:
     """Merge the sibling chains feeding `concat`; returns the number of chains merged away."""
-    chains = _Chains(model, block)
+    chains = _Chains(model, block, shapes)
     g = chains.g
     readers = g.readers(concat.output[0])
     if attr(concat, "axis", 0) not in (1, -3) or concat.output[0] in g.outputs or not readers \
@@ -224,18 +379,14 @@ def _merge_concat(model: onnx.ModelProto, concat: onnx.NodeProto, block: int,
     by_signature: dict[tuple, list[tuple[int, _Step]]] = {}
     for k in candidates:
         by_signature.setdefault(chains.signature(steps[k]), []).append((k, steps[k]))
-    groups = [sorted(grp, key=lambda s: s[0]) for sibs in by_signature.values() if len(sibs) > 1
-              for grp in _groups(chains, sibs)]
     counts = [_out_channels(chains, step, shapes.get(name)) for step, name in zip(steps, concat.input, strict=True)]
-    if not groups or None in counts:
+    if None in counts:
         return 0
-    merged: dict[int, tuple[list[int], str, int, _Merge]] = {}
-    try:
-        for grp in groups:
-            m = _Merge(chains, f"{concat.name or concat.output[0]}/merged_{grp[0][0]}")
-            tensor, width = m.emit([s for _, s in grp])
-            merged[grp[0][0]] = ([k for k, _ in grp], tensor, width, m)
-    except _NotMergeable:
+    merged: dict[int, tuple[list[int], str, _Layout, _Merge]] = {}
+    for sibs in by_signature.values():
+        if len(sibs) > 1:
+            merged.update(_plan(chains, concat, sorted(sibs, key=lambda s: s[0])))
+    if not merged:
         return 0
     # the new concat: each merged chain at its first sibling's place
     dropped = {k for ks, *_ in merged.values() for k in ks[1:]}
@@ -245,10 +396,10 @@ def _merge_concat(model: onnx.ModelProto, concat: onnx.NodeProto, block: int,
         if k in dropped:
             continue
         if k in merged:
-            ks, tensor, width, _ = merged[k]
-            offsets.update({sib: position + j * width for j, sib in enumerate(ks)})
+            ks, tensor, layout, _ = merged[k]
+            offsets.update({sib: position + layout.offsets[j] for j, sib in enumerate(ks)})
             new_inputs.append(tensor)
-            position += len(ks) * width
+            position += layout.total
         else:
             offsets[k] = position
             new_inputs.append(name)
@@ -257,6 +408,8 @@ def _merge_concat(model: onnx.ModelProto, concat: onnx.NodeProto, block: int,
     remaps = [_remap_reader(g, r, new_of_old, position) for r in readers]
     if any(r is None for r in remaps):
         return 0
+    if concat.output[0] in shapes:  # the next concat's chains may select from this one (`_Chains.source`)
+        shapes[concat.output[0]] = [*shapes[concat.output[0]][:1], position, *shapes[concat.output[0]][2:]]
     new_inits: list[onnx.TensorProto] = []
     for reader, (pos, value) in zip(readers, remaps, strict=True):
         name = f"{reader.input[pos]}/merged/{reader.name or reader.output[0]}"
@@ -294,7 +447,7 @@ def merge_sibling_branches(model: onnx.ModelProto, block: int) -> int:
     branches merged into a sibling's grouped convolutions (0: unchanged)."""
     if block <= 1 or any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node):
         return 0
-    shapes = value_shapes(model)  # of the inputs that are no chain: the merges do not change those
+    shapes = value_shapes(model)  # a merge changes only its concat's channel count, and updates it here
     merged = 0
     for out in [n.output[0] for n in model.graph.node if n.op_type == "Concat"]:
         # found afresh: a merge rebuilds the node list, and protobuf copies the nodes it is given
@@ -302,5 +455,6 @@ def merge_sibling_branches(model: onnx.ModelProto, block: int) -> int:
         merged += _merge_concat(model, concat, block, shapes)
     if merged:
         del model.graph.value_info[:]
+        drop_dead_nodes(model.graph)  # the residuals' selections the pick convolutions replaced
         drop_unused_initializers(model.graph)
     return merged

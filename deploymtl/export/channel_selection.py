@@ -51,7 +51,7 @@ def _channels(shapes: dict[str, list[int | None]], name: str) -> int | None:
     return s[1] if s is not None and len(s) == 4 and s[1] else None
 
 
-def _picks(g: GraphIndex, node: onnx.NodeProto, channels: int) -> list[np.ndarray] | None:
+def channel_picks(g: GraphIndex, node: onnx.NodeProto, channels: int) -> list[np.ndarray] | None:
     """The input channels each output of a selection takes, or None when `node` is no constant channel selection."""
     if node.op_type == "Gather" and attr(node, "axis", 0) in (1, -3):
         idx = g.constant_value(node.input[1])
@@ -120,7 +120,7 @@ def _leaves(g: GraphIndex, tensor: str, shapes: dict[str, list[int | None]], blo
     if node is not None and node.op_type in ("Gather", "Slice") and len(node.output) == 1:
         channels = _channels(shapes, node.input[0])
         if channels and channels % block == 0 and node.input[0] not in {i.name for i in g.inputs}:
-            return [node] if _picks(g, node, channels) is not None else None
+            return [node] if channel_picks(g, node, channels) is not None else None
     if node is not None and node.op_type == "Relu":
         return _leaves(g, node.input[0], shapes, block)
     if node is not None and node.op_type == "Add" and len(node.input) == 2:
@@ -149,7 +149,7 @@ def _pad_concat(g: GraphIndex, concat: onnx.NodeProto, shapes: dict[str, list[in
     if any(lv is None for lv in leaves):
         return False
     readers = g.readers(concat.output[0])
-    selections = {id(r): _picks(g, r, total) for r in readers if r.op_type in _SELECTIONS}
+    selections = {id(r): channel_picks(g, r, total) for r in readers if r.op_type in _SELECTIONS}
     if not readers or concat.output[0] in g.outputs or any(
             (r.op_type not in _SELECTIONS or selections[id(r)] is None) and not (
                 float_conv(g, r) and r.input[0] == concat.output[0]) for r in readers):
@@ -162,7 +162,7 @@ def _pad_concat(g: GraphIndex, concat: onnx.NodeProto, shapes: dict[str, list[in
     for convs, c, p in zip(leaves, counts, padded, strict=True):
         for conv in convs:
             if conv.op_type != "Conv":  # a selection: rows of zeros (index -1)
-                own = picks_of.get(id(conv)) or _picks(g, conv, _channels(shapes, conv.input[0]))
+                own = picks_of.get(id(conv)) or channel_picks(g, conv, _channels(shapes, conv.input[0]))
                 picks_of[id(conv)] = [np.concatenate([own[0], np.full(p - c, -1, np.int64)])]
                 continue
             w = g.initializer_value(conv.input[1])
@@ -195,7 +195,7 @@ def select_in_blocked_layout(model: onnx.ModelProto, block: int, max_channels: i
         picks = picks_of.get(id(node))
         if (picks is None and channels is not None and channels % block == 0 and channels <= max_channels
                 and node.input[0] not in graph_inputs):
-            picks = _picks(g, node, channels)
+            picks = channel_picks(g, node, channels)
         if picks is None:
             nodes.append(node)
             continue

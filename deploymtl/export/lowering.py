@@ -31,7 +31,9 @@ reuses it as is):
 4. `select_in_blocked_layout` (fp32, `channel_selection.py`): channel selections (Gather, Slice, Split on the
    channel axis) as 1x1 convolutions over concats padded to the SIMD block, so the tensors stay in the blocked
    layout between convolutions.
-5. `merge_sibling_branches` (fp32, `branch_merge.py`): the task branches of a layer as grouped convolutions.
+5. `merge_sibling_branches` (fp32, `branch_merge.py`): the task branches of a layer as grouped convolutions, or
+   branches narrower than a block as one dense convolution each position; then step 4 once more, for the concats
+   a merge left block-aligned (the tiny GatedMTL model's first layer: its psi' blend becomes a 1x1 convolution).
 
 The int8 rewrite:
 
@@ -397,6 +399,7 @@ def shape_for_ort_cpu(model: onnx.ModelProto, block: int | None = None,
     block = block or simd_block()
     selections = select_in_blocked_layout(shaped, block)  # before padding: its 1x1 convs are plain readers there
     merged = merge_sibling_branches(shaped, block)  # after: the branches then start at their selection convs
+    selections += select_in_blocked_layout(shaped, block)  # again: a merge can leave a concat block-aligned
     composed = fold_selections_into_convs(shaped)  # after both: the heads' maps then feed one grouped conv
     amx = amx_int8() if amx is None else amx
     padded = pad_conv_channels(shaped, block, INT8_AMX_MAX_WIDTH if amx else None)
