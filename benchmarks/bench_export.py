@@ -423,7 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-o", "--out", type=Path, default=None, help="default artifacts/bench/export.json "
                     "(export_mix.json for --only mix)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--repeats", type=int, default=30, help="timed runs per model and batch, in blocks of 5 "
+                    "(30: six rounds, which batch 1 on a shared machine needs)")
     ap.add_argument("--train-steps", type=int, default=150)
     ap.add_argument("--only", choices=("pruned", "resnet34", "mix"), help="run one part of the benchmark (mix: "
                     "--precision auto and accuracy control, written to export_mix.json unless -o is given)")

@@ -239,7 +239,7 @@ class _Merge:
         weight = np.zeros((layout.total, channels, 1, 1), np.float32)
         for offset, (_, _, picks) in zip(layout.offsets, found, strict=True):
             weight[offset + np.arange(len(picks)), picks] = 1.0
-        out = f"{self.name}/{tensors[0]}/picked"
+        out = f"{self.name}/{tensors[0]}/picked_{len(self.nodes)}"  # one per Add that reads it
         node = onnx.helper.make_node("Conv", [src, self.const(weight, "picks")], [out], name=f"{out}/Conv")
         self.nodes.append(node)
         self.work += self.c.work(tensors[0], layout.total, channels, (1, 1))
