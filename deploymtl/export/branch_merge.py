@@ -33,8 +33,8 @@ convolutions cost the blocked kernels less is taken, and a merge only while it c
 its siblings on their own (a first convolution reading a few channels of a wide tensor would read all of it
 merged: on the ResNet-34 GatedMTL layout such merges made the file 1.1-1.2x slower). On the tiny GatedMTL model at
 a block of 16 (AMD EPYC, AVX-512) these rules merge 8 branches instead of 3 (the first layer's four tight) and
-brought static / masked on ONNX Runtime from 0.80 to 0.68 at batch 8 (`benchmarks/bench_prune.py`; FLOPs ratio
-0.668).
+brought static / masked on ONNX Runtime from 0.80 to 0.70-0.75 at batch 8 (`benchmarks/bench_prune.py`, seven
+runs; FLOPs ratio 0.668).
 fp32 graphs only, as `channel_selection`.
 """
 
