@@ -9,8 +9,9 @@ decisions of typical sparsity, built directly with `build_supernet`, no training
 2. builds the static model with the family's surgeon and checks it against the supernet in deployed mode;
 3. counts FLOPs (torch.utils.flop_counter, batch 1) of the masked supernet (deployed forward) and the static model;
 4. times both at batch 1 and 8 (warm-up, then the median of interleaved repeats, so that load on a shared machine
-   hits both alike; the minimum is recorded too) and reports latency(static) / latency(masked) against
-   FLOPs(static) / FLOPs(masked): the target is a latency ratio within 15% of the FLOPs ratio;
+   hits both alike, at least `--repeats` and as many as take `--min-seconds` in all; the minimum is recorded too)
+   and reports latency(static) / latency(masked) against FLOPs(static) / FLOPs(masked): the target is a latency
+   ratio within 15% of the FLOPs ratio;
 5. for AdaShare, also times the tree (one pass computing every task) against one static pass per task;
 6. repeats 4. in ONNX Runtime CPU, the deployment runtime (`ort`, skipped with --no-ort): the masked supernet
    exported in deployed mode (torch.export-based exporter, else the TorchScript tracer; `ort.masked_export` says
@@ -39,6 +40,7 @@ import contextlib
 import gc
 import io
 import logging
+import math
 import os
 import platform
 import statistics
@@ -108,24 +110,38 @@ def randomise_bn(model: torch.nn.Module, seed: int) -> None:
                 m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=g))
 
 
-def time_ms(fns: dict[str, Callable[[], Any]], warmup: int, repeats: int) -> dict[str, dict[str, float]]:
+MIN_SECONDS = 1.0  # timed wall time per batch size, all models together, at least (--min-seconds)
+MAX_REPEATS = 1000
+
+
+def time_ms(fns: dict[str, Callable[[], Any]], warmup: int, repeats: int,
+            min_seconds: float = MIN_SECONDS) -> dict[str, dict[str, float]]:
     """Median and minimum wall time of each function, interleaved so that background load hits them alike (on a
-    shared machine the minimum is the better estimate of the cost itself: other processes only add time)."""
+    shared machine the minimum is the better estimate of the cost itself: other processes only add time), and how
+    many runs: `repeats`, or more where one interleaved round is short, so that the runs take `min_seconds` in all
+    (a tiny model at batch 1 runs in half a millisecond: 15 runs of it are 8 ms of samples, which one burst of
+    background load shifts; its median moved 1.8x between runs)."""
     with torch.inference_mode():
         for _ in range(warmup):
             for fn in fns.values():
                 fn()
+        t0 = time.perf_counter()
+        for fn in fns.values():
+            fn()
+        round_s = time.perf_counter() - t0
+        runs = min(MAX_REPEATS, max(repeats, math.ceil(min_seconds / max(round_s, 1e-6))))
         times: dict[str, list[float]] = {k: [] for k in fns}
-        for _ in range(repeats):
+        for _ in range(runs):
             for k, fn in fns.items():
                 t0 = time.perf_counter()
                 fn()
                 times[k].append((time.perf_counter() - t0) * 1e3)
-    return {k: {"median": round(statistics.median(v), 3), "min": round(min(v), 3)} for k, v in times.items()}
+    return {k: {"median": round(statistics.median(v), 3), "min": round(min(v), 3), "runs": runs}
+            for k, v in times.items()}
 
 
 def bench(cfg: dict[str, Any], batches: list[int], warmup: int, repeats: int, seed: int, ort_threads: int = 0,
-          profile: bool = False) -> dict[str, Any]:
+          profile: bool = False, min_seconds: float = MIN_SECONDS) -> dict[str, Any]:
     family = cfg["family"]
     torch.manual_seed(seed)
     model = build_supernet(family, cfg["tasks"], cfg["model"], cfg["search"]).eval()
@@ -149,7 +165,7 @@ def bench(cfg: dict[str, Any], batches: list[int], warmup: int, repeats: int, se
         "summary": cut.summary(),
         "flops": {"masked": masked_cost.flops, "static": static_cost.flops},
         "params": {"masked": masked_cost.params["total"], "static": static_cost.params["total"]},
-        "flops_ratio": round(flops_ratio, 4), "latency_ms": {}, "latency_min_ms": {}, "latency_ratio": {},
+        "flops_ratio": round(flops_ratio, 4), "runs": {}, "latency_ms": {}, "latency_min_ms": {}, "latency_ratio": {},
         "latency_ratio_min": {}, "gap": {}, "within_target": {}, "not_slower": {},
     }
     per_task = None
@@ -163,10 +179,11 @@ def bench(cfg: dict[str, Any], batches: list[int], warmup: int, repeats: int, se
         fns: dict[str, Callable[[], Any]] = {"masked": lambda x=x: model(x), "static": lambda x=x: static.infer(x)}
         if per_task is not None:
             fns["per_task"] = lambda x=x: [m.infer(x) for m in per_task.values()]
-        t = time_ms(fns, warmup, repeats)
+        t = time_ms(fns, warmup, repeats, min_seconds)
         ms = {k: v["median"] for k, v in t.items()}
         ratio = ms["static"] / ms["masked"]
         key = str(batch)
+        result["runs"][key] = t["static"]["runs"]
         result["latency_ms"][key] = {"masked": ms["masked"], "static": ms["static"]}
         result["latency_min_ms"][key] = {"masked": t["masked"]["min"], "static": t["static"]["min"]}
         result["latency_ratio"][key] = round(ratio, 4)
@@ -179,7 +196,7 @@ def bench(cfg: dict[str, Any], batches: list[int], warmup: int, repeats: int, se
                                                  "speedup": round(ms["per_task"] / ms["static"], 3)}
     if ort_threads:
         result["ort"] = bench_ort(model, static, deployed, cfg, batches, warmup, repeats, seed, flops_ratio,
-                                  ort_threads, profile)
+                                  ort_threads, profile, min_seconds)
     return result
 
 
@@ -274,7 +291,7 @@ def ort_profile(models: dict[str, Any], shape: tuple[int, int], batch: int, runs
 
 def bench_ort(model: torch.nn.Module, static: torch.nn.Module, deployed: list[str], cfg: dict[str, Any],
               batches: list[int], warmup: int, repeats: int, seed: int, flops_ratio: float,
-              threads: int, profile: bool = False) -> dict[str, Any]:
+              threads: int, profile: bool = False, min_seconds: float = MIN_SECONDS) -> dict[str, Any]:
     """Step 6 of the module docstring: the same latency ratio in ONNX Runtime CPU."""
     import numpy as np
     import onnxruntime as ort
@@ -304,16 +321,17 @@ def bench_ort(model: torch.nn.Module, static: torch.nn.Module, deployed: list[st
     got = {name: dict(zip(deployed, s.run(deployed, {"image": x1}), strict=True)) for name, s in sessions.items()}
     out["parity_max_abs_vs_static_torch"] = {
         name: max(float(np.abs(g[t] - ref[t].numpy()).max()) for t in deployed) for name, g in got.items()}
-    for key in ("latency_ms", "latency_min_ms", "latency_ratio", "latency_ratio_same_form", "latency_ratio_as_is",
-                "latency_ratio_min", "gap", "gap_same_form", "within_target", "not_slower"):
+    for key in ("runs", "latency_ms", "latency_min_ms", "latency_ratio", "latency_ratio_same_form",
+                "latency_ratio_as_is", "latency_ratio_min", "gap", "gap_same_form", "within_target", "not_slower"):
         out[key] = {}
     for batch in batches:
         x = np.random.default_rng(seed + batch).standard_normal((batch, 3, h, w), dtype=np.float32)
         fns = {name: (lambda s=s, x=x: s.run(deployed, {"image": x})) for name, s in sessions.items()}
-        t = time_ms(fns, warmup, repeats)
+        t = time_ms(fns, warmup, repeats, min_seconds)
         ms = {k: v["median"] for k, v in t.items()}
         ratio = ms["static"] / ms["masked"]
         key = str(batch)
+        out["runs"][key] = t["static"]["runs"]
         out["latency_ms"][key] = ms
         out["latency_min_ms"][key] = {k: v["min"] for k, v in t.items()}
         out["latency_ratio"][key] = round(ratio, 4)
@@ -340,7 +358,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--height", type=int, default=64, help="input height of the paper-scale configs")
     ap.add_argument("--width", type=int, default=80, help="input width of the paper-scale configs")
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=15, help="timed runs per model and batch (interleaved)")
+    ap.add_argument("--repeats", type=int, default=15, help="timed runs per model and batch (interleaved), at least")
+    ap.add_argument("--min-seconds", type=float, default=MIN_SECONDS, help="more runs where the models are fast, "
+                    "until each batch size's timed runs take this long in all")
     ap.add_argument("--only", default="", help="run configs whose name contains this (e.g. tiny, resnet34, gated)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-ort", action="store_true", help="skip the ONNX Runtime measurement (step 6)")
@@ -355,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         t0 = time.perf_counter()
         r = bench(cfg, batches, args.warmup, args.repeats, args.seed, 0 if args.no_ort else args.threads,
-                  args.profile)
+                  args.profile, args.min_seconds)
         r["seconds"] = round(time.perf_counter() - t0, 1)
         results.append(r)
         lat = ", ".join(f"b{b}: {v:.3f} ({r['gap'][b]:+.1%}; from minima {r['latency_ratio_min'][b]:.3f})"
@@ -378,7 +398,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": sys.version.split()[0],
                     "torch": torch.__version__, "threads": args.threads,
                     "load_average": {"start": load_start, "end": list(os.getloadavg())}},
-        "settings": {"batches": batches, "warmup": args.warmup, "repeats": args.repeats, "seed": args.seed,
+        "settings": {"batches": batches, "warmup": args.warmup, "repeats": args.repeats,
+                     "min_seconds": args.min_seconds, "seed": args.seed,
                      "paper_input": [args.height, args.width], "paper_model": PAPER_MODEL},
         "results": results,
     })
