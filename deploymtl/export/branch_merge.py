@@ -47,7 +47,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..onnxkit.index import GraphIndex, attr, drop_dead_nodes, drop_unused_initializers, value_shapes
-from .channel_selection import channel_picks, float_conv, spread_columns
+from .channel_selection import channel_count, channel_picks, float_conv, spread_columns
 
 MAX_WASTE = 0.0  # padding work a merge may add, relative to the siblings' block-rounded convolution work
 _CONV_ATTRS = ("kernel_shape", "strides", "pads", "dilations")
@@ -73,30 +73,34 @@ class _Chains:
         self.block = block
         self.shapes = shapes
 
-    def channels(self, tensor: str) -> int | None:
-        s = self.shapes.get(tensor)
-        return s[1] if s is not None and len(s) == 4 and s[1] else None
-
     def source(self, tensor: str) -> tuple[str, int, np.ndarray] | None:
         """(the tensor a chain input takes its channels from, that tensor's channel count, the channels taken): a
         constant channel selection (Gather, Slice) of it, or the tensor itself; None when the counts are unknown."""
         node = self.g.producer.get(tensor)
         if node is not None and node.op_type in ("Gather", "Slice") and len(node.output) == 1:
-            channels = self.channels(node.input[0])
+            channels = channel_count(self.shapes, node.input[0])
             picks = channel_picks(self.g, node, channels) if channels else None
             if picks is not None:
                 return node.input[0], channels, picks[0]
-        channels = self.channels(tensor)
+        channels = channel_count(self.shapes, tensor)
         return (tensor, channels, np.arange(channels)) if channels else None
 
-    def common_input(self, tensors: list[str], cin: int) -> tuple[str, int, list[np.ndarray]]:
-        """(tensor, its channels, the channels each sibling's first convolution reads of it) for the siblings'
-        chain inputs `tensors`: one tensor, or channel selections of one (their convolutions then read it whole,
-        with the weights of the channels not selected zero)."""
+    def common_source(self, tensors: list[str]) -> tuple[str, int, list[np.ndarray]] | None:
+        """(tensor, its channels, the channels each of `tensors` takes of it) when all of `tensors` are that one
+        tensor or channel selections of it (`source`); None otherwise."""
         found = [self.source(t) for t in tensors]
-        if all(f is not None for f in found) and len({f[0] for f in found if f is not None}) == 1:
-            return found[0][0], found[0][1], [f[2] for f in found if f is not None]
-        if len(set(tensors)) == 1:  # one tensor of unknown channel count: read as it is
+        if any(f is None for f in found) or len({f[0] for f in found if f is not None}) != 1:
+            return None
+        return found[0][0], found[0][1], [f[2] for f in found if f is not None]
+
+    def common_input(self, tensors: list[str], cin: int) -> tuple[str, int, list[np.ndarray]]:
+        """`common_source` of the siblings' first convolutions' inputs (their convolutions then read the tensor
+        whole, with the weights of the channels not selected zero), or one tensor of unknown channel count, read as
+        it is."""
+        found = self.common_source(tensors)
+        if found is not None:
+            return found
+        if len(set(tensors)) == 1:
             return tensors[0], cin, [np.arange(cin)] * len(tensors)
         raise _NotMergeable
 
@@ -232,12 +236,12 @@ class _Merge:
     def picked(self, tensors: list[str], layout: _Layout) -> tuple[str, _Layout]:
         """Chain inputs read by an Add (one per sibling, each channels of one common tensor: a residual) as one
         tensor in `layout`: a 1x1 convolution of the common tensor with a 0/1 matrix, exact for finite values."""
-        found = [self.c.source(t) for t in tensors]
-        if any(f is None for f in found) or len({f[0] for f in found if f is not None}) != 1:
+        found = self.c.common_source(tensors)
+        if found is None:
             raise _NotMergeable
-        src, channels = found[0][0], found[0][1]
+        src, channels, columns = found
         weight = np.zeros((layout.total, channels, 1, 1), np.float32)
-        for offset, (_, _, picks) in zip(layout.offsets, found, strict=True):
+        for offset, picks in zip(layout.offsets, columns, strict=True):
             weight[offset + np.arange(len(picks)), picks] = 1.0
         out = f"{self.name}/{tensors[0]}/picked_{len(self.nodes)}"  # one per Add that reads it
         node = onnx.helper.make_node("Conv", [src, self.const(weight, "picks")], [out], name=f"{out}/Conv")

@@ -46,7 +46,8 @@ _SELECTIONS = ("Gather", "Slice", "Split")
 MAX_CHANNELS = 128  # widest selected tensor run as a 1x1 conv (module docstring: beyond, the copy is cheaper)
 
 
-def _channels(shapes: dict[str, list[int | None]], name: str) -> int | None:
+def channel_count(shapes: dict[str, list[int | None]], name: str) -> int | None:
+    """A 4-D tensor's channel count from `value_shapes`, None when unknown."""
     s = shapes.get(name)
     return s[1] if s is not None and len(s) == 4 and s[1] else None
 
@@ -118,7 +119,7 @@ def _leaves(g: GraphIndex, tensor: str, shapes: dict[str, list[int | None]], blo
     if float_conv(g, node):
         return [node]
     if node is not None and node.op_type in ("Gather", "Slice") and len(node.output) == 1:
-        channels = _channels(shapes, node.input[0])
+        channels = channel_count(shapes, node.input[0])
         if channels and channels % block == 0 and node.input[0] not in {i.name for i in g.inputs}:
             return [node] if channel_picks(g, node, channels) is not None else None
     if node is not None and node.op_type == "Relu":
@@ -140,7 +141,7 @@ def _pad_concat(g: GraphIndex, concat: onnx.NodeProto, shapes: dict[str, list[in
                 max_channels: int, picks_of: dict[int, list[np.ndarray]]) -> bool:
     """Step 1 of the module docstring for one Concat; True if it was padded. `picks_of` receives the remapped
     channels of its selection readers (by node id), which step 2 turns into convolutions."""
-    counts = [_channels(shapes, name) for name in concat.input]
+    counts = [channel_count(shapes, name) for name in concat.input]
     if None in counts or attr(concat, "axis", 0) not in (1, -3) or all(c % block == 0 for c in counts):
         return False
     total = sum(counts)
@@ -162,7 +163,7 @@ def _pad_concat(g: GraphIndex, concat: onnx.NodeProto, shapes: dict[str, list[in
     for convs, c, p in zip(leaves, counts, padded, strict=True):
         for conv in convs:
             if conv.op_type != "Conv":  # a selection: rows of zeros (index -1)
-                own = picks_of.get(id(conv)) or channel_picks(g, conv, _channels(shapes, conv.input[0]))
+                own = picks_of.get(id(conv)) or channel_picks(g, conv, channel_count(shapes, conv.input[0]))
                 picks_of[id(conv)] = [np.concatenate([own[0], np.full(p - c, -1, np.int64)])]
                 continue
             w = g.initializer_value(conv.input[1])
@@ -191,7 +192,7 @@ def select_in_blocked_layout(model: onnx.ModelProto, block: int, max_channels: i
     graph_inputs = {i.name for i in g.inputs}
     nodes, converted, made = [], 0, set()
     for node in model.graph.node:
-        channels = _channels(shapes, node.input[0]) if node.op_type in _SELECTIONS and node.input else None
+        channels = channel_count(shapes, node.input[0]) if node.op_type in _SELECTIONS and node.input else None
         picks = picks_of.get(id(node))
         if (picks is None and channels is not None and channels % block == 0 and channels <= max_channels
                 and node.input[0] not in graph_inputs):
@@ -199,7 +200,7 @@ def select_in_blocked_layout(model: onnx.ModelProto, block: int, max_channels: i
         if picks is None:
             nodes.append(node)
             continue
-        convs, weights = _as_convs(node, node.input[0], picks, _channels(shapes, node.input[0]))
+        convs, weights = _as_convs(node, node.input[0], picks, channel_count(shapes, node.input[0]))
         nodes += convs
         made.update(c.output[0] for c in convs)
         model.graph.initializer.extend(weights)
